@@ -1,0 +1,445 @@
+// Package farm is the ground every pifarm module stands on: the
+// configuration (config.star), the node table, instance ids and aliases,
+// per-instance ports, MAC addresses and cache paths, and the guest's
+// /etc/hosts, /etc/iftab and /etc/wifitab rendered from the one node table.
+package farm
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.starlark.net/starlark"
+	"go.starlark.net/syntax"
+)
+
+// Config is the parsed config.star.
+type Config struct {
+	// Path names where the configuration came from (a file, or
+	// "<embedded>/config.star").
+	Path string
+
+	Cache         string   // cache folder: clones, boot files, keys, mounts
+	ImageSizesGiB []int    // accepted raw image sizes, ascending
+	MarginPercent float64  // disk margin reserve after partition 2
+	Passwords     []string // passwords to try for user pi
+	Privilege     []string // privilege command, e.g. ["sudo"]
+	GuestSoftware string   // extra guest software tree (GUEST_INSTALL)
+	QEMU          QEMUConfig
+	Ports         Ports
+	Net           NetConfig
+	Tools         map[string]bool // optional helpers: remote-viewer, guestmount
+	Nodes         []*Node
+
+	pos map[string]syntax.Position
+}
+
+// QEMUConfig holds how guests are started.
+type QEMUConfig struct {
+	Binary  string
+	Machine string
+	Memory  string
+	CPUs    int
+	Accel   string // e.g. "tcg,thread=single"; empty for QEMU's default
+	Append  string // kernel command line
+	Timeout int    // seconds to wait for QMP after start
+}
+
+// Ports are the bases of the per-instance ports.
+type Ports struct{ SSH, Console, VNC int }
+
+// NetConfig names the host side of the guests' networks.
+type NetConfig struct {
+	Bridge   string // LAN bridge, q0br
+	LANTap   string // LAN TAP prefix, q0tap
+	WLANTap  string // WLAN TAP prefix, q1tap
+	WLANHost string // host end of the guests' WLAN, 172.19.111.2/24
+	WLANAddr string // the guests' own wlan0 address, 172.19.111.1/24
+}
+
+// Node is one row of the node table.
+type Node struct {
+	ID          int
+	Alias       string
+	LAN         string // LAN IPv4 address
+	WAN         string // WAN IPv4 address (QEMU user-net gives it by DHCP)
+	LANMAC      string // hardware box: MAC of the built-in NIC (lanN)
+	WANMAC      string // hardware box: MAC of the USB WAN adaptor
+	WifiChannel int
+	SSID        string
+	Pos         syntax.Position
+}
+
+// ConfigError is a configuration mistake, positioned in the file.
+type ConfigError struct {
+	Pos syntax.Position
+	Msg string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Pos.IsValid() {
+		return fmt.Sprintf("%s: %s", e.Pos, e.Msg)
+	}
+	return e.Msg
+}
+
+// settings lists every top-level name config.star may set. Names that begin
+// with "_" are the user's own helpers and are ignored.
+var settings = map[string]bool{
+	"cache": true, "image_sizes_gib": true, "margin_percent": true, "pi_passwords": true,
+	"privilege": true, "guest_software": true, "qemu": true, "ports": true, "net": true,
+	"tools": true, "nodes": true,
+}
+
+// Load reads and validates a config.star. src may be nil to read path.
+func Load(path string, src []byte) (*Config, error) {
+	if src == nil {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		src = b
+	}
+	opts := &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, GlobalReassign: true, Recursion: true}
+	f, err := opts.Parse(path, src, 0)
+	if err != nil {
+		return nil, configErr(err)
+	}
+	pos := map[string]syntax.Position{}
+	for _, st := range f.Stmts {
+		if a, ok := st.(*syntax.AssignStmt); ok {
+			if id, ok := a.LHS.(*syntax.Ident); ok {
+				if _, seen := pos[id.Name]; !seen {
+					pos[id.Name] = id.NamePos
+				}
+			}
+		}
+	}
+	thread := &starlark.Thread{Name: "config", Load: func(*starlark.Thread, string) (starlark.StringDict, error) {
+		return nil, errors.New("load() is not available in config.star")
+	}}
+	globals, err := starlark.ExecFileOptions(opts, thread, path, src, predeclared())
+	if err != nil {
+		return nil, configErr(err)
+	}
+	c := Default()
+	c.Path = path
+	c.pos = pos
+	names := make([]string, 0, len(globals))
+	for k := range globals {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if strings.HasPrefix(k, "_") {
+			continue
+		}
+		if _, isFunc := globals[k].(*starlark.Function); isFunc {
+			continue
+		}
+		if !settings[k] {
+			return nil, c.errf(k, "unknown setting %q (known: %s; prefix your own names with _)", k, known())
+		}
+		if err := c.set(k, globals[k]); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func known() string {
+	var ks []string
+	for k := range settings {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}
+
+// configErr turns a Starlark parse or evaluation error into a positioned
+// ConfigError (file:line:col of the innermost frame in the file).
+func configErr(err error) error {
+	var se syntax.Error
+	if errors.As(err, &se) {
+		return &ConfigError{Pos: se.Pos, Msg: se.Msg}
+	}
+	var ee *starlark.EvalError
+	if errors.As(err, &ee) {
+		for i := len(ee.CallStack) - 1; i >= 0; i-- {
+			p := ee.CallStack[i].Pos
+			if p.IsValid() && p.Filename() != "<builtin>" {
+				return &ConfigError{Pos: p, Msg: ee.Msg}
+			}
+		}
+		return &ConfigError{Msg: ee.Msg}
+	}
+	return err
+}
+
+func (c *Config) errf(key, format string, args ...any) error {
+	return &ConfigError{Pos: c.pos[key], Msg: fmt.Sprintf(format, args...)}
+}
+
+// Default is the built-in configuration used for any setting config.star
+// leaves out.
+func Default() *Config {
+	return &Config{
+		Cache:         "~/.cache/pifarm",
+		ImageSizesGiB: []int{4, 8, 16},
+		MarginPercent: 6,
+		Passwords:     []string{"raspberry", "raspberrypi"},
+		Privilege:     []string{"sudo"},
+		QEMU: QEMUConfig{
+			Binary: "qemu-system-aarch64", Machine: "raspi3b", Memory: "1G", CPUs: 4,
+			Accel:   "tcg,thread=single",
+			Append:  "rw earlyprintk loglevel=8 console=ttyAMA0,115200 dwc_otg.lpm_enable=0 root=/dev/mmcblk0p2 rootdelay=1",
+			Timeout: 10,
+		},
+		Ports: Ports{SSH: 5700, Console: 5800, VNC: 5900},
+		Net: NetConfig{Bridge: "q0br", LANTap: "q0tap", WLANTap: "q1tap",
+			WLANHost: "172.19.111.2/24", WLANAddr: "172.19.111.1/24"},
+		Tools: map[string]bool{"remote-viewer": true, "guestmount": true},
+	}
+}
+
+func (c *Config) set(k string, v starlark.Value) error {
+	var err error
+	switch k {
+	case "cache":
+		c.Cache, err = str(v)
+	case "image_sizes_gib":
+		c.ImageSizesGiB, err = ints(v)
+		if err == nil {
+			sort.Ints(c.ImageSizesGiB)
+			for _, s := range c.ImageSizesGiB {
+				if s <= 0 || s&(s-1) != 0 {
+					err = fmt.Errorf("%d is not a power of two (QEMU's SD card needs one)", s)
+				}
+			}
+		}
+	case "margin_percent":
+		c.MarginPercent, err = num(v)
+		if err == nil && (c.MarginPercent < 0 || c.MarginPercent >= 50) {
+			err = fmt.Errorf("%v is outside 0..50", c.MarginPercent)
+		}
+	case "pi_passwords":
+		c.Passwords, err = strs(v)
+	case "privilege":
+		c.Privilege, err = strs(v)
+	case "guest_software":
+		c.GuestSoftware, err = str(v)
+	case "qemu":
+		err = c.setQEMU(v)
+	case "ports":
+		err = dictInto(v, map[string]any{"ssh": &c.Ports.SSH, "console": &c.Ports.Console, "vnc": &c.Ports.VNC})
+	case "net":
+		err = dictInto(v, map[string]any{"bridge": &c.Net.Bridge, "lan_tap": &c.Net.LANTap,
+			"wlan_tap": &c.Net.WLANTap, "wlan_host": &c.Net.WLANHost, "wlan_guest": &c.Net.WLANAddr})
+	case "tools":
+		d, ok := v.(*starlark.Dict)
+		if !ok {
+			err = fmt.Errorf("want a dict of tool name to bool, got %s", v.Type())
+			break
+		}
+		for _, it := range d.Items() {
+			name, ok1 := starlark.AsString(it[0])
+			on, ok2 := it[1].(starlark.Bool)
+			if !ok1 || !ok2 {
+				err = fmt.Errorf("want \"tool\": True/False, got %s: %s", it[0], it[1])
+				break
+			}
+			c.Tools[name] = bool(on)
+		}
+	case "nodes":
+		l, ok := v.(*starlark.List)
+		if !ok {
+			err = fmt.Errorf("want a list of node(...), got %s", v.Type())
+			break
+		}
+		c.Nodes = nil
+		for i := 0; i < l.Len(); i++ {
+			n, ok := l.Index(i).(*nodeValue)
+			if !ok {
+				err = fmt.Errorf("element %d is %s, want node(...)", i, l.Index(i).Type())
+				break
+			}
+			c.Nodes = append(c.Nodes, n.n)
+		}
+	}
+	if err != nil {
+		return c.errf(k, "%s: %v", k, err)
+	}
+	return nil
+}
+
+func (c *Config) setQEMU(v starlark.Value) error {
+	q := &c.QEMU
+	return dictInto(v, map[string]any{"binary": &q.Binary, "machine": &q.Machine, "memory": &q.Memory,
+		"cpus": &q.CPUs, "accel": &q.Accel, "append": &q.Append, "timeout": &q.Timeout})
+}
+
+var aliasRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
+
+func (c *Config) validate() error {
+	if len(c.Nodes) == 0 {
+		return c.errf("nodes", "nodes: the node table is empty")
+	}
+	ids, aliases, lans := map[int]bool{}, map[string]bool{}, map[string]bool{}
+	for _, n := range c.Nodes {
+		e := func(format string, args ...any) error {
+			return &ConfigError{Pos: n.Pos, Msg: fmt.Sprintf("node %d: ", n.ID) + fmt.Sprintf(format, args...)}
+		}
+		if ids[n.ID] {
+			return e("duplicate id %d", n.ID)
+		}
+		if aliases[n.Alias] {
+			return e("duplicate alias %q", n.Alias)
+		}
+		if lans[n.LAN] {
+			return e("duplicate LAN address %s", n.LAN)
+		}
+		ids[n.ID], aliases[n.Alias], lans[n.LAN] = true, true, true
+		if c.Ports.SSH+n.ID > 65535 || c.Ports.Console+n.ID > 65535 || c.Ports.VNC+n.ID > 65535 {
+			return e("ports for id %d exceed 65535", n.ID)
+		}
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"ssh", c.Ports.SSH}, {"console", c.Ports.Console}, {"vnc", c.Ports.VNC}} {
+		if p.v <= 0 || p.v > 65535 {
+			return c.errf("ports", "ports: %s base %d is not a port", p.name, p.v)
+		}
+	}
+	for _, a := range []struct{ key, v string }{{"wlan_host", c.Net.WLANHost}, {"wlan_guest", c.Net.WLANAddr}} {
+		if _, _, err := net.ParseCIDR(a.v); err != nil {
+			return c.errf("net", "net: %s %q is not an address/prefix", a.key, a.v)
+		}
+	}
+	if len(c.ImageSizesGiB) == 0 {
+		return c.errf("image_sizes_gib", "image_sizes_gib: empty")
+	}
+	if c.QEMU.CPUs < 1 {
+		return c.errf("qemu", "qemu: cpus must be at least 1")
+	}
+	return nil
+}
+
+// CacheDir is the cache folder with ~ and $VARS expanded, made absolute.
+func (c *Config) CacheDir() string {
+	return ExpandPath(c.Cache)
+}
+
+// ExpandPath expands a leading ~ and $VARS and makes the path absolute.
+func ExpandPath(p string) string {
+	p = os.ExpandEnv(p)
+	if p == "~" || strings.HasPrefix(p, "~/") {
+		if h, err := os.UserHomeDir(); err == nil {
+			p = filepath.Join(h, p[1:])
+		}
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		p = a
+	}
+	return p
+}
+
+// ---- value helpers ----
+
+func str(v starlark.Value) (string, error) {
+	s, ok := starlark.AsString(v)
+	if !ok {
+		return "", fmt.Errorf("want a string, got %s %s", v.Type(), v)
+	}
+	return s, nil
+}
+
+func strs(v starlark.Value) ([]string, error) {
+	it, ok := v.(starlark.Indexable)
+	if !ok {
+		return nil, fmt.Errorf("want a list of strings, got %s", v.Type())
+	}
+	var out []string
+	for i := 0; i < it.Len(); i++ {
+		s, err := str(it.Index(i))
+		if err != nil {
+			return nil, fmt.Errorf("element %d: %v", i, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func ints(v starlark.Value) ([]int, error) {
+	it, ok := v.(starlark.Indexable)
+	if !ok {
+		return nil, fmt.Errorf("want a list of integers, got %s", v.Type())
+	}
+	var out []int
+	for i := 0; i < it.Len(); i++ {
+		n, err := starlark.AsInt32(it.Index(i))
+		if err != nil {
+			return nil, fmt.Errorf("element %d: want an integer, got %s", i, it.Index(i))
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func num(v starlark.Value) (float64, error) {
+	switch x := v.(type) {
+	case starlark.Int:
+		n, _ := x.Int64()
+		return float64(n), nil
+	case starlark.Float:
+		return float64(x), nil
+	}
+	return 0, fmt.Errorf("want a number, got %s %s", v.Type(), v)
+}
+
+// dictInto copies the entries of a Starlark dict into typed fields; unknown
+// keys are errors.
+func dictInto(v starlark.Value, fields map[string]any) error {
+	d, ok := v.(*starlark.Dict)
+	if !ok {
+		return fmt.Errorf("want a dict, got %s", v.Type())
+	}
+	for _, it := range d.Items() {
+		k, ok := starlark.AsString(it[0])
+		if !ok {
+			return fmt.Errorf("key %s is not a string", it[0])
+		}
+		f, ok := fields[k]
+		if !ok {
+			var ks []string
+			for x := range fields {
+				ks = append(ks, x)
+			}
+			sort.Strings(ks)
+			return fmt.Errorf("unknown key %q (known: %s)", k, strings.Join(ks, ", "))
+		}
+		switch p := f.(type) {
+		case *string:
+			s, err := str(it[1])
+			if err != nil {
+				return fmt.Errorf("%s: %v", k, err)
+			}
+			*p = s
+		case *int:
+			n, err := starlark.AsInt32(it[1])
+			if err != nil {
+				return fmt.Errorf("%s: want an integer, got %s", k, it[1])
+			}
+			*p = n
+		}
+	}
+	return nil
+}

@@ -1,0 +1,252 @@
+package farm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+	"pifarm/builtins/trace"
+)
+
+// NodeStruct is the Starlark view of a node, with everything a recipe needs
+// to reach it: ports, addresses, MACs, TAPs and cache paths.
+func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
+	s := func(v string) starlark.Value { return starlark.String(v) }
+	i := func(v int) starlark.Value { return starlark.MakeInt(v) }
+	return starlarkstruct.FromStringDict(starlark.String("node"), starlark.StringDict{
+		"id":           i(n.ID),
+		"alias":        s(n.Alias),
+		"name":         s(n.Name()),
+		"lan":          s(n.LAN),
+		"wan":          s(n.WAN),
+		"lan_net":      s(f.LANNet(n)),
+		"wan_net":      s(f.WANNet(n)),
+		"ssh_port":     i(f.SSHPort(n)),
+		"console_port": i(f.ConsolePort(n)),
+		"vnc_port":     i(f.VNCPort(n)),
+		"vnc_display":  i(f.VNCPort(n) - 5900),
+		"mac_wan":      s(GuestMAC(n.ID, NICWAN)),
+		"mac_lan":      s(GuestMAC(n.ID, NICLAN)),
+		"mac_wlan":     s(GuestMAC(n.ID, NICWLAN)),
+		"hw_lan_mac":   s(n.LANMAC),
+		"hw_wan_mac":   s(n.WANMAC),
+		"wifi_channel": i(n.WifiChannel),
+		"ssid":         s(n.SSID),
+		"lan_tap":      s(f.LANTap(n)),
+		"wlan_tap":     s(f.WLANTap(n)),
+		"dir":          s(f.InstanceDir(n.ID)),
+		"disk":         s(f.Disk(n.ID)),
+		"kernel":       s(f.Kernel(n.ID)),
+		"dtb":          s(f.DTB(n.ID)),
+		"sig":          s(f.Sig(n.ID)),
+		"qmp":          s(f.QMP(n.ID)),
+		"pidfile":      s(f.Pidfile(n.ID)),
+		"known_hosts":  s(f.KnownHosts(n.ID)),
+	})
+}
+
+// ConfigStruct is the Starlark view of the configuration.
+func (f *Farm) ConfigStruct() *starlarkstruct.Struct {
+	c := f.Config
+	strList := func(v []string) *starlark.List {
+		l := make([]starlark.Value, len(v))
+		for i, x := range v {
+			l[i] = starlark.String(x)
+		}
+		return starlark.NewList(l)
+	}
+	sizes := make([]starlark.Value, len(c.ImageSizesGiB))
+	for i, x := range c.ImageSizesGiB {
+		sizes[i] = starlark.MakeInt(x)
+	}
+	tools := starlark.NewDict(len(c.Tools))
+	for k, v := range c.Tools {
+		tools.SetKey(starlark.String(k), starlark.Bool(v))
+	}
+	d := starlark.StringDict{
+		"path":            starlark.String(c.Path),
+		"cache":           starlark.String(c.CacheDir()),
+		"image_sizes_gib": starlark.NewList(sizes),
+		"margin_percent":  starlark.Float(c.MarginPercent),
+		"pi_passwords":    strList(c.Passwords),
+		"privilege":       strList(c.Privilege),
+		"guest_software":  starlark.String(c.GuestSoftware),
+		"tools":           tools,
+		"qemu": starlarkstruct.FromStringDict(starlark.String("qemu"), starlark.StringDict{
+			"binary": starlark.String(c.QEMU.Binary), "machine": starlark.String(c.QEMU.Machine),
+			"memory": starlark.String(c.QEMU.Memory), "cpus": starlark.MakeInt(c.QEMU.CPUs),
+			"accel": starlark.String(c.QEMU.Accel), "append": starlark.String(c.QEMU.Append),
+			"timeout": starlark.MakeInt(c.QEMU.Timeout),
+		}),
+		"ports": starlarkstruct.FromStringDict(starlark.String("ports"), starlark.StringDict{
+			"ssh": starlark.MakeInt(c.Ports.SSH), "console": starlark.MakeInt(c.Ports.Console), "vnc": starlark.MakeInt(c.Ports.VNC),
+		}),
+		"net": starlarkstruct.FromStringDict(starlark.String("net"), starlark.StringDict{
+			"bridge": starlark.String(c.Net.Bridge), "lan_tap": starlark.String(c.Net.LANTap),
+			"wlan_tap": starlark.String(c.Net.WLANTap), "wlan_host": starlark.String(c.Net.WLANHost),
+			"wlan_guest": starlark.String(c.Net.WLANAddr), "lan_router": starlark.String(f.LANRouter()),
+		}),
+	}
+	return starlarkstruct.FromStringDict(starlark.String("config"), d)
+}
+
+// Module is the `farm` Starlark module: the node table, the configuration,
+// rendered guest tables, and read-only facts about the host.
+func (f *Farm) Module(d *trace.Door) *trace.Module {
+	one := func(name string, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (string, error) {
+		var v starlark.Value
+		if err := starlark.UnpackPositionalArgs(name, args, kwargs, 1, &v); err != nil {
+			return "", err
+		}
+		switch x := v.(type) {
+		case starlark.String:
+			return string(x), nil
+		case starlark.Int:
+			return x.String(), nil
+		case *starlarkstruct.Struct:
+			id, err := x.Attr("id")
+			if err == nil {
+				return id.String(), nil
+			}
+		}
+		return "", fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
+	}
+	text := func(name, doc string, fn func() string) trace.Func {
+		return trace.Func{Name: name, Doc: doc, Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+			if err := starlark.UnpackPositionalArgs(name, args, kwargs, 0); err != nil {
+				return nil, err
+			}
+			return starlark.String(fn()), nil
+		}}
+	}
+	return &trace.Module{
+		Name: "farm",
+		Doc:  "The node table, the configuration (config.star) and read-only facts about the host.",
+		Values: map[string]starlark.Value{
+			"config":  f.ConfigStruct(),
+			"dry_run": starlark.Bool(d.DryRun),
+			"verbose": starlark.Bool(d.Verbose),
+		},
+		Funcs: []trace.Func{
+			{Name: "node", Args: "ref",
+				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, name,\nlan, wan, lan_net, wan_net, ssh_port, console_port, vnc_port, vnc_display, mac_wan,\nmac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel, ssid, lan_tap, wlan_tap and the\ncache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2).",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					ref, err := one("node", b, args, kwargs)
+					if err != nil {
+						return nil, err
+					}
+					n, err := f.Resolve(ref)
+					if err != nil {
+						return nil, err
+					}
+					return f.NodeStruct(n), nil
+				}},
+			{Name: "nodes", Args: "", Doc: "Every node of the table, ordered by id (see farm.node).",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					if err := starlark.UnpackPositionalArgs("nodes", args, kwargs, 0); err != nil {
+						return nil, err
+					}
+					var l []starlark.Value
+					for _, n := range f.Nodes() {
+						l = append(l, f.NodeStruct(n))
+					}
+					return starlark.NewList(l), nil
+				}},
+			text("hosts", "The guest's /etc/hosts rendered from the node table.", f.Hosts),
+			text("iftab", "The guest's /etc/iftab (hardware interface names by MAC) rendered from the node table.", f.IfTab),
+			text("wifitab", "The guest's /etc/wifitab (alias, channel, SSID) rendered from the node table.", f.WifiTab),
+			{Name: "env", Args: "name, default=\"\"", Doc: "The host environment variable name, or default when unset or empty.",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					var name, def string
+					if err := starlark.UnpackArgs("env", args, kwargs, "name", &name, "default?", &def); err != nil {
+						return nil, err
+					}
+					if v := os.Getenv(name); v != "" {
+						return starlark.String(v), nil
+					}
+					return starlark.String(def), nil
+				}},
+			{Name: "user", Args: "", Doc: "The invoking user's login name (behind sudo: SUDO_USER).",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					return starlark.String(InvokingUser()), nil
+				}},
+			{Name: "exists", Args: "path", Doc: "Whether a host path exists (~ and $VARS expanded).",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					var p string
+					if err := starlark.UnpackPositionalArgs("exists", args, kwargs, 1, &p); err != nil {
+						return nil, err
+					}
+					_, err := os.Stat(ExpandPath(p))
+					return starlark.Bool(err == nil), nil
+				}},
+			{Name: "read", Args: "path, default=None", Doc: "The content of a host file (~ and $VARS expanded); default when it does not exist\n(an error when no default is given).",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					var p string
+					var def starlark.Value
+					if err := starlark.UnpackArgs("read", args, kwargs, "path", &p, "default?", &def); err != nil {
+						return nil, err
+					}
+					data, err := os.ReadFile(ExpandPath(p))
+					if errors.Is(err, os.ErrNotExist) && def != nil {
+						return def, nil
+					}
+					if err != nil {
+						return nil, err
+					}
+					return starlark.String(data), nil
+				}},
+			{Name: "path", Args: "p", Doc: "p with ~ and $VARS expanded, made absolute.",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					var p string
+					if err := starlark.UnpackPositionalArgs("path", args, kwargs, 1, &p); err != nil {
+						return nil, err
+					}
+					return starlark.String(ExpandPath(p)), nil
+				}},
+			{Name: "which", Args: "program", Doc: "The full path of a host program on PATH, or None.",
+				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+					var p string
+					if err := starlark.UnpackPositionalArgs("which", args, kwargs, 1, &p); err != nil {
+						return nil, err
+					}
+					if full, err := lookPath(p); err == nil {
+						return starlark.String(full), nil
+					}
+					return starlark.None, nil
+				}},
+		},
+	}
+}
+
+// InvokingUser is the login name of the user who ran pifarm (SUDO_USER when
+// run through sudo).
+func InvokingUser() string {
+	if u := os.Getenv("SUDO_USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(os.Getuid())
+}
+
+func lookPath(p string) (string, error) {
+	if filepath.IsAbs(p) {
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+		return "", os.ErrNotExist
+	}
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		full := filepath.Join(dir, p)
+		if fi, err := os.Stat(full); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return full, nil
+		}
+	}
+	return "", os.ErrNotExist
+}
