@@ -96,8 +96,16 @@ var settings = map[string]bool{
 	"tools": true, "nodes": true,
 }
 
-// Load reads and validates a config.star. src may be nil to read path.
+// Load reads and validates a config.star on top of the built-in defaults.
+// src may be nil to read path.
 func Load(path string, src []byte) (*Config, error) {
+	return LoadOver(nil, path, src)
+}
+
+// LoadOver reads and validates a config.star whose omitted settings keep
+// the values of base (the embedded default configuration); nil base means
+// Default().
+func LoadOver(base *Config, path string, src []byte) (*Config, error) {
 	if src == nil {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -128,6 +136,9 @@ func Load(path string, src []byte) (*Config, error) {
 		return nil, configErr(err)
 	}
 	c := Default()
+	if base != nil {
+		c = base.clone()
+	}
 	c.Path = path
 	c.pos = pos
 	names := make([]string, 0, len(globals))
@@ -208,6 +219,19 @@ func Default() *Config {
 			WLANHost: "172.19.111.2/24", WLANAddr: "172.19.111.1/24"},
 		Tools: map[string]bool{"remote-viewer": true, "guestmount": true},
 	}
+}
+
+func (c *Config) clone() *Config {
+	n := *c
+	n.ImageSizesGiB = append([]int(nil), c.ImageSizesGiB...)
+	n.Passwords = append([]string(nil), c.Passwords...)
+	n.Privilege = append([]string(nil), c.Privilege...)
+	n.Tools = map[string]bool{}
+	for k, v := range c.Tools {
+		n.Tools[k] = v
+	}
+	n.Nodes = append([]*Node(nil), c.Nodes...)
+	return &n
 }
 
 func (c *Config) set(k string, v starlark.Value) error {

@@ -155,3 +155,16 @@ func TestEnvInConfig(t *testing.T) {
 		t.Fatal(c.CacheDir())
 	}
 }
+
+func TestPartialConfigKeepsBase(t *testing.T) {
+	base := loadRepoConfig(t)
+	p := filepath.Join(t.TempDir(), "c.star")
+	os.WriteFile(p, []byte("margin_percent = 3\n"), 0o644)
+	c, err := LoadOver(base, p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MarginPercent != 3 || len(c.Nodes) != 5 || base.MarginPercent != 6 {
+		t.Fatalf("overlay: margin %v nodes %d base margin %v", c.MarginPercent, len(c.Nodes), base.MarginPercent)
+	}
+}

@@ -285,6 +285,9 @@ func (d *Door) Start(c Cmd, setup func(*exec.Cmd)) (*exec.Cmd, error) {
 // set. The trace line is an equivalent shell here-document for text, or a
 // comment naming the size for binary data.
 func (d *Door) WriteFile(path string, data []byte, mode os.FileMode, backup bool) error {
+	if _, err := os.Lstat(path); err != nil {
+		backup = false // nothing to keep
+	}
 	line := fileLine(path, data, mode, backup)
 	return d.Do(line, func() error { return WriteAtomic(path, data, mode, backup) })
 }
@@ -302,7 +305,7 @@ func fileLine(path string, data []byte, mode os.FileMode, backup bool) string {
 	}
 	var b strings.Builder
 	if backup {
-		fmt.Fprintf(&b, "[ -e %s ] && cp -p %s %s\n", Quote(path), Quote(path), Quote(path+"~"))
+		fmt.Fprintf(&b, "cp -p %s %s\n", Quote(path), Quote(path+"~"))
 	}
 	body := string(data)
 	if body == "" {

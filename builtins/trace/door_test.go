@@ -87,7 +87,7 @@ func TestWriteFileAtomicWithBackup(t *testing.T) {
 	if b, _ := os.ReadFile(p); string(b) != "old\n" {
 		t.Fatal("dry run changed the file")
 	}
-	want := "[ -e " + p + " ] && cp -p " + p + " '" + p + "~'\ncat > " + p + " <<'EOF'\nnew\nEOF\nchmod 600 " + p + "\n"
+	want := "cp -p " + p + " '" + p + "~'\ncat > " + p + " <<'EOF'\nnew\nEOF\nchmod 600 " + p + "\n"
 	if out.String() != want {
 		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
 	}

@@ -1,0 +1,14 @@
+package runtime
+
+import (
+	"pifarm/builtins/farm"
+	"pifarm/builtins/host"
+	"pifarm/builtins/trace"
+)
+
+// modules lists the constructors of pifarm's builtin modules, in the order
+// `pifarm doc` shows them. Each module package exports
+// New(*trace.Door, *farm.Farm) *trace.Module; add one line per module.
+var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
+	host.New,
+}

@@ -1,0 +1,288 @@
+// Package runtime is pifarm's host: it finds and loads config.star, builds
+// the tracing door and the builtin modules, runs recipes on one Starlark
+// thread (with load() of the bundled library and of user files), parses
+// recipe command lines, and implements the pifarm command itself.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"go.starlark.net/lib/json"
+	sltime "go.starlark.net/lib/time"
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+	"go.starlark.net/syntax"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
+	"pifarm/recipes"
+)
+
+// fileOptions are the Starlark dialect of recipes and their library.
+var fileOptions = &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, GlobalReassign: true, Recursion: true}
+
+// BundledPrefix names the embedded recipe tree in load() statements:
+// load("@pifarm//lib/args.star", "x").
+const BundledPrefix = "@pifarm//"
+
+// Runtime is one configured pifarm run.
+type Runtime struct {
+	Door    *trace.Door
+	Farm    *farm.Farm
+	Modules []*trace.Module
+	Stdout  io.Writer
+
+	predeclared starlark.StringDict
+	cache       map[string]*loadEntry
+}
+
+type loadEntry struct {
+	globals starlark.StringDict
+	err     error
+	busy    bool
+}
+
+// New builds the door, the farm and every module for one run.
+func New(d *trace.Door, cfg *farm.Config, stdout io.Writer) *Runtime {
+	f := farm.New(cfg)
+	d.Priv = cfg.Privilege
+	rt := &Runtime{Door: d, Farm: f, Stdout: stdout, cache: map[string]*loadEntry{}}
+	rt.Modules = append(rt.Modules, f.Module(d))
+	for _, mk := range modules {
+		rt.Modules = append(rt.Modules, mk(d, f))
+	}
+	rt.Modules = append(rt.Modules, argsModule())
+	rt.predeclared = starlark.StringDict{
+		"json":   json.Module,
+		"time":   sltime.Module,
+		"struct": starlark.NewBuiltin("struct", starlarkstruct.Make),
+	}
+	for _, m := range rt.Modules {
+		rt.predeclared[m.Name] = m.Struct()
+	}
+	return rt
+}
+
+// source is a Starlark file: on disk (Path absolute) or embedded (Path
+// relative to recipes/, Embedded true).
+type source struct {
+	Path     string
+	Embedded bool
+}
+
+func (s source) key() string {
+	if s.Embedded {
+		return BundledPrefix + s.Path
+	}
+	return s.Path
+}
+
+// display is how the file is named in backtraces.
+func (s source) display() string {
+	if s.Embedded {
+		return "recipes/" + s.Path
+	}
+	return s.Path
+}
+
+func (s source) read() ([]byte, error) {
+	if s.Embedded {
+		return fs.ReadFile(recipes.FS, s.Path)
+	}
+	return os.ReadFile(s.Path)
+}
+
+// resolveLoad finds the file a load() statement names, relative to from.
+func resolveLoad(from source, module string) (source, error) {
+	switch {
+	case strings.HasPrefix(module, BundledPrefix):
+		p := path.Clean(strings.TrimPrefix(module, BundledPrefix))
+		if strings.HasPrefix(p, "../") {
+			return source{}, fmt.Errorf("load %q: outside the bundled recipes", module)
+		}
+		return source{Path: p, Embedded: true}, nil
+	case filepath.IsAbs(module):
+		return source{Path: filepath.Clean(module)}, nil
+	case from.Embedded:
+		p := path.Clean(path.Join(path.Dir(from.Path), module))
+		if strings.HasPrefix(p, "../") {
+			return source{}, fmt.Errorf("load %q from %s: outside the bundled recipes", module, from.display())
+		}
+		return source{Path: p, Embedded: true}, nil
+	default:
+		return source{Path: filepath.Join(filepath.Dir(from.Path), module)}, nil
+	}
+}
+
+// newThread makes a thread sharing the run's print, load and context.
+func (rt *Runtime) newThread(name string, from source) *starlark.Thread {
+	th := &starlark.Thread{Name: name}
+	th.Print = func(_ *starlark.Thread, msg string) {
+		if rt.Door.DryRun {
+			for _, line := range strings.Split(msg, "\n") {
+				rt.Door.Print("# " + line)
+			}
+			return
+		}
+		fmt.Fprintln(rt.Stdout, rt.Door.Mask(msg))
+	}
+	th.Load = func(t *starlark.Thread, module string) (starlark.StringDict, error) {
+		src, err := resolveLoad(from, module)
+		if err != nil {
+			return nil, err
+		}
+		return rt.exec(src)
+	}
+	th.SetLocal(trace.ContextKey, rt.Door.Context())
+	ctx := rt.Door.Context()
+	stop := context.AfterFunc(ctx, func() { th.Cancel("interrupted") })
+	_ = stop
+	return th
+}
+
+// exec runs a file once and caches its globals (load semantics).
+func (rt *Runtime) exec(src source) (starlark.StringDict, error) {
+	k := src.key()
+	if e, ok := rt.cache[k]; ok {
+		if e.busy {
+			return nil, fmt.Errorf("cycle in load graph involving %s", src.display())
+		}
+		return e.globals, e.err
+	}
+	e := &loadEntry{busy: true}
+	rt.cache[k] = e
+	data, err := src.read()
+	if err != nil {
+		e.busy, e.err = false, fmt.Errorf("load %s: %w", src.display(), err)
+		return nil, e.err
+	}
+	th := rt.newThread(src.display(), src)
+	g, err := starlark.ExecFileOptions(fileOptions, th, src.display(), data, rt.predeclared)
+	e.busy, e.globals, e.err = false, g, err
+	return g, err
+}
+
+// findRecipe resolves what `pifarm run X` names: a bundled name ("enrol"),
+// a file on disk, or a bundled path ("recipes/enrol.star") that falls back to
+// the embedded copy when no such file exists on disk.
+func findRecipe(name string) (source, string, error) {
+	base := strings.TrimSuffix(path.Base(filepath.ToSlash(name)), ".star")
+	if !strings.ContainsRune(name, '/') && !strings.HasSuffix(name, ".star") {
+		p := name + ".star"
+		if _, err := fs.Stat(recipes.FS, p); err == nil {
+			return source{Path: p, Embedded: true}, name, nil
+		}
+		return source{}, "", trace.Usagef("no bundled recipe %q (see `pifarm recipes`; a file must end in .star)", name)
+	}
+	if fi, err := os.Stat(name); err == nil && !fi.IsDir() {
+		abs, _ := filepath.Abs(name)
+		return source{Path: abs}, base, nil
+	}
+	slash := filepath.ToSlash(name)
+	if i := strings.LastIndex(slash, "recipes/"); i >= 0 {
+		p := slash[i+len("recipes/"):]
+		if _, err := fs.Stat(recipes.FS, p); err == nil {
+			return source{Path: p, Embedded: true}, base, nil
+		}
+	}
+	if _, err := fs.Stat(recipes.FS, slash); err == nil && !strings.HasPrefix(slash, "/") {
+		return source{Path: slash, Embedded: true}, base, nil
+	}
+	return source{}, "", trace.Usagef("recipe %s: no such file (nor a bundled recipe of that name)", name)
+}
+
+// BundledRecipes lists the top-level bundled recipe names.
+func BundledRecipes() []string {
+	ents, _ := fs.ReadDir(recipes.FS, ".")
+	var names []string
+	for _, e := range ents {
+		if !e.IsDir() && strings.HasSuffix(e.Name(), ".star") {
+			names = append(names, strings.TrimSuffix(e.Name(), ".star"))
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// loadSpec executes a recipe's top level and reads its declarations.
+func (rt *Runtime) loadSpec(src source, name string) (*spec, starlark.StringDict, error) {
+	g, err := rt.exec(src)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := readSpec(name, g)
+	return s, g, err
+}
+
+// RunRecipe parses argv against the recipe's declared command line and calls
+// its main(opts). It returns the parsed global flags found after the recipe
+// name (help is handled here).
+func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bool) error {
+	s, g, err := rt.loadSpec(src, name)
+	if err != nil {
+		return err
+	}
+	p, err := s.parse(argv, rt.Farm, func(n *farm.Node) starlark.Value { return rt.Farm.NodeStruct(n) })
+	if err != nil {
+		return err
+	}
+	if p.help {
+		fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
+		return nil
+	}
+	if p.dryRun {
+		rt.Door.DryRun = true
+		rt.Door.Out = rt.Stdout
+	}
+	if p.verbose {
+		rt.Door.Verbose = true
+	}
+	mainFn, ok := g["main"].(starlark.Callable)
+	if !ok {
+		return fmt.Errorf("recipe %s defines no main(opts) function", src.display())
+	}
+	th := rt.newThread(name, src)
+	_, err = starlark.Call(th, mainFn, starlark.Tuple{p.opts()}, nil)
+	return err
+}
+
+// Summary returns a bundled recipe's SUMMARY (executing its top level only).
+func (rt *Runtime) Summary(name string) (string, error) {
+	src, _, err := findRecipe(name)
+	if err != nil {
+		return "", err
+	}
+	s, _, err := rt.loadSpec(src, name)
+	if err != nil {
+		return "", err
+	}
+	return s.summary, nil
+}
+
+// errorText renders an error for the user: the innermost Starlark
+// backtrace (file:line of the recipe) and the Go error that caused it.
+func errorText(err error) string {
+	var ee *starlark.EvalError
+	var inner *starlark.EvalError
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if x, ok := e.(*starlark.EvalError); ok {
+			if ee == nil {
+				ee = x
+			}
+			inner = x
+		}
+	}
+	if inner == nil {
+		return err.Error()
+	}
+	_ = ee
+	return inner.Backtrace()
+}

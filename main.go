@@ -1,0 +1,26 @@
+// Command pifarm develops software on a farm of Raspberry Pi 3 B+ nodes:
+// QEMU guests and hardware boxes running copies of one RaspiOS image.
+// Go builtins do every side effect; bundled Starlark recipes compose them.
+// See README.md, `pifarm -hv` and `pifarm doc`.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"pifarm/builtins/runtime"
+)
+
+//go:embed config.star
+var defaultConfig []byte
+
+func main() {
+	runtime.DefaultConfig = defaultConfig
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runtime.Main(runtime.Options{Args: os.Args[1:], Ctx: ctx})
+	stop()
+	os.Exit(code)
+}
