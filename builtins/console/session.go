@@ -1,0 +1,456 @@
+package console
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"pifarm/builtins/trace"
+)
+
+// ErrClosed reports that the console connection ended (QEMU exited or
+// closed the socket) while a session was waiting for output.
+var ErrClosed = errors.New("console closed")
+
+const (
+	maxBuf  = 1 << 20 // unconsumed text kept for expect
+	maxHist = 8 << 10 // text kept for error messages
+)
+
+// Session is one client connection to a serial console. QEMU's socket
+// chardev serves one client at a time and drops output while nobody is
+// connected, so a session asks for a fresh prompt instead of relying on
+// what was printed before it connected.
+type Session struct {
+	d *trace.Door
+	// Label names the console in trace lines and errors ("console 5801").
+	Label string
+	// Addr is the TCP address of the console.
+	Addr string
+
+	conn   net.Conn
+	mu     sync.Mutex
+	buf    []byte // cleaned text not yet consumed by an expect
+	hist   []byte // the last maxHist bytes received, for error messages
+	notify chan struct{}
+	rerr   error // why the reader stopped
+	cl     cleaner
+	got    bool // anything received at all
+
+	user   string // logged in as (by this session)
+	nonce  string
+	seq    int
+	closed bool
+}
+
+// Match is what an expect found.
+type Match struct {
+	Index  int      // which of the patterns matched
+	Text   string   // the whole match
+	Groups []string // the submatches
+	Before string   // the text between the previous match and this one
+}
+
+// Dial connects to a console. Dry, it connects to nothing and prints a
+// comment; the returned session answers every call with plausible values.
+func Dial(d *trace.Door, label, addr string, timeout time.Duration) (*Session, error) {
+	s := &Session{d: d, Label: label, Addr: addr, notify: make(chan struct{})}
+	var b [4]byte
+	rand.Read(b[:])
+	s.nonce = hex.EncodeToString(b[:])
+	if d.DryRun {
+		d.Print(fmt.Sprintf("# %s: connect to %s", label, addr))
+		return s, nil
+	}
+	if d.Verbose {
+		d.Print(fmt.Sprintf("# %s: connect to %s", label, addr))
+	}
+	var dl net.Dialer
+	dl.Timeout = timeout
+	conn, err := dl.DialContext(d.Context(), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	s.conn = conn
+	go s.read()
+	return s, nil
+}
+
+func (s *Session) read() {
+	p := make([]byte, 4096)
+	for {
+		n, err := s.conn.Read(p)
+		s.mu.Lock()
+		if n > 0 {
+			s.got = true
+			before := len(s.buf)
+			s.buf = s.cl.clean(s.buf, p[:n])
+			s.hist = append(s.hist, s.buf[before:]...)
+			if len(s.hist) > maxHist {
+				s.hist = append(s.hist[:0], s.hist[len(s.hist)-maxHist/2:]...)
+			}
+			if len(s.buf) > maxBuf {
+				s.buf = append(s.buf[:0], s.buf[len(s.buf)-maxBuf/2:]...)
+			}
+		}
+		if err != nil {
+			s.rerr = err
+		}
+		close(s.notify)
+		s.notify = make(chan struct{})
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Dry reports whether the session only prints.
+func (s *Session) Dry() bool { return s.conn == nil }
+
+// Expect waits until one of pats matches the text received since the last
+// match, consumes the text up to the end of the match and returns it. It
+// fails after timeout, when the console closes (ErrClosed) or when the run
+// is cancelled, quoting the last lines received.
+func (s *Session) Expect(pats []*regexp.Regexp, timeout time.Duration) (Match, error) {
+	if s.Dry() {
+		s.d.Print(fmt.Sprintf("# %s: expect %s", s.Label, showPats(pats)))
+		m := Match{Groups: make([]string, pats[0].NumSubexp())}
+		return m, nil
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	ctx := s.d.Context()
+	for {
+		s.mu.Lock()
+		if m, ok := s.find(pats); ok {
+			s.mu.Unlock()
+			return m, nil
+		}
+		if s.rerr != nil {
+			err := s.rerr
+			s.mu.Unlock()
+			return Match{}, s.failf(fmt.Errorf("%w (%v)", ErrClosed, err), "the console closed while waiting for %s", showPats(pats))
+		}
+		ch := s.notify
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timer.C:
+			return Match{}, s.failf(nil, "timeout after %s waiting for %s", timeout, showPats(pats))
+		case <-ctx.Done():
+			return Match{}, s.failf(ctx.Err(), "interrupted while waiting for %s", showPats(pats))
+		}
+	}
+}
+
+// find looks for the earliest match of any pattern; s.mu is held.
+func (s *Session) find(pats []*regexp.Regexp) (Match, bool) {
+	best, bestAt := -1, 0
+	var loc []int
+	for i, re := range pats {
+		l := re.FindSubmatchIndex(s.buf)
+		if l != nil && (best < 0 || l[0] < bestAt) {
+			best, bestAt, loc = i, l[0], l
+		}
+	}
+	if best < 0 {
+		return Match{}, false
+	}
+	m := Match{Index: best, Text: string(s.buf[loc[0]:loc[1]]), Before: string(s.buf[:loc[0]])}
+	for g := 1; g < len(loc)/2; g++ {
+		if loc[2*g] >= 0 {
+			m.Groups = append(m.Groups, string(s.buf[loc[2*g]:loc[2*g+1]]))
+		} else {
+			m.Groups = append(m.Groups, "")
+		}
+	}
+	s.buf = append(s.buf[:0], s.buf[loc[1]:]...)
+	return m, true
+}
+
+// failf builds an error that names the console and quotes the last lines
+// received (or says that nothing came at all, with the likely reasons).
+func (s *Session) failf(wrapped error, format string, args ...any) error {
+	s.mu.Lock()
+	got, hist := s.got, string(s.hist)
+	s.mu.Unlock()
+	msg := s.Label + ": " + fmt.Sprintf(format, args...)
+	if !got {
+		msg += fmt.Sprintf("; nothing was received from %s (is the guest still booting, or is another client such as nc, socat or another pifarm connected? QEMU serves one console client at a time)", s.Addr)
+	} else {
+		msg += "; last lines received:"
+		for _, l := range tail(hist, 8) {
+			msg += "\n  | " + l
+		}
+	}
+	msg = s.d.Mask(msg)
+	if wrapped != nil {
+		return &consoleError{msg: msg, err: wrapped}
+	}
+	return errors.New(msg)
+}
+
+type consoleError struct {
+	msg string
+	err error
+}
+
+func (e *consoleError) Error() string { return e.msg }
+func (e *consoleError) Unwrap() error { return e.err }
+
+// Send writes text to the console as typed. The trace line shows it quoted,
+// with registered secrets masked.
+func (s *Session) Send(text string) error {
+	return s.d.Do(fmt.Sprintf("# %s: send %s", s.Label, showText(text)), func() error {
+		return s.write(text)
+	})
+}
+
+func (s *Session) write(text string) error {
+	if s.conn == nil {
+		return nil
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.conn.Write([]byte(text)); err != nil {
+		return fmt.Errorf("%s: send: %w", s.Label, err)
+	}
+	return nil
+}
+
+// Patterns the console speaks.
+var (
+	reLogin     = regexp.MustCompile(`(?m)login: *$`)
+	rePassword  = regexp.MustCompile(`(?m)[Pp]assword: *$`)
+	reShell     = regexp.MustCompile(`(?m)[$#] $`)
+	reIncorrect = regexp.MustCompile(`Login incorrect`)
+	reWizard    = regexp.MustCompile(`(?i)(enter new username|create a new user)`)
+	reHalted    = regexp.MustCompile(`reboot: (System halted|Power down)|System halted`)
+)
+
+// ErrNoUser reports that no password logged the user in (or that the guest
+// asks to create a first user): the image has no such user.
+var ErrNoUser = errors.New("login refused with every password")
+
+// Login logs user in, trying passwords in turn. A console that already
+// shows a shell is logged out first; a pending Password: prompt is
+// answered empty. `Login incorrect` moves on to the next password at once.
+// It reports false when every password was refused (the image has no such
+// user or other passwords).
+func (s *Session) Login(user string, passwords []string, timeout time.Duration) (bool, error) {
+	byLen := append([]string(nil), passwords...)
+	sort.Slice(byLen, func(i, j int) bool { return len(byLen[i]) > len(byLen[j]) })
+	for _, p := range byLen {
+		s.d.Secret(p)
+	}
+	if s.Dry() {
+		s.d.Print(fmt.Sprintf("# %s: log in as %s (fresh prompt; a logged-in shell is logged out first; passwords %s in turn)",
+			s.Label, user, strings.Join(passwords, ", ")))
+		s.Send(user + "\r")
+		if len(passwords) > 0 {
+			s.Send(passwords[0] + "\r")
+		}
+		s.user = user
+		return true, nil
+	}
+	deadline := time.Now().Add(timeout)
+	left := func() time.Duration {
+		if d := time.Until(deadline); d > 0 {
+			return d
+		}
+		return time.Millisecond
+	}
+	// Get to a login prompt.
+	if err := s.Send("\r"); err != nil {
+		return false, err
+	}
+	for tries := 0; ; tries++ {
+		m, err := s.Expect([]*regexp.Regexp{reLogin, rePassword, reShell, reWizard}, left())
+		if err != nil {
+			return false, err
+		}
+		if m.Index == 0 {
+			break
+		}
+		if tries > 5 {
+			return false, s.failf(nil, "cannot get to a login prompt")
+		}
+		switch m.Index {
+		case 1: // someone left a password prompt: an empty answer fails and re-prompts
+			if err := s.Send("\r"); err != nil {
+				return false, err
+			}
+		case 2: // a shell: log out first
+			if err := s.Send("exit\r"); err != nil {
+				return false, err
+			}
+		case 3:
+			return false, nil
+		}
+	}
+	for i, pw := range passwords {
+		if i > 0 {
+			if _, err := s.Expect([]*regexp.Regexp{reLogin}, left()); err != nil {
+				return false, err
+			}
+		}
+		if err := s.Send(user + "\r"); err != nil {
+			return false, err
+		}
+		m, err := s.Expect([]*regexp.Regexp{rePassword, reShell, reIncorrect, reWizard}, left())
+		if err != nil {
+			return false, err
+		}
+		switch m.Index {
+		case 1:
+			s.user = user
+			return true, nil
+		case 2:
+			continue
+		case 3:
+			return false, nil
+		}
+		if err := s.Send(pw + "\r"); err != nil {
+			return false, err
+		}
+		m, err = s.Expect([]*regexp.Regexp{reShell, reIncorrect, reWizard}, left())
+		if err != nil {
+			return false, err
+		}
+		switch m.Index {
+		case 0:
+			s.user = user
+			return true, nil
+		case 2:
+			return false, nil
+		}
+	}
+	return false, nil
+}
+
+// Result is the outcome of a command run on the console.
+type Result struct {
+	Output   string
+	ExitCode int
+}
+
+// Run types cmd into the logged-in shell and waits for it to finish. The
+// command runs through eval between two printf markers whose output
+// ("TOKEN_B", "TOKEN_E<status>") differs from their echo, so neither the
+// echoed line nor kernel messages can be mistaken for the end. Kernel log
+// lines are dropped from the output.
+func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
+	s.seq++
+	tok := fmt.Sprintf("PF%s%d", s.nonce, s.seq)
+	line := fmt.Sprintf("printf '%%s_B\\n' %s; eval %s; printf '%%s_E%%d\\n' %s $?\r", tok, trace.Quote(cmd), tok)
+	if err := s.d.Do(fmt.Sprintf("# %s: run %s", s.Label, quote(cmd)), func() error { return s.write(line) }); err != nil {
+		return Result{}, err
+	}
+	if s.Dry() {
+		return Result{}, nil
+	}
+	re := regexp.MustCompile(`(?s)` + tok + `_B\n(.*?)` + tok + `_E(\d+)\n`)
+	m, err := s.Expect([]*regexp.Regexp{re}, timeout)
+	if err != nil {
+		return Result{}, fmt.Errorf("run %s: %w", quote(cmd), err)
+	}
+	code, _ := strconv.Atoi(m.Groups[1])
+	out := strings.TrimSuffix(dropKernelLines(m.Groups[0]), "\n")
+	return Result{Output: out, ExitCode: code}, nil
+}
+
+// WaitHalted waits until the guest reports that it stopped (`reboot:
+// System halted`, `reboot: Power down`) or the console closes because QEMU
+// exited; it returns what it saw.
+func (s *Session) WaitHalted(timeout time.Duration) (string, error) {
+	if s.Dry() {
+		s.d.Print(fmt.Sprintf("# %s: wait until the guest reports it stopped (reboot: System halted / reboot: Power down)", s.Label))
+		s.user = ""
+		return "reboot: Power down", nil
+	}
+	m, err := s.Expect([]*regexp.Regexp{reHalted}, timeout)
+	if errors.Is(err, ErrClosed) {
+		return "console closed", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	s.user = ""
+	return strings.TrimSpace(m.Text), nil
+}
+
+// Logout ends the shell this session logged into.
+func (s *Session) Logout() error {
+	if s.user == "" {
+		return nil
+	}
+	s.user = ""
+	return s.Send("exit\r")
+}
+
+// Close logs out (when logout is set and this session logged in) and
+// disconnects, so that another client may use the console.
+func (s *Session) Close(logout bool) error {
+	if s.closed {
+		return nil
+	}
+	var err error
+	if logout {
+		err = s.Logout()
+	}
+	s.closed = true
+	if s.conn != nil {
+		s.conn.Close()
+	} else if s.d.DryRun {
+		s.d.Print(fmt.Sprintf("# %s: disconnect", s.Label))
+	}
+	return err
+}
+
+// quote shows text in single quotes (always), for trace lines.
+func quote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func showText(text string) string {
+	body := strings.TrimRight(text, "\r\n")
+	enter := body != text
+	var q string
+	switch {
+	case body == "" && enter:
+		return "Enter"
+	case printable(body):
+		q = quote(body)
+	default:
+		q = strconv.Quote(body)
+	}
+	if !enter {
+		q += " (without Enter)"
+	}
+	return q
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func showPats(pats []*regexp.Regexp) string {
+	var s []string
+	for _, p := range pats {
+		s = append(s, "/"+p.String()+"/")
+	}
+	return strings.Join(s, " or ")
+}
