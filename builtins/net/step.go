@@ -1,0 +1,351 @@
+package net
+
+import (
+	"errors"
+	"fmt"
+	stdnet "net"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Step is one privileged netlink change. It is what a trace line shows (its
+// iproute2 equivalent), what the hidden `pifarm net` subcommand performs
+// when pifarm re-invokes itself through the privilege command, and what is
+// applied in-process when pifarm already holds CAP_NET_ADMIN.
+type Step struct {
+	// Verb is one of the Verbs keys.
+	Verb string
+	// Link is the interface the step changes.
+	Link string
+	// Arg is the second operand: the master of "master", the address
+	// (a.b.c.d/nn) of "addr-replace".
+	Arg string
+	// User and Group own a TAP made by "tap-add" (names or numeric ids).
+	User, Group string
+	// Netns is the network namespace (a name under /run/netns, or a path);
+	// empty for pifarm's own.
+	Netns string
+}
+
+// Verbs lists the steps with their operand count (besides the link) and
+// a one-line description, used by the hidden subcommand's usage text.
+var Verbs = map[string]struct {
+	Args int
+	Doc  string
+}{
+	"bridge-add":   {0, "bridge-add LINK: create a bridge"},
+	"bridge-del":   {0, "bridge-del LINK: delete a bridge (its ports stay)"},
+	"tap-add":      {0, "tap-add LINK --user U [--group G]: create a persistent TAP owned by U"},
+	"tap-del":      {0, "tap-del LINK: delete a TAP"},
+	"link-del":     {0, "link-del LINK: delete any link"},
+	"master":       {1, "master LINK MASTER: make LINK a port of bridge MASTER"},
+	"nomaster":     {0, "nomaster LINK: take LINK off its bridge"},
+	"up":           {0, "up LINK: bring LINK up"},
+	"down":         {0, "down LINK: bring LINK down"},
+	"addr-replace": {1, "addr-replace LINK ADDR/PREFIX: add or replace an address"},
+	"addr-flush":   {0, "addr-flush LINK: remove every address"},
+}
+
+// IP is the iproute2 command line equivalent to the step, without any
+// privilege prefix: a user can paste it into a root shell.
+func (s Step) IP() []string {
+	ip := []string{"ip"}
+	if s.Netns != "" {
+		if nsPath(s.Netns) == "/run/netns/"+s.Netns {
+			ip = append(ip, "-n", s.Netns)
+		} else {
+			ip = []string{"nsenter", "--net=" + s.Netns, "ip"}
+		}
+	}
+	switch s.Verb {
+	case "bridge-add":
+		return append(ip, "link", "add", "name", s.Link, "type", "bridge")
+	case "bridge-del", "link-del":
+		return append(ip, "link", "delete", "dev", s.Link)
+	case "tap-add":
+		a := append(ip, "tuntap", "add", "dev", s.Link, "mode", "tap", "user", s.User)
+		if s.Group != "" {
+			a = append(a, "group", s.Group)
+		}
+		return a
+	case "tap-del":
+		return append(ip, "tuntap", "del", "dev", s.Link, "mode", "tap")
+	case "master":
+		return append(ip, "link", "set", s.Link, "master", s.Arg)
+	case "nomaster":
+		return append(ip, "link", "set", s.Link, "nomaster")
+	case "up", "down":
+		return append(ip, "link", "set", s.Link, s.Verb)
+	case "addr-replace":
+		return append(ip, "addr", "replace", s.Arg, "dev", s.Link)
+	case "addr-flush":
+		return append(ip, "addr", "flush", "dev", s.Link)
+	}
+	return append(ip, "#", "unknown step", s.Verb)
+}
+
+// CLI is the argument list of the hidden subcommand that performs the step:
+// `pifarm net CLI...`.
+func (s Step) CLI() []string {
+	a := []string{s.Verb, s.Link}
+	if s.Arg != "" {
+		a = append(a, s.Arg)
+	}
+	if s.User != "" {
+		a = append(a, "--user", s.User)
+	}
+	if s.Group != "" {
+		a = append(a, "--group", s.Group)
+	}
+	if s.Netns != "" {
+		a = append(a, "--netns", s.Netns)
+	}
+	return a
+}
+
+// ParseStep reads the hidden subcommand's arguments (the inverse of CLI).
+func ParseStep(args []string) (Step, error) {
+	var s Step
+	var pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		var key, val string
+		switch {
+		case a == "--user" || a == "--group" || a == "--netns":
+			if i+1 >= len(args) {
+				return s, fmt.Errorf("%s needs a value", a)
+			}
+			key, val = a, args[i+1]
+			i++
+		case strings.HasPrefix(a, "--"):
+			k, v, ok := strings.Cut(a, "=")
+			if !ok {
+				return s, fmt.Errorf("unknown option %s", a)
+			}
+			key, val = k, v
+		default:
+			pos = append(pos, a)
+			continue
+		}
+		switch key {
+		case "--user":
+			s.User = val
+		case "--group":
+			s.Group = val
+		case "--netns":
+			s.Netns = val
+		default:
+			return s, fmt.Errorf("unknown option %s", key)
+		}
+	}
+	if len(pos) == 0 {
+		return s, errors.New("missing step")
+	}
+	s.Verb = pos[0]
+	v, ok := Verbs[s.Verb]
+	if !ok {
+		return s, fmt.Errorf("unknown step %q", s.Verb)
+	}
+	if len(pos) != 2+v.Args {
+		return s, fmt.Errorf("step %s: want %s", s.Verb, v.Doc)
+	}
+	s.Link = pos[1]
+	if v.Args == 1 {
+		s.Arg = pos[2]
+	}
+	return s, s.check()
+}
+
+// check validates the operands before anything is touched.
+func (s Step) check() error {
+	if err := checkName(s.Link); err != nil {
+		return err
+	}
+	switch s.Verb {
+	case "master":
+		return checkName(s.Arg)
+	case "addr-replace":
+		if _, _, err := stdnet.ParseCIDR(s.Arg); err != nil {
+			return fmt.Errorf("%s: address %q is not ADDR/PREFIX", s.Link, s.Arg)
+		}
+	case "tap-add":
+		if s.User == "" {
+			return errors.New("tap-add needs --user")
+		}
+	}
+	return nil
+}
+
+// checkName refuses what the kernel would refuse as an interface name.
+func checkName(n string) error {
+	if n == "" || len(n) > 15 || n == "." || n == ".." {
+		return fmt.Errorf("interface name %q: 1 to 15 characters", n)
+	}
+	for _, c := range n {
+		if c == '/' || c == ':' || c <= ' ' || c == '%' {
+			return fmt.Errorf("interface name %q holds %q", n, c)
+		}
+	}
+	return nil
+}
+
+// Apply performs the step with netlink. It must run with CAP_NET_ADMIN. It
+// is idempotent where the iproute2 command is: adding an existing bridge of
+// that name, or a TAP that exists, is fine.
+func (s Step) Apply() error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	var uid, gid int
+	if s.Verb == "tap-add" {
+		var err error
+		if uid, gid, err = lookupOwner(s.User, s.Group); err != nil {
+			return err
+		}
+	}
+	return inNS(s.Netns, func(h *netlink.Handle) error {
+		link := func(name string) (netlink.Link, error) {
+			l, err := h.LinkByName(name)
+			if err != nil {
+				var nf netlink.LinkNotFoundError
+				if errors.As(err, &nf) {
+					return nil, fmt.Errorf("%s: no such link", name)
+				}
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			return l, nil
+		}
+		switch s.Verb {
+		case "bridge-add":
+			if l, err := h.LinkByName(s.Link); err == nil {
+				if l.Type() != "bridge" {
+					return fmt.Errorf("%s exists and is a %s, not a bridge", s.Link, l.Type())
+				}
+				return nil
+			}
+			return h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: s.Link}})
+		case "tap-add":
+			if l, err := h.LinkByName(s.Link); err == nil && l.Type() != "tuntap" {
+				return fmt.Errorf("%s exists and is a %s, not a TAP", s.Link, l.Type())
+			}
+			// Without IFF_TUN_EXCL an existing, unused TAP is attached to
+			// and gets the new owner, as `ip tuntap add` does.
+			t := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: s.Link},
+				Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI,
+				Owner: uint32(uid), Group: uint32(gid)}
+			if err := h.LinkAdd(t); err != nil {
+				if errors.Is(err, syscall.EBUSY) {
+					return fmt.Errorf("%s is in use (a running QEMU holds it): %w", s.Link, err)
+				}
+				return err
+			}
+			return nil
+		case "bridge-del", "tap-del", "link-del":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			want := map[string]string{"bridge-del": "bridge", "tap-del": "tuntap"}[s.Verb]
+			if want != "" && l.Type() != want {
+				return fmt.Errorf("%s is a %s, not a %s", s.Link, l.Type(), want)
+			}
+			return h.LinkDel(l)
+		case "master":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			m, err := link(s.Arg)
+			if err != nil {
+				return err
+			}
+			if m.Type() != "bridge" {
+				return fmt.Errorf("%s is a %s, not a bridge", s.Arg, m.Type())
+			}
+			return h.LinkSetMaster(l, m)
+		case "nomaster":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			return h.LinkSetNoMaster(l)
+		case "up", "down":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			if s.Verb == "up" {
+				return h.LinkSetUp(l)
+			}
+			return h.LinkSetDown(l)
+		case "addr-replace":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			a, err := netlink.ParseAddr(s.Arg)
+			if err != nil {
+				return err
+			}
+			return h.AddrReplace(l, a)
+		case "addr-flush":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+			if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+				return err
+			}
+			for _, a := range addrs {
+				if err := h.AddrDel(l, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+					return fmt.Errorf("delete %s: %w", a.IPNet, err)
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("unknown step %q", s.Verb)
+	})
+}
+
+// lookupOwner resolves a TAP's user and group (names or numeric ids); an
+// empty group is the user's primary group.
+func lookupOwner(usr, group string) (uid, gid int, err error) {
+	u, err := user.Lookup(usr)
+	if err != nil {
+		if n, nerr := strconv.Atoi(usr); nerr == nil && n >= 0 {
+			u, err = user.LookupId(usr)
+			if err != nil {
+				// A numeric id need not have a passwd entry.
+				uid, gid = n, n
+				if group != "" {
+					gid, err = lookupGroup(group)
+				}
+				return uid, gid, err
+			}
+		} else {
+			return 0, 0, fmt.Errorf("user %q: %w", usr, err)
+		}
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	if group != "" {
+		gid, err = lookupGroup(group)
+	}
+	return uid, gid, err
+}
+
+func lookupGroup(group string) (int, error) {
+	if n, err := strconv.Atoi(group); err == nil && n >= 0 {
+		return n, nil
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", group, err)
+	}
+	return strconv.Atoi(g.Gid)
+}
