@@ -254,14 +254,14 @@ func TestWrongKindsAndMissingLinks(t *testing.T) {
 		"delete TAP as bridge": func() (bool, error) {
 			return m.Delete(ns, "q0tap1", "bridge")
 		},
-		"master not a bridge":   func() (bool, error) { return m.SetMaster(ns, "q0tap1", "q0tap1") },
-		"master missing":        func() (bool, error) { return m.SetMaster(ns, "q0tap1", "q0br") },
-		"up missing":            func() (bool, error) { return m.SetUp(ns, "q9tap9", true) },
-		"address missing link":  func() (bool, error) { return m.AddrReplace(ns, "q9tap9", "10.0.0.1/24") },
-		"bad address":           func() (bool, error) { return m.AddrReplace(ns, "q0tap1", "10.0.0.1") },
-		"unknown user":          func() (bool, error) { return m.TapAdd(ns, "q0tap2", "no-such-user-x", "") },
-		"name too long":         func() (bool, error) { return m.BridgeAdd(ns, "q0br-much-too-long") },
-		"unknown netns":         func() (bool, error) { return m.BridgeAdd("pifarm-no-such-ns", "q0br") },
+		"master not a bridge":  func() (bool, error) { return m.SetMaster(ns, "q0tap1", "q0tap1") },
+		"master missing":       func() (bool, error) { return m.SetMaster(ns, "q0tap1", "q0br") },
+		"up missing":           func() (bool, error) { return m.SetUp(ns, "q9tap9", true) },
+		"address missing link": func() (bool, error) { return m.AddrReplace(ns, "q9tap9", "10.0.0.1/24") },
+		"bad address":          func() (bool, error) { return m.AddrReplace(ns, "q0tap1", "10.0.0.1") },
+		"unknown user":         func() (bool, error) { return m.TapAdd(ns, "q0tap2", "no-such-user-x", "") },
+		"name too long":        func() (bool, error) { return m.BridgeAdd(ns, "q0br-much-too-long") },
+		"unknown netns":        func() (bool, error) { return m.BridgeAdd("pifarm-no-such-ns", "q0br") },
 	} {
 		if _, err := call(); err == nil {
 			t.Errorf("%s: no error", name)
