@@ -3,6 +3,7 @@ package runtime
 import (
 	"pifarm/builtins/farm"
 	"pifarm/builtins/host"
+	"pifarm/builtins/net"
 	"pifarm/builtins/trace"
 )
 
@@ -11,4 +12,5 @@ import (
 // New(*trace.Door, *farm.Farm) *trace.Module; add one line per module.
 var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
 	host.New,
+	net.New,
 }
