@@ -8,5 +8,5 @@ import "embed"
 // FS is what pifarm ships of recipes/. A folder joins the pattern once it
 // holds files (an empty or missing folder would break the build).
 //
-//go:embed *.star lib
+//go:embed *.star lib guest
 var FS embed.FS

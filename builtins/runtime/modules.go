@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"pifarm/builtins/farm"
+	"pifarm/builtins/guest"
 	"pifarm/builtins/host"
 	"pifarm/builtins/net"
 	"pifarm/builtins/trace"
@@ -12,5 +13,6 @@ import (
 // New(*trace.Door, *farm.Farm) *trace.Module; add one line per module.
 var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
 	host.New,
+	guest.New,
 	net.New,
 }

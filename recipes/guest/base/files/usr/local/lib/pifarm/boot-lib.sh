@@ -1,0 +1,202 @@
+# /usr/local/lib/pifarm/boot-lib.sh - functions shared by pifarm's boot scripts.
+# Sourced (". file") by /etc/boot.d/* under any POSIX sh (dash, busybox ash, bash).
+#
+# Environment (for tests; unset on a real boot):
+#   ROOT              prefix of every file path read or written (a temp root)
+#   SYSFS             where sysfs is mounted (default /sys)
+#   PIFARM_BOOT_DRY   when set, commands that change the system are printed
+#                     ("+ ip link set ...") instead of run
+#
+# The node tables come from pifarm (`pifarm run guest --base-system N`):
+#   /etc/hosts    "<lan-ip> nN.lan <alias>" and "<wan-ip> nN.wan" per node
+#   /etc/iftab    "lanN mac xx:xx:xx:xx:xx:xx" per hardware box
+#   /etc/wifitab  "<alias> <channel> <ssid>"
+#   /etc/pifarm/farm.conf  WLAN_ADDR=..., LAN_PREFIX=... (sourced when present)
+
+ROOT=${ROOT:-}
+SYSFS=${SYSFS:-/sys}
+LC_ALL=C
+export LC_ALL
+WLAN_ADDR=172.19.111.1/24
+LAN_PREFIX=24
+# shellcheck disable=SC1090
+[ -r "$ROOT/etc/pifarm/farm.conf" ] && . "$ROOT/etc/pifarm/farm.conf"
+
+# pf_say TEXT: one line of boot log, prefixed with the script's name.
+pf_say() { echo "boot.d/${PF_NAME:-pifarm}: $*"; }
+
+# pf_run CMD ARGS: run a command that changes the system (printed when dry).
+pf_run() {
+	if [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+		echo "+ $*"
+	else
+		"$@"
+	fi
+}
+
+# pf_have PROG: whether PROG is on PATH.
+pf_have() { command -v "$1" >/dev/null 2>&1; }
+
+# pf_write FILE TEXT: write TEXT (plus a newline) to $ROOT/FILE when it differs;
+# the old file is kept as FILE~. Returns 0 when it wrote, 1 when unchanged.
+pf_write() {
+	pf_w_file=$ROOT$1
+	if [ -f "$pf_w_file" ] && [ "$(cat "$pf_w_file")" = "$2" ]; then
+		return 1
+	fi
+	if [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+		echo "+ write $1"
+		return 0
+	fi
+	[ -f "$pf_w_file" ] && cp -p "$pf_w_file" "$pf_w_file~"
+	printf '%s\n' "$2" >"$pf_w_file.pifarm-new" && mv "$pf_w_file.pifarm-new" "$pf_w_file"
+}
+
+# pf_table FILE: FILE under ROOT without comments and blank lines.
+pf_table() { sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$ROOT$1" 2>/dev/null; }
+
+# pf_node_of_wan IP: the node id N of the line "<IP> nN.wan" in /etc/hosts.
+pf_node_of_wan() {
+	pf_table /etc/hosts | awk -v ip="$1" '$1 == ip {
+		for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.wan$/) { s = $i; sub(/^n/, "", s); sub(/\.wan$/, "", s); print s; exit }
+	}'
+}
+
+# pf_lan_of_node N: the LAN address of node N ("<ip> nN.lan ...").
+pf_lan_of_node() {
+	pf_table /etc/hosts | awk -v n="n$1.lan" '{ for (i = 2; i <= NF; i++) if ($i == n) { print $1; exit } }'
+}
+
+# pf_alias_of_node N: the alias of node N (the first other name on its LAN
+# line), or nN when it has none.
+pf_alias_of_node() {
+	pf_table /etc/hosts | awk -v n="n$1.lan" '{
+		for (i = 2; i <= NF; i++) if ($i == n) {
+			a = "n'"$1"'"
+			for (j = 2; j <= NF; j++) if ($j != n) { a = $j; break }
+			print a; exit
+		}
+	}'
+}
+
+# pf_wifi ALIAS: "<channel> <ssid>" of ALIAS from /etc/wifitab.
+pf_wifi() { pf_table /etc/wifitab | awk -v a="$1" '$1 == a && NF >= 3 { print $2, $3; exit }'; }
+
+# pf_iftab_name MAC: the interface name /etc/iftab gives to MAC ("lan3").
+pf_iftab_name() {
+	pf_table /etc/iftab | awk -v m="$1" '$2 == "mac" && tolower($3) == tolower(m) { print $1; exit }'
+}
+
+# pf_render_hostapd ALIAS IFACE: /etc/hostapd/hostapd.conf.in with @INTERFACE@,
+# @SSID@, @CHANNEL@ and @HW_MODE@ (g up to channel 14, else a) filled in from
+# /etc/wifitab, on stdout. Fails when ALIAS has no wifitab line.
+pf_render_hostapd() {
+	pf_rh_wifi=$(pf_wifi "$1")
+	[ -n "$pf_rh_wifi" ] || return 1
+	pf_rh_channel=${pf_rh_wifi%% *}
+	pf_rh_ssid=${pf_rh_wifi#* }
+	pf_rh_mode=g
+	[ "$pf_rh_channel" -gt 14 ] 2>/dev/null && pf_rh_mode=a
+	awk -v ifc="$2" -v ssid="$pf_rh_ssid" -v ch="$pf_rh_channel" -v mode="$pf_rh_mode" '
+		function subst(s, key, val,   out, i) {
+			out = ""
+			while ((i = index(s, key)) > 0) { out = out substr(s, 1, i - 1) val; s = substr(s, i + length(key)) }
+			return out s
+		}
+		{ l = subst($0, "@INTERFACE@", ifc); l = subst(l, "@SSID@", ssid)
+		  l = subst(l, "@CHANNEL@", ch); l = subst(l, "@HW_MODE@", mode); print l }' "$ROOT/etc/hostapd/hostapd.conf.in"
+}
+
+# pf_is_qemu: whether a USB device's manufacturer says QEMU.
+pf_is_qemu() {
+	for pf_q in "$SYSFS"/bus/usb/devices/*/manufacturer; do
+		[ -r "$pf_q" ] && grep -q QEMU "$pf_q" && return 0
+	done
+	return 1
+}
+
+# pf_netifs [usb]: network interfaces backed by a device (no lo, bridges,
+# TAPs), in device order (ifindex: the order the kernel found them); with
+# "usb", only those on USB (QEMU's usb-net).
+pf_netifs() {
+	for pf_n in "$SYSFS"/class/net/*; do
+		[ -e "$pf_n/device" ] || continue
+		if [ "$1" = usb ]; then
+			case $(readlink -f "$pf_n/device" 2>/dev/null) in */usb*) ;; *) continue ;; esac
+		fi
+		echo "$(cat "$pf_n/ifindex" 2>/dev/null || echo 0) ${pf_n##*/}"
+	done | sort -n | awk '{ print $2 }'
+}
+
+# pf_mac IFACE: the interface's MAC address.
+pf_mac() { cat "$SYSFS/class/net/$1/address" 2>/dev/null; }
+
+# pf_guest_mac N NIC: the MAC pifarm's QEMU gives NIC (0 WAN, 1 LAN, 2 WLAN)
+# of instance N: 52:54:5<NIC>:<id as three bytes>.
+pf_guest_mac() {
+	printf '52:54:%02x:%02x:%02x:%02x\n' $((80 + $2)) $((($1 >> 16) & 255)) $((($1 >> 8) & 255)) $(($1 & 255))
+}
+
+# pf_role_of_mac MAC: wan0, lan0 or wlan0 for a pifarm guest MAC, else nothing.
+pf_role_of_mac() {
+	case $1 in
+	52:54:50:*) echo wan0 ;;
+	52:54:51:*) echo lan0 ;;
+	52:54:52:*) echo wlan0 ;;
+	esac
+}
+
+# pf_if_addr IFACE: its first IPv4 address with prefix (1.2.3.4/24).
+pf_if_addr() { ip -4 -o addr show dev "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "inet") { print $(i + 1); exit } }'; }
+
+# pf_default_gw: the IPv4 default gateway.
+pf_default_gw() { ip -4 route show default 2>/dev/null | awk '$1 == "default" { for (i = 2; i < NF; i++) if ($i == "via") { print $(i + 1); exit } }'; }
+
+# pf_wait_addr IFACE SECONDS: wait (bounded) for an IPv4 address on IFACE and
+# print it; prints nothing after SECONDS.
+pf_wait_addr() {
+	pf_wa_n=$(($2 * 5))
+	while :; do
+		pf_wa=$(pf_if_addr "$1")
+		if [ -n "$pf_wa" ] || [ "$pf_wa_n" -le 0 ]; then
+			echo "$pf_wa"
+			return
+		fi
+		pf_wa_n=$((pf_wa_n - 1))
+		sleep 0.2 2>/dev/null || sleep 1
+	done
+}
+
+# pf_rename FROM TO: rename an interface (down, rename, up); no-op when equal.
+pf_rename() {
+	[ "$1" = "$2" ] && return 0
+	if [ -e "$SYSFS/class/net/$2" ]; then
+		pf_say "cannot rename $1 to $2: $2 exists"
+		return 1
+	fi
+	pf_say "rename $1 -> $2"
+	pf_run ip link set dev "$1" down &&
+		pf_run ip link set dev "$1" name "$2" &&
+		pf_run ip link set dev "$2" up
+}
+
+# pf_set_hostname NAME: the running host name and /etc/hostname.
+pf_set_hostname() {
+	if [ "$(hostname 2>/dev/null)" != "$1" ] || [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+		pf_run hostname "$1"
+	fi
+	pf_write /etc/hostname "$1" && pf_say "host name $1"
+	return 0
+}
+
+# pf_service "ACTION [FLAGS]" UNIT...: systemctl ACTION for each unit, quietly
+# (units that do not exist are no error).
+pf_service() {
+	pf_have systemctl || return 0
+	pf_sv_action=$1
+	shift
+	for pf_sv in "$@"; do
+		# shellcheck disable=SC2086
+		pf_run systemctl $pf_sv_action "$pf_sv" >/dev/null 2>&1 || true
+	done
+}
