@@ -25,6 +25,8 @@ type Link struct {
 	// Addrs are the link's addresses as ADDR/PREFIX, IPv4 first.
 	Addrs []string
 	MAC   string
+	// Loopback is set for lo.
+	Loopback bool
 	// Owner and Group of a TAP (-1 when not a TAP or not set).
 	Owner, Group int
 }
@@ -85,7 +87,8 @@ func Links(ns string, prefixes ...string) ([]*Link, error) {
 				continue
 			}
 			x := &Link{Name: a.Name, Kind: l.Type(), Up: a.Flags&unix.IFF_UP != 0,
-				Oper: a.OperState.String(), Master: names[a.MasterIndex], Owner: -1, Group: -1}
+				Oper: a.OperState.String(), Master: names[a.MasterIndex], Owner: -1, Group: -1,
+				Loopback: a.Flags&unix.IFF_LOOPBACK != 0}
 			if a.HardwareAddr != nil {
 				x.MAC = a.HardwareAddr.String()
 			}

@@ -341,6 +341,9 @@ func (m *mod) SetMaster(ns, name, master string) (bool, error) {
 	if b.Kind != "bridge" {
 		return false, fmt.Errorf("%s is a %s, not a bridge", master, b.Kind)
 	}
+	if l.Loopback || l.Name == master {
+		return false, fmt.Errorf("%s cannot be a port of %s", name, master)
+	}
 	if l.Master == master {
 		m.d.Note("%s is already a port of %s", name, master)
 		return false, nil
@@ -434,16 +437,32 @@ func (m *mod) ns(a starlark.Value) (string, error) {
 	return "", fmt.Errorf("netns: want a namespace name or None, got %s", a.Type())
 }
 
-const nsDoc = "\n\nnetns names a network namespace (a name under /run/netns as made by\n`ip netns add NAME`, or a path like /proc/PID/ns/net); None means $" + EnvNetns + ",\nelse pifarm's own."
+const nsDoc = "\n\nnetns: a network namespace (see the module text); None: $" + EnvNetns + ", else pifarm's own."
 
-const privDoc = "\n\nNeeds CAP_NET_ADMIN: without it pifarm runs the step as\n`sudo pifarm net ...` (the configured privilege command) and the trace shows\nthe iproute2 equivalent with that prefix."
+const moduleDoc = `Host networking over netlink: the LAN bridge, user-owned TAPs for QEMU guests, addresses, and a listing.
+
+Every change first looks at the link and does nothing (returning False) when
+it is already as asked: adding twice is fine, removing what is absent returns
+False. Each change is traced as its iproute2 equivalent
+(` + "`sudo ip link add name q0br type bridge`" + `); a dry run prints those lines and
+touches nothing, while the listings (queries) still run.
+
+Privilege: changes need CAP_NET_ADMIN. Without it, pifarm runs each change as
+` + "`sudo /path/to/pifarm net STEP ...`" + ` (the configured privilege command; -v shows
+that line too) and refuses, saying why, when that cannot work (no privilege
+command installed, or sudo wants a password and stdin is not a terminal).
+
+Namespaces: every function takes netns=NAME, a network namespace under
+/run/netns (as ` + "`ip netns add NAME`" + ` makes it) or a path such as
+/proc/PID/ns/net; the trace lines then read ` + "`ip -n NAME ...`" + `. $` + EnvNetns + `
+sets the default.`
 
 func (m *mod) module() *trace.Module {
 	type action func(ns string, a []string) (bool, error)
 	boolFn := func(name, params, doc string, nargs int, opt []string, act action) trace.Func {
 		return trace.Func{Name: name, Args: params, Doc: doc,
 			Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-				vals := make([]string, nargs+len(opt))
+				raw := make([]starlark.Value, nargs+len(opt))
 				var nsv starlark.Value
 				pairs := []any{}
 				for i, p := range strings.Split(params, ", ") {
@@ -455,10 +474,22 @@ func (m *mod) module() *trace.Module {
 					if i >= nargs {
 						p += "?"
 					}
-					pairs = append(pairs, p, &vals[i])
+					pairs = append(pairs, p, &raw[i])
 				}
 				if err := starlark.UnpackArgs(b.Name(), args, kwargs, pairs...); err != nil {
 					return nil, err
+				}
+				// Required operands are strings; optional ones may be None.
+				vals := make([]string, len(raw))
+				for i, v := range raw {
+					if v == nil || (v == starlark.None && i >= nargs) {
+						continue
+					}
+					s, ok := starlark.AsString(v)
+					if !ok {
+						return nil, fmt.Errorf("%s: want a string, got %s", strings.Split(params, ", ")[i], v.Type())
+					}
+					vals[i] = s
 				}
 				ns, err := m.ns(nsv)
 				if err != nil {
@@ -473,48 +504,47 @@ func (m *mod) module() *trace.Module {
 	}
 	return &trace.Module{
 		Name: "net",
-		Doc: "Host networking over netlink: the LAN bridge, user-owned TAPs for QEMU guests, addresses, and a listing.\n" +
-			"Every change is idempotent and traced as its iproute2 equivalent (`sudo ip link add name q0br type bridge`).",
+		Doc:  moduleDoc,
 		Funcs: []trace.Func{
 			boolFn("bridge_add", "name, netns=None",
 				"Create bridge name unless it exists; return whether it was (or in dry-run would be) created.\n\n"+
-					"Dry-run prints `sudo ip link add name q0br type bridge`. A link of another kind with\nthat name is an error."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip link add name q0br type bridge`. A link of another kind with\nthat name is an error."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.BridgeAdd(ns, a[0]) }),
 			boolFn("bridge_delete", "name, netns=None",
 				"Delete bridge name; return False, changing nothing, when there is none.\n\n"+
-					"Its ports (TAPs, an outbound NIC) stay, detached. Dry-run prints `sudo ip link delete dev q0br`."+nsDoc+privDoc,
+					"Its ports (TAPs, an outbound NIC) stay, detached. Dry-run prints `sudo ip link delete dev q0br`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.Delete(ns, a[0], "bridge") }),
 			boolFn("tap_add", "name, user=None, group=None, netns=None",
 				"Create a persistent TAP owned by user (default: the invoking user, SUDO_USER behind\nsudo) and group (default: the user's primary group), so QEMU opens it without root.\n\n"+
-					"Return False when a TAP of that name and owner exists; an existing TAP with another\nowner gets the new one (unless a running QEMU holds it). Dry-run prints\n`sudo ip tuntap add dev q0tap1 mode tap user alice group alice`."+nsDoc+privDoc,
+					"Return False when a TAP of that name and owner exists; an existing TAP with another\nowner gets the new one (unless a running QEMU holds it). Dry-run prints\n`sudo ip tuntap add dev q0tap1 mode tap user alice group alice`."+nsDoc,
 				1, []string{"user", "group"}, func(ns string, a []string) (bool, error) { return m.TapAdd(ns, a[0], a[1], a[2]) }),
 			boolFn("tap_delete", "name, netns=None",
 				"Delete TAP name; return False, changing nothing, when there is none.\n\n"+
-					"Dry-run prints `sudo ip tuntap del dev q0tap1 mode tap`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip tuntap del dev q0tap1 mode tap`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.Delete(ns, a[0], "tuntap") }),
 			boolFn("set_master", "name, master, netns=None",
 				"Make link name a port of bridge master; return False when it already is.\n\n"+
-					"Dry-run prints `sudo ip link set q0tap1 master q0br`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip link set q0tap1 master q0br`."+nsDoc,
 				2, nil, func(ns string, a []string) (bool, error) { return m.SetMaster(ns, a[0], a[1]) }),
 			boolFn("set_nomaster", "name, netns=None",
 				"Take link name off its bridge; return False when it is on none.\n\n"+
-					"Dry-run prints `sudo ip link set q0tap1 nomaster`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip link set q0tap1 nomaster`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.SetMaster(ns, a[0], "") }),
 			boolFn("up", "name, netns=None",
 				"Bring link name up; return False when it already is.\n\n"+
-					"Dry-run prints `sudo ip link set q0br up`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip link set q0br up`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.SetUp(ns, a[0], true) }),
 			boolFn("down", "name, netns=None",
 				"Bring link name down; return False when it already is.\n\n"+
-					"Dry-run prints `sudo ip link set q0br down`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip link set q0br down`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.SetUp(ns, a[0], false) }),
 			boolFn("addr_replace", "name, addr, netns=None",
 				"Give link name the address addr (\"192.168.66.1/24\"); return False when it holds it.\n\n"+
-					"Dry-run prints `sudo ip addr replace 192.168.66.1/24 dev q0br`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip addr replace 192.168.66.1/24 dev q0br`."+nsDoc,
 				2, nil, func(ns string, a []string) (bool, error) { return m.AddrReplace(ns, a[0], a[1]) }),
 			boolFn("addr_flush", "name, netns=None",
 				"Remove every address of link name; return False when it had none.\n\n"+
-					"Dry-run prints `sudo ip addr flush dev q1tap2`."+nsDoc+privDoc,
+					"Dry-run prints `sudo ip addr flush dev q1tap2`."+nsDoc,
 				1, nil, func(ns string, a []string) (bool, error) { return m.AddrFlush(ns, a[0]) }),
 			{Name: "links", Args: "prefix=None, netns=None",
 				Doc: "The network links whose names begin with prefix (a string or a list of them; None: all),\n" +
