@@ -1,10 +1,12 @@
 package runtime
 
 import (
+	"pifarm/builtins/console"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/guest"
 	"pifarm/builtins/host"
 	"pifarm/builtins/net"
+	"pifarm/builtins/ssh"
 	"pifarm/builtins/trace"
 )
 
@@ -15,4 +17,6 @@ var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
 	host.New,
 	guest.New,
 	net.New,
+	ssh.New,
+	console.New,
 }

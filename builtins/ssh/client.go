@@ -1,0 +1,471 @@
+package ssh
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	xssh "golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+	"pifarm/builtins/trace"
+)
+
+// Target is where a connection goes, and where its host keys are recorded.
+type Target struct {
+	Host       string
+	Port       int
+	KnownHosts string // known_hosts file: per instance in the cache
+	// Shared reports that KnownHosts holds other hosts too (the reset hint
+	// then uses ssh-keygen -R instead of rm).
+	Shared bool
+}
+
+// Addr is host:port.
+func (t Target) Addr() string { return net.JoinHostPort(t.Host, strconv.Itoa(t.Port)) }
+
+// display is the host as an ssh command line shows it.
+func (t Target) display() string {
+	if t.Host == "127.0.0.1" || t.Host == "::1" {
+		return "localhost"
+	}
+	return t.Host
+}
+
+// Auth holds the credentials of one connection.
+type Auth struct {
+	User     string
+	Password string
+	KeyFile  string // explicit private key (-i); empty: the default keys
+}
+
+// Conn is an SSH connection. In a dry run it has no client and every
+// command is only printed.
+type Conn struct {
+	d      *trace.Door
+	T      Target
+	A      Auth
+	client *xssh.Client
+	dead   chan struct{}
+}
+
+// label names the connection in errors: user@host:port.
+func (c *Conn) label() string { return c.A.User + "@" + c.T.Addr() }
+
+// alive reports whether the connection is still up.
+func (c *Conn) alive() bool {
+	if c.client == nil {
+		return true
+	}
+	select {
+	case <-c.dead:
+		return false
+	default:
+		return true
+	}
+}
+
+// Close ends the connection.
+func (c *Conn) Close() error {
+	if c.client == nil {
+		return nil
+	}
+	return c.client.Close()
+}
+
+// Keys finds the user's keys: the first ~/.ssh/id_*.pub that has its
+// private key next to it, and pifarm's own key in confDir.
+type Keys struct {
+	Home    string // the user's home (its .ssh is searched)
+	ConfDir string // where pifarm keeps its own key
+}
+
+// UserKey returns the private key path of the first ~/.ssh/id_*.pub with a
+// private key, or "".
+func (k Keys) UserKey() string {
+	pubs, _ := filepath.Glob(filepath.Join(k.Home, ".ssh", "id_*.pub"))
+	sort.Strings(pubs)
+	for _, p := range pubs {
+		if strings.HasSuffix(p, "-cert.pub") {
+			continue
+		}
+		priv := strings.TrimSuffix(p, ".pub")
+		if fi, err := os.Stat(priv); err == nil && fi.Mode().IsRegular() {
+			return priv
+		}
+	}
+	return ""
+}
+
+// PifarmKey is the path of pifarm's own private key.
+func (k Keys) PifarmKey() string { return filepath.Join(k.ConfDir, "id_ed25519") }
+
+// Key returns the private key to offer and authorise: the user's, else
+// pifarm's own (which may not exist yet).
+func (k Keys) Key() (path string, own bool) {
+	if p := k.UserKey(); p != "" {
+		return p, false
+	}
+	return k.PifarmKey(), true
+}
+
+// Ensure creates pifarm's own key through the door when the user has none
+// and it does not exist yet, and returns the public key file.
+func (k Keys) Ensure(d *trace.Door) (string, error) {
+	priv, own := k.Key()
+	if !own {
+		return priv + ".pub", nil
+	}
+	if _, err := os.Stat(priv); err == nil {
+		return priv + ".pub", nil
+	}
+	line := fmt.Sprintf("mkdir -p %s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %s", trace.Quote(filepath.Dir(priv)), trace.Quote(priv))
+	err := d.Do(line, func() error { return GenerateKey(priv, "pifarm") })
+	return priv + ".pub", err
+}
+
+// GenerateKey writes a new ed25519 key pair in OpenSSH format to path and
+// path.pub (mode 0600 and 0644).
+func GenerateKey(path, comment string) error {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	block, err := xssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		return err
+	}
+	sp, err := xssh.NewPublicKey(pub)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := trace.WriteAtomic(path, pem.EncodeToMemory(block), 0o600, false); err != nil {
+		return err
+	}
+	line := strings.TrimSpace(string(xssh.MarshalAuthorizedKey(sp))) + " " + comment + "\n"
+	return trace.WriteAtomic(path+".pub", []byte(line), 0o644, false)
+}
+
+// signers returns the signers to offer: an explicit key file, or the
+// user's key and pifarm's key (those without a passphrase), then the
+// agent's keys.
+func (k Keys) signers(explicit string) ([]xssh.Signer, []string, error) {
+	var out []xssh.Signer
+	var names []string
+	load := func(p string, must bool) error {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			if must {
+				return fmt.Errorf("key %s: %w", p, err)
+			}
+			return nil
+		}
+		s, err := xssh.ParsePrivateKey(data)
+		if err != nil {
+			var pm *xssh.PassphraseMissingError
+			if errors.As(err, &pm) && !must {
+				return nil // the agent may hold it
+			}
+			return fmt.Errorf("key %s: %w", p, err)
+		}
+		out = append(out, s)
+		names = append(names, "key "+p)
+		return nil
+	}
+	if explicit != "" {
+		if err := load(explicit, true); err != nil {
+			return nil, nil, err
+		}
+		return out, names, nil
+	}
+	if p := k.UserKey(); p != "" {
+		load(p, false)
+	}
+	load(k.PifarmKey(), false)
+	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
+		if c, err := net.Dial("unix", sock); err == nil {
+			if ss, err := agent.NewClient(c).Signers(); err == nil && len(ss) > 0 {
+				out = append(out, ss...)
+				names = append(names, "agent keys")
+			}
+		}
+	}
+	return out, names, nil
+}
+
+// knownKeys returns the keys recorded for addr in file (plain entries).
+func knownKeys(file, addr string) []xssh.PublicKey {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	want := knownhosts.Normalize(addr)
+	var keys []xssh.PublicKey
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		_, hosts, key, _, _, err := xssh.ParseKnownHosts(sc.Bytes())
+		if err != nil {
+			continue
+		}
+		for _, h := range hosts {
+			if h == want {
+				keys = append(keys, key)
+			}
+		}
+	}
+	return keys
+}
+
+// algorithms lists the host key algorithms that verify the known keys, so
+// the server is asked for the key we know (pinning).
+func algorithms(keys []xssh.PublicKey) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(a string) {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	for _, k := range keys {
+		if k.Type() == xssh.KeyAlgoRSA {
+			add(xssh.KeyAlgoRSASHA512)
+			add(xssh.KeyAlgoRSASHA256)
+		}
+		add(k.Type())
+	}
+	return out
+}
+
+// hostKeyCallback verifies the server's key against the target's
+// known_hosts: trust on first use (recorded through the door), a clear
+// error with the reset command on a mismatch.
+func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
+	return func(hostname string, remote net.Addr, key xssh.PublicKey) error {
+		addr := t.Addr()
+		if _, err := os.Stat(t.KnownHosts); err == nil {
+			cb, err := knownhosts.New(t.KnownHosts)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", t.KnownHosts, err)
+			}
+			err = cb(addr, remote, key)
+			if err == nil {
+				return nil
+			}
+			var ke *knownhosts.KeyError
+			if !errors.As(err, &ke) {
+				return err
+			}
+			if len(ke.Want) > 0 {
+				w := ke.Want[0]
+				reset := "rm " + trace.Quote(t.KnownHosts)
+				if t.Shared {
+					reset = "ssh-keygen -R " + trace.Quote(knownhosts.Normalize(addr)) + " -f " + trace.Quote(t.KnownHosts)
+				}
+				return &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: it offers %s %s, but %s:%d records %s %s. "+
+					"A re-imaged or re-keyed guest has new keys (clones share instance 0's keys until re-keyed); "+
+					"if you expected the change, reset with: %s",
+					addr, key.Type(), xssh.FingerprintSHA256(key), w.Filename, w.Line, w.Key.Type(), xssh.FingerprintSHA256(w.Key), reset)}
+			}
+		}
+		line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, key)
+		return d.Do(fmt.Sprintf("# ssh: trust the host key of %s on first use (%s %s), recorded in %s",
+			addr, key.Type(), xssh.FingerprintSHA256(key), t.KnownHosts), func() error {
+			if err := os.MkdirAll(filepath.Dir(t.KnownHosts), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(t.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+			if err != nil {
+				return err
+			}
+			if _, err := f.WriteString(line + "\n"); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		})
+	}
+}
+
+// HostKeyMismatch is the error for a server whose key differs from the
+// recorded one.
+type HostKeyMismatch struct{ Msg string }
+
+func (e *HostKeyMismatch) Error() string { return e.Msg }
+
+// Dial connects and authenticates within timeout, which bounds the TCP
+// connect and the SSH handshake together. A refused connection, or one
+// closed before the SSH banner (QEMU's port forward while the guest's sshd
+// is not up yet), is retried with short pauses until the deadline.
+// Dry, it connects to nothing.
+func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*Conn, error) {
+	c := &Conn{d: d, T: t, A: a}
+	if a.Password != "" {
+		d.Secret(a.Password)
+	}
+	if d.DryRun {
+		if a.Password != "" {
+			d.Note("ssh: log in as %s on %s with password %s", a.User, t.Addr(), a.Password)
+		}
+		return c, nil
+	}
+	signers, tried, err := keys.signers(a.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	var methods []xssh.AuthMethod
+	if len(signers) > 0 {
+		methods = append(methods, xssh.PublicKeys(signers...))
+	}
+	if a.Password != "" {
+		pw := a.Password
+		methods = append(methods, xssh.Password(pw), xssh.KeyboardInteractive(
+			func(name, instruction string, questions []string, echos []bool) ([]string, error) {
+				ans := make([]string, len(questions))
+				for i := range ans {
+					ans[i] = pw
+				}
+				return ans, nil
+			}))
+		tried = append(tried, "password")
+	}
+	if len(methods) == 0 {
+		return nil, fmt.Errorf("%s@%s: no key and no password to log in with (no ~/.ssh/id_*.pub with its private key, no pifarm key in %s: ssh.public_key() creates one)", a.User, t.Addr(), keys.ConfDir)
+	}
+	cfg := &xssh.ClientConfig{
+		User:            a.User,
+		Auth:            methods,
+		HostKeyCallback: hostKeyCallback(d, t),
+		Timeout:         timeout,
+	}
+	if algos := algorithms(knownKeys(t.KnownHosts, t.Addr())); len(algos) > 0 {
+		cfg.HostKeyAlgorithms = algos
+	}
+	if d.Verbose {
+		d.Print(fmt.Sprintf("# ssh: connect to %s as %s", t.Addr(), a.User))
+	}
+	deadline := time.Now().Add(timeout)
+	ctx := d.Context()
+	pause := 20 * time.Millisecond
+	for {
+		client, err := dialOnce(ctx, t.Addr(), cfg, deadline)
+		if err == nil {
+			c.client = client
+			c.dead = make(chan struct{})
+			go func() { client.Wait(); close(c.dead) }()
+			return c, nil
+		}
+		var mm *HostKeyMismatch
+		switch {
+		case errors.As(err, &mm):
+			return nil, mm
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return nil, fmt.Errorf("%s@%s: authentication failed (tried: %s)", a.User, t.Addr(), strings.Join(tried, ", "))
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%s@%s: %w", a.User, t.Addr(), ctx.Err())
+		case !retryable(err) || time.Until(deadline) < pause:
+			return nil, fmt.Errorf("%s@%s: %v (gave up after %s)", a.User, t.Addr(), err, timeout)
+		}
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done():
+		}
+		if pause < 250*time.Millisecond {
+			pause *= 2
+		}
+	}
+}
+
+func dialOnce(ctx interface {
+	Done() <-chan struct{}
+	Err() error
+}, addr string, cfg *xssh.ClientConfig, deadline time.Time) (*xssh.Client, error) {
+	dl := net.Dialer{Deadline: deadline}
+	nc, err := dl.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// ClientConfig.Timeout covers the TCP connect only: bound the handshake.
+	nc.SetDeadline(deadline)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+		case <-stop:
+		}
+	}()
+	cc, chans, reqs, err := xssh.NewClientConn(nc, addr, cfg)
+	if err != nil {
+		nc.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("SSH handshake timed out: %w", err)
+		}
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return xssh.NewClient(cc, chans, reqs), nil
+}
+
+// retryable: the port is not there yet, or the forwarder closed before
+// the server spoke.
+func retryable(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection reset") ||
+		strings.HasSuffix(err.Error(), ": EOF")
+}
+
+// Banner reads the server's identification line ("SSH-2.0-...") without
+// logging in, or returns "" when none arrives within timeout.
+func Banner(addr string, timeout time.Duration) string {
+	nc, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return ""
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(timeout))
+	r := bufio.NewReader(nc)
+	for i := 0; i < 20; i++ {
+		line, err := r.ReadString('\n')
+		if strings.HasPrefix(line, "SSH-") {
+			return strings.TrimSpace(line)
+		}
+		if err != nil {
+			return ""
+		}
+	}
+	return ""
+}
+
+// publicLine reads an authorized_keys line from a .pub file.
+func publicLine(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	data = bytes.TrimSpace(data)
+	if _, _, _, _, err := xssh.ParseAuthorizedKey(data); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return string(data), nil
+}
