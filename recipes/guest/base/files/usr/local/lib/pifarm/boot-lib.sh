@@ -34,6 +34,15 @@ pf_run() {
 	fi
 }
 
+# pf_runq CMD ARGS: pf_run with the command's own output discarded.
+pf_runq() {
+	if [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+		echo "+ $*"
+	else
+		"$@" >/dev/null 2>&1
+	fi
+}
+
 # pf_have PROG: whether PROG is on PATH.
 pf_have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -97,7 +106,9 @@ pf_render_hostapd() {
 	pf_rh_ssid=${pf_rh_wifi#* }
 	pf_rh_mode=g
 	[ "$pf_rh_channel" -gt 14 ] 2>/dev/null && pf_rh_mode=a
-	awk -v ifc="$2" -v ssid="$pf_rh_ssid" -v ch="$pf_rh_channel" -v mode="$pf_rh_mode" '
+	# values through the environment: awk -v would interpret backslashes
+	PF_IFC=$2 PF_SSID=$pf_rh_ssid PF_CH=$pf_rh_channel PF_MODE=$pf_rh_mode awk '
+		BEGIN { ifc = ENVIRON["PF_IFC"]; ssid = ENVIRON["PF_SSID"]; ch = ENVIRON["PF_CH"]; mode = ENVIRON["PF_MODE"] }
 		function subst(s, key, val,   out, i) {
 			out = ""
 			while ((i = index(s, key)) > 0) { out = out substr(s, 1, i - 1) val; s = substr(s, i + length(key)) }
@@ -182,7 +193,7 @@ pf_rename() {
 
 # pf_set_hostname NAME: the running host name and /etc/hostname.
 pf_set_hostname() {
-	if [ "$(hostname 2>/dev/null)" != "$1" ] || [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+	if [ "$(hostname 2>/dev/null)" != "$1" ]; then
 		pf_run hostname "$1"
 	fi
 	pf_write /etc/hostname "$1" && pf_say "host name $1"
@@ -197,6 +208,6 @@ pf_service() {
 	shift
 	for pf_sv in "$@"; do
 		# shellcheck disable=SC2086
-		pf_run systemctl $pf_sv_action "$pf_sv" >/dev/null 2>&1 || true
+		pf_runq systemctl $pf_sv_action "$pf_sv" || true
 	done
 }

@@ -1,0 +1,533 @@
+package guest
+
+// Tests of the guest's boot scripts (recipes/guest/*/files), run for real by
+// dash and by busybox sh (with busybox's own applets first on PATH, as on
+// pifarm's test guest) in a temp root: ROOT prefixes their files, SYSFS points
+// at a fake sysfs, PIFARM_BOOT_DRY prints what would change the system, and
+// fake ip/hostname commands answer queries and log calls.
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"pifarm/builtins/farm"
+)
+
+const treesDir = "../../recipes/guest"
+
+// shells are the interpreters every script must work with.
+var shells = []string{"dash", "busybox"}
+
+func needShells(t *testing.T) {
+	t.Helper()
+	for _, s := range shells {
+		if _, err := exec.LookPath(s); err != nil {
+			t.Fatalf("%s is needed (apt-get install %s): %v", s, s, err)
+		}
+	}
+}
+
+// bbPath is a folder of busybox applet links (once per test binary).
+var bbPath string
+
+func busyboxBin(t *testing.T) string {
+	t.Helper()
+	if bbPath != "" {
+		return bbPath
+	}
+	dir, err := os.MkdirTemp("", "pifarm-bb-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("busybox", "--list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, _ := exec.LookPath("busybox")
+	for _, a := range strings.Fields(string(out)) {
+		os.Symlink(bb, filepath.Join(dir, a))
+	}
+	bbPath = dir
+	return dir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bbPath != "" {
+		os.RemoveAll(bbPath)
+	}
+	os.Exit(code)
+}
+
+// scripts lists every sh script of the bundled trees.
+func scripts(t *testing.T) []string {
+	var out []string
+	filepath.WalkDir(treesDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, _ := os.ReadFile(p)
+		if strings.HasPrefix(string(b), "#!/bin/sh") || strings.HasSuffix(p, ".sh") || filepath.Base(p) == "post-install" {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if len(out) < 10 {
+		t.Fatalf("only %d scripts found under %s", len(out), treesDir)
+	}
+	return out
+}
+
+func TestScriptsParse(t *testing.T) {
+	needShells(t)
+	for _, p := range scripts(t) {
+		for _, argv := range [][]string{{"dash", "-n", p}, {"busybox", "sh", "-n", p}} {
+			if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+				t.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+			}
+		}
+	}
+}
+
+// guestRoot is a temp root holding the base and local trees' files and the
+// node tables of cfg.
+type guestRoot struct {
+	t           *testing.T
+	root, sysfs string
+	bin         string // fake commands
+	log         string // fake command log
+}
+
+const testConfig = `
+cache = "/tmp/pifarm-guest-test"
+nodes = [
+    node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15", wifi_channel = 1, ssid = "loner"),
+    node(id = 2, alias = "entwo", lan = "192.168.66.8", wan = "100.65.5.15", wifi_channel = 11, ssid = "entwo"),
+    node(id = 5, alias = "enfive", lan = "192.168.66.12", wan = "100.65.10.15",
+         lan_mac = "B8:27:EB:00:00:05", wan_mac = "00:e0:4c:00:00:05", wifi_channel = 36, ssid = "five&five/5"),
+    node(id = 300, alias = "big", lan = "192.168.66.200", wan = "100.66.1.15"),
+]
+`
+
+func newGuestRoot(t *testing.T) *guestRoot {
+	t.Helper()
+	g := &guestRoot{t: t, root: t.TempDir(), sysfs: t.TempDir(), bin: t.TempDir()}
+	g.log = filepath.Join(g.bin, "calls.log")
+	for _, tree := range []string{"base", "local"} {
+		src := filepath.Join(treesDir, tree, "files")
+		filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, _ := os.ReadFile(p)
+			g.write(strings.TrimPrefix(p, src), string(b))
+			return nil
+		})
+	}
+	cfg, err := farm.Load("config.star", []byte(testConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := farm.New(cfg)
+	g.write("/etc/hosts", f.Hosts())
+	g.write("/etc/iftab", f.IfTab())
+	g.write("/etc/wifitab", f.WifiTab())
+	g.write("/etc/hostname", "raspberrypi\n")
+	os.MkdirAll(filepath.Join(g.root, "run"), 0o755)
+	g.fake("ip", `echo "ip $*" >> "$FAKE_LOG"
+case "$*" in
+"-4 -o addr show dev "*)
+	dev=${*##* }
+	eval "a=\${FAKE_ADDR_$dev:-}"
+	[ -n "$a" ] && echo "3: $dev    inet $a brd 100.65.5.255 scope global $dev\       valid_lft forever preferred_lft forever" ;;
+"-4 route show default")
+	[ -n "$FAKE_GW" ] && echo "default via $FAKE_GW dev usb0" ;;
+esac
+exit 0`)
+	g.fake("hostname", `[ $# -eq 0 ] && { echo "${FAKE_HOSTNAME:-raspberrypi}"; exit 0; }; echo "hostname $*" >> "$FAKE_LOG"`)
+	return g
+}
+
+func (g *guestRoot) write(rel, data string) {
+	p := filepath.Join(g.root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func (g *guestRoot) read(rel string) string {
+	b, _ := os.ReadFile(filepath.Join(g.root, rel))
+	return string(b)
+}
+
+func (g *guestRoot) fake(name, body string) {
+	if err := os.WriteFile(filepath.Join(g.bin, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// nic adds a network interface to the fake sysfs; usb puts its device under
+// a USB host controller.
+func (g *guestRoot) nic(name, mac string, ifindex int, usb bool) {
+	dev := filepath.Join(g.sysfs, "devices/platform/soc/3f300000.mmc/eth", name)
+	if usb {
+		dev = filepath.Join(g.sysfs, fmt.Sprintf("devices/platform/soc/3f980000.usb/usb1/1-1/1-1.%d/1-1.%d:1.0", ifindex, ifindex))
+	}
+	n := filepath.Join(g.sysfs, "class/net", name)
+	os.MkdirAll(dev, 0o755)
+	os.MkdirAll(n, 0o755)
+	os.WriteFile(filepath.Join(n, "address"), []byte(mac+"\n"), 0o644)
+	os.WriteFile(filepath.Join(n, "ifindex"), []byte(fmt.Sprintf("%d\n", ifindex)), 0o644)
+	if err := os.Symlink(dev, filepath.Join(n, "device")); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func (g *guestRoot) usbManufacturer(m string) {
+	d := filepath.Join(g.sysfs, "bus/usb/devices/1-1")
+	os.MkdirAll(d, 0o755)
+	os.WriteFile(filepath.Join(d, "manufacturer"), []byte(m+"\n"), 0o644)
+}
+
+// run runs a shell command line in the root with shell sh ("dash" or
+// "busybox"), env added; it returns the output and the fake command log.
+func (g *guestRoot) run(sh, script string, env ...string) (string, string) {
+	g.t.Helper()
+	os.Remove(g.log)
+	argv := []string{"dash", "-c", script}
+	path := g.bin + ":/usr/sbin:/usr/bin:/sbin:/bin"
+	if sh == "busybox" {
+		argv = []string{"busybox", "sh", "-c", script}
+		path = g.bin + ":" + busyboxBin(g.t)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append([]string{"PATH=" + path, "ROOT=" + g.root, "SYSFS=" + g.sysfs, "FAKE_LOG=" + g.log, "LC_ALL=C"}, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		g.t.Fatalf("%s -c %q: %v\n%s", sh, script, err, out)
+	}
+	calls, _ := os.ReadFile(g.log)
+	return string(out), string(calls)
+}
+
+func TestBootLibLookups(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			g.write("/etc/wifitab", "# alias channel ssid\nentwo 11 entwo\nodd 36 a&b/c\\d@SSID@\n")
+			lib := `. "$ROOT/usr/local/lib/pifarm/boot-lib.sh"; `
+			for _, tc := range []struct{ expr, want string }{
+				{`pf_node_of_wan 100.65.5.15`, "2"},
+				{`pf_node_of_wan 100.65.10.15`, "5"},
+				{`pf_node_of_wan 100.65.5.1`, ""},
+				{`pf_node_of_wan 100.65.5.15X`, ""},
+				{`pf_lan_of_node 2`, "192.168.66.8"},
+				{`pf_lan_of_node 20`, ""},
+				{`pf_alias_of_node 5`, "enfive"},
+				{`pf_alias_of_node 0`, "loner"},
+				{`pf_wifi entwo`, "11 entwo"},
+				{`pf_wifi nosuch`, ""},
+				{`pf_iftab_name b8:27:eb:00:00:05`, "lan5"},
+				{`pf_iftab_name 00:E0:4C:00:00:05`, "wan5"},
+				{`pf_iftab_name 00:00:00:00:00:05`, ""},
+				{`pf_guest_mac 2 1`, farm.GuestMAC(2, farm.NICLAN)},
+				{`pf_guest_mac 300 0`, farm.GuestMAC(300, farm.NICWAN)},
+				{`pf_guest_mac 70000 2`, farm.GuestMAC(70000, farm.NICWLAN)},
+				{`pf_role_of_mac 52:54:51:00:01:2c`, "lan0"},
+				{`pf_role_of_mac b8:27:eb:00:00:05`, ""},
+				{`pf_is_qemu && echo yes || echo no`, "no"},
+				{`echo $WLAN_ADDR`, "172.19.111.1/24"},
+			} {
+				out, _ := g.run(sh, lib+tc.expr)
+				if got := strings.TrimSpace(out); got != tc.want {
+					t.Errorf("%s = %q, want %q", tc.expr, got, tc.want)
+				}
+			}
+			out, _ := g.run(sh, lib+`pf_render_hostapd entwo wlan0`)
+			for _, want := range []string{"\ninterface=wlan0\n", "\nssid=entwo\n", "\nchannel=11\n", "\nhw_mode=g\n"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("hostapd.conf lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "@") {
+				t.Errorf("unrendered placeholder:\n%s", out)
+			}
+			// an SSID with sed/awk metacharacters is taken literally
+			out, _ = g.run(sh, lib+`pf_render_hostapd odd wlan0`)
+			if !strings.Contains(out, "\nssid=a&b/c\\d@SSID@\n") || !strings.Contains(out, "\nhw_mode=a\n") {
+				t.Errorf("odd ssid:\n%s", out)
+			}
+			out, _ = g.run(sh, lib+`pf_render_hostapd nosuch wlan0 || echo failed`)
+			if strings.TrimSpace(out) != "failed" {
+				t.Errorf("unknown alias: %q", out)
+			}
+			g.usbManufacturer("QEMU")
+			g.nic("usb1", "52:54:51:00:00:02", 4, true)
+			g.nic("usb0", "52:54:50:00:00:02", 3, true)
+			g.nic("eth9", "b8:27:eb:00:00:09", 2, false)
+			out, _ = g.run(sh, lib+`pf_is_qemu && echo yes; pf_netifs usb | tr '\n' ' '; echo; pf_netifs | tr '\n' ' '`)
+			if out != "yes\nusb0 usb1 \neth9 usb0 usb1 " {
+				t.Errorf("qemu/netifs: %q", out)
+			}
+		})
+	}
+}
+
+func TestNetworkUnderQEMU(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			// device order is ifindex order, not the kernel's names
+			g.nic("usb1", "52:54:50:00:00:02", 3, true)
+			g.nic("usb0", "52:54:51:00:00:02", 4, true)
+			g.nic("usb2", "52:54:52:00:00:02", 5, true)
+			g.fake("udhcpc", "exit 1")
+			env := []string{"PIFARM_BOOT_DRY=1", "FAKE_ADDR_usb1=100.65.5.15/24", "FAKE_GW=100.65.5.2"}
+			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, env...)
+			for _, want := range []string{
+				"+ ip link set dev usb1 down\n+ ip link set dev usb1 name wan0\n+ ip link set dev wan0 up\n",
+				"+ ip link set dev usb0 name lan0\n",
+				"+ ip link set dev usb2 name wlan0\n",
+				"+ ip addr replace 100.65.5.15/24 dev wan0\n+ ip route replace default via 100.65.5.2 dev wan0\n",
+				"+ udhcpc -i wan0 -b",
+				"+ ip addr replace 192.168.66.8/24 dev lan0\n+ ip link set dev lan0 up\n",
+				"+ hostname entwo\n+ write /etc/hostname\n",
+				"qemu node 2 (entwo), LAN 192.168.66.8 on lan0",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "address") {
+				t.Errorf("lan0 has the right MAC, yet:\n%s", out)
+			}
+
+			// No pifarm MACs: device order decides, and lan0 gets node 2's MAC.
+			g = newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			g.nic("usb0", "52:54:00:12:34:56", 3, true)
+			g.nic("usb1", "52:54:00:12:34:57", 4, true)
+			g.nic("usb2", "52:54:00:12:34:58", 5, true)
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1", "FAKE_ADDR_usb0=100.65.5.15/24")
+			for _, want := range []string{
+				"rename usb0 -> wan0", "rename usb1 -> lan0", "rename usb2 -> wlan0",
+				"+ ip link set dev lan0 address 52:54:51:00:00:02\n",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+
+			// Second boot (or second run): names and host name already right.
+			g = newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			g.nic("wan0", "52:54:50:00:00:02", 3, true)
+			g.nic("lan0", "52:54:51:00:00:02", 4, true)
+			g.nic("wlan0", "52:54:52:00:00:02", 5, true)
+			g.write("/etc/hostname", "entwo\n")
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1", "FAKE_ADDR_wan0=100.65.5.15/24", "FAKE_HOSTNAME=entwo")
+			for _, bad := range []string{"name", "hostname", "write"} {
+				if strings.Contains(out, "+ ip link set dev wan0 "+bad) || strings.Contains(out, "+ "+bad) {
+					t.Errorf("second run changes %s:\n%s", bad, out)
+				}
+			}
+			if !strings.Contains(out, "qemu node 2 (entwo)") {
+				t.Errorf("second run:\n%s", out)
+			}
+
+			// A WAN address the table does not know: say so, rename anyway, no hostname.
+			g = newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			g.nic("usb0", "52:54:50:00:00:07", 3, true)
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1", "FAKE_ADDR_usb0=10.0.2.15/24")
+			if !strings.Contains(out, `WAN address 10.0.2.15 has no "nN.wan" line in /etc/hosts`) || strings.Contains(out, "+ hostname") {
+				t.Errorf("unknown WAN:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestNetworkOnHardware(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			g.usbManufacturer("Microchip Technology Inc.")
+			g.nic("eth0", "b8:27:eb:00:00:05", 2, true)
+			g.nic("eth1", "00:e0:4c:00:00:05", 3, true)
+			g.nic("wlan0", "b8:27:eb:aa:bb:cc", 4, false)
+			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1")
+			for _, want := range []string{
+				"+ ip link set dev eth0 name lan5\n", "+ ip link set dev eth1 name wan5\n",
+				"+ ip addr replace 192.168.66.12/24 dev lan5\n", "+ hostname enfive\n",
+				"hardware node 5 (enfive)",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "wlan0 name") || strings.Contains(out, "udhcpc") || strings.Contains(out, "dhcpcd") {
+				t.Errorf("hardware run touched wlan0 or DHCP:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestWLANAndHostapd(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			g.nic("wlan0", "52:54:52:00:00:05", 5, true)
+			g.write("/etc/hostname", "enfive\n")
+			out, calls := g.run(sh, `sh "$ROOT/etc/boot.d/40-wlan"`)
+			if !strings.Contains(calls, "ip addr replace 172.19.111.1/24 dev wlan0\n") {
+				t.Errorf("calls:\n%s", calls)
+			}
+			conf := g.read("/etc/hostapd/hostapd.conf")
+			for _, want := range []string{"ssid=five&five/5\n", "channel=36\n", "hw_mode=a\n", "interface=wlan0\n"} {
+				if !strings.Contains(conf, want) {
+					t.Errorf("hostapd.conf lacks %q:\n%s", want, conf)
+				}
+			}
+			if !strings.Contains(out, "hostapd.conf for enfive") {
+				t.Errorf("first run: %s", out)
+			}
+			fi1, _ := os.Stat(filepath.Join(g.root, "etc/hostapd/hostapd.conf"))
+			time.Sleep(10 * time.Millisecond)
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/40-wlan"`)
+			fi2, _ := os.Stat(filepath.Join(g.root, "etc/hostapd/hostapd.conf"))
+			if strings.Contains(out, "hostapd.conf for") || !fi1.ModTime().Equal(fi2.ModTime()) {
+				t.Errorf("second run rewrote hostapd.conf: %s", out)
+			}
+			if _, err := os.Stat(filepath.Join(g.root, "etc/hostapd/hostapd.conf~")); err == nil {
+				t.Error("a backup appeared although nothing changed")
+			}
+			g.write("/etc/hostname", "nosuch\n")
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/40-wlan"`)
+			if !strings.Contains(out, "no /etc/wifitab line for nosuch") {
+				t.Errorf("unknown host: %s", out)
+			}
+		})
+	}
+}
+
+func TestRCLocalOrderAndTimeout(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			os.RemoveAll(filepath.Join(g.root, "etc/boot.d"))
+			os.RemoveAll(filepath.Join(g.root, "usr/local/etc/boot.d"))
+			g.write("/etc/boot.d/20-b", "echo b\n")
+			g.write("/etc/boot.d/10-a", "echo a $ROOT\n")
+			g.write("/etc/boot.d/15-hang", "echo hang; sleep 30; echo never\n")
+			g.write("/etc/boot.d/30-c~", "echo backup\n")
+			g.write("/etc/boot.d/40-d.disabled", "echo disabled\n")
+			g.write("/etc/boot.d/README", "echo readme\n")
+			g.write("/usr/local/etc/boot.d/05-z", "echo z; exit 3\n")
+			start := time.Now()
+			out, _ := g.run(sh, `sh "$ROOT/etc/rc.local"; echo "rc=$?"`, "PIFARM_BOOT_LIMIT=1")
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("rc.local took %v with a 1 s limit", d)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			want := []string{"a " + g.root, "hang", "", "b", "z", "", "rc=0"}
+			if len(lines) != len(want) {
+				t.Fatalf("output:\n%s", out)
+			}
+			for i, w := range want {
+				if w != "" && lines[i] != w {
+					t.Errorf("line %d = %q, want %q\n%s", i, lines[i], w, out)
+				}
+			}
+			if !strings.Contains(lines[2], "15-hang exited with status") || !strings.Contains(lines[5], "05-z exited with status 3") {
+				t.Errorf("status lines:\n%s", out)
+			}
+			if log := g.read("/run/pifarm-boot.log"); !strings.Contains(log, "a "+g.root+"\n") {
+				t.Errorf("boot log: %q", log)
+			}
+		})
+	}
+}
+
+func TestPackagesAndServices(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/10-packages"`)
+			if out != "" {
+				t.Errorf("no list, yet: %q", out)
+			}
+			g.write("/etc/pifarm/packages", "hostapd\nrfkill\ngit\n")
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/10-packages"`)
+			if _, err := exec.LookPath("dpkg-query"); sh == "busybox" && !strings.Contains(out, "no dpkg-query on this system") || err != nil && sh == "dash" {
+				t.Errorf("without dpkg: %q", out)
+			}
+			g.fake("dpkg-query", `for p; do :; done; case $p in hostapd) printf 'ii ';; git) printf 'rc ';; *) echo "dpkg-query: no packages found matching $p" >&2; exit 1;; esac`)
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/10-packages"`)
+			if !strings.Contains(out, "missing packages: rfkill git (install them with") {
+				t.Errorf("missing: %q", out)
+			}
+
+			g.fake("systemctl", `echo "systemctl $*" >> "$FAKE_LOG"; case "$1" in is-enabled) echo disabled; exit 1;; is-active) exit 3;; esac`)
+			_, calls := g.run(sh, `sh "$ROOT/etc/boot.d/20-services"`)
+			for _, want := range []string{"systemctl disable --now hciuart\n", "systemctl disable --now bluetooth\n", "systemctl enable ssh\n", "systemctl start ssh\n"} {
+				if !strings.Contains(calls, want) {
+					t.Errorf("calls lack %q:\n%s", want, calls)
+				}
+			}
+			g.fake("systemctl", `echo "systemctl $*" >> "$FAKE_LOG"; case "$1" in is-enabled) echo enabled;; esac`)
+			_, calls = g.run(sh, `sh "$ROOT/etc/boot.d/20-services"`)
+			if strings.Contains(calls, "enable ssh") || strings.Contains(calls, "start ssh") {
+				t.Errorf("ssh already on, yet:\n%s", calls)
+			}
+		})
+	}
+}
+
+func TestLogClean(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			old := time.Now().Add(-10 * 24 * time.Hour)
+			for _, f := range []string{"/var/log/syslog.2.gz", "/var/log/syslog.1", "/var/log/apt/history.log.3.gz", "/var/log/x.old"} {
+				g.write(f, "old\n")
+				os.Chtimes(filepath.Join(g.root, f), old, old)
+			}
+			g.write("/var/log/syslog", "current\n")
+			g.write("/var/log/messages.1", "recent\n")
+			out, _ := g.run(sh, `sh "$ROOT/usr/local/etc/boot.d/90-logclean"`)
+			var left []string
+			filepath.WalkDir(filepath.Join(g.root, "var/log"), func(p string, d fs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					left = append(left, strings.TrimPrefix(p, g.root))
+				}
+				return nil
+			})
+			sort.Strings(left)
+			if strings.Join(left, " ") != "/var/log/messages.1 /var/log/syslog" {
+				t.Errorf("left %v\n%s", left, out)
+			}
+			if !strings.Contains(out, "logclean: removed /var/log/syslog.2.gz") {
+				t.Errorf("output %q", out)
+			}
+		})
+	}
+}
