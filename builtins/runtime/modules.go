@@ -6,6 +6,7 @@ import (
 	"pifarm/builtins/guest"
 	"pifarm/builtins/host"
 	"pifarm/builtins/net"
+	"pifarm/builtins/qemu"
 	"pifarm/builtins/ssh"
 	"pifarm/builtins/trace"
 )
@@ -17,6 +18,7 @@ var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
 	host.New,
 	guest.New,
 	net.New,
+	qemu.New,
 	ssh.New,
 	console.New,
 }
