@@ -35,6 +35,10 @@
 // terminal, as under CI=true) the change is refused with that reason before
 // anything is touched.
 //
+// The subcommand deletes only bridges and TAPs, but like ip it changes any
+// link it is told to: a sudoers rule for `pifarm net` grants what one for
+// `ip` would.
+//
 // # Network namespaces
 //
 // Every function takes netns=NAME (a name under /run/netns, or a path such

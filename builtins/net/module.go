@@ -157,7 +157,7 @@ func (m *mod) simulate(s Step, before *Link) {
 	case "tap-add":
 		uid, gid, _ := lookupOwner(s.User, s.Group)
 		l = &Link{Name: s.Link, Kind: "tuntap", Oper: "down", Owner: uid, Group: gid}
-	case "bridge-del", "tap-del", "link-del":
+	case "bridge-del", "tap-del":
 		l = nil
 	case "master":
 		l.Master = s.Arg

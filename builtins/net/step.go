@@ -41,7 +41,6 @@ var Verbs = map[string]struct {
 	"bridge-del":   {0, "bridge-del LINK: delete a bridge (its ports stay)"},
 	"tap-add":      {0, "tap-add LINK --user U [--group G]: create a persistent TAP owned by U"},
 	"tap-del":      {0, "tap-del LINK: delete a TAP"},
-	"link-del":     {0, "link-del LINK: delete any link"},
 	"master":       {1, "master LINK MASTER: make LINK a port of bridge MASTER"},
 	"nomaster":     {0, "nomaster LINK: take LINK off its bridge"},
 	"up":           {0, "up LINK: bring LINK up"},
@@ -64,7 +63,7 @@ func (s Step) IP() []string {
 	switch s.Verb {
 	case "bridge-add":
 		return append(ip, "link", "add", "name", s.Link, "type", "bridge")
-	case "bridge-del", "link-del":
+	case "bridge-del":
 		return append(ip, "link", "delete", "dev", s.Link)
 	case "tap-add":
 		a := append(ip, "tuntap", "add", "dev", s.Link, "mode", "tap", "user", s.User)
@@ -244,13 +243,13 @@ func (s Step) Apply() error {
 				return err
 			}
 			return nil
-		case "bridge-del", "tap-del", "link-del":
+		case "bridge-del", "tap-del":
 			l, err := link(s.Link)
 			if err != nil {
 				return err
 			}
 			want := map[string]string{"bridge-del": "bridge", "tap-del": "tuntap"}[s.Verb]
-			if want != "" && l.Type() != want {
+			if l.Type() != want {
 				return fmt.Errorf("%s is a %s, not a %s", s.Link, l.Type(), want)
 			}
 			return h.LinkDel(l)
