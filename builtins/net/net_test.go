@@ -42,13 +42,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "net tests need CAP_NET_ADMIN (they create their own network namespaces)")
 		os.Exit(1)
 	}
-	before, err := Links("")
+	// The names the tests create (in their own namespaces): none of them
+	// may appear in the host's, nor may a host link of those names change.
+	mine := []string{"q0", "q1", "eth1", "eth7", "pifarmtest"}
+	before, err := Links("", mine...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "list host links:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
-	after, err := Links("")
+	after, err := Links("", mine...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "list host links:", err)
 		os.Exit(1)
