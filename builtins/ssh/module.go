@@ -38,7 +38,11 @@ type module struct {
 // New returns the `ssh` module.
 func New(d *trace.Door, f *farm.Farm) *trace.Module {
 	home, _ := os.UserHomeDir()
-	m := &module{d: d, f: f, keys: Keys{Home: home, ConfDir: f.ConfDir()}, conns: map[string]*connValue{}}
+	return newWithKeys(d, f, Keys{Home: home, ConfDir: f.ConfDir()})
+}
+
+func newWithKeys(d *trace.Door, f *farm.Farm, keys Keys) *trace.Module {
+	m := &module{d: d, f: f, keys: keys, conns: map[string]*connValue{}}
 	return &trace.Module{
 		Name: "ssh",
 		Doc: `SSH to instances, hardware nodes and any host (no ssh/scp/sshpass binaries).

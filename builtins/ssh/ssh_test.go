@@ -1,0 +1,394 @@
+package ssh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+	"go.starlark.net/starlarktest"
+	xssh "golang.org/x/crypto/ssh"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
+)
+
+// Ports: the in-process server tests use 21100-21199 (ssh base 21100 + node
+// id), the real sshd tests 21200-21209.
+const sshBase = 21100
+
+func addr(id int) string { return fmt.Sprintf("127.0.0.1:%d", sshBase+id) }
+
+func testFarm(t *testing.T) *farm.Farm {
+	t.Helper()
+	src := fmt.Sprintf(`
+cache = %q
+ports = {"ssh": %d, "console": 21000, "vnc": 21900}
+nodes = [node(id = i, alias = "n%%d" %% i, lan = "192.168.66.%%d" %% (10 + i), wan = "100.65.%%d.15" %% i) for i in range(1, 40)]
+`, filepath.Join(t.TempDir(), "cache"), sshBase)
+	c, err := farm.Load("test-config.star", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return farm.New(c)
+}
+
+func target(f *farm.Farm, id int) Target {
+	return Target{Host: "127.0.0.1", Port: sshBase + id, KnownHosts: f.KnownHosts(id)}
+}
+
+// noKeys is a key set with no keys at all (an empty home).
+func noKeys(t *testing.T) Keys {
+	return Keys{Home: t.TempDir(), ConfDir: t.TempDir()}
+}
+
+func live() *trace.Door { return trace.New(context.Background(), false, false, nil) }
+
+func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
+	f := testFarm(t)
+	newTestServer(t, addr(1))
+	c, err := Dial(live(), target(f, 1), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	kh, err := os.ReadFile(f.KnownHosts(1))
+	if err != nil || !strings.HasPrefix(string(kh), "[127.0.0.1]:21101 ssh-ed25519 ") {
+		t.Fatalf("known_hosts %q %v", kh, err)
+	}
+	for _, tc := range []struct {
+		name           string
+		cmd            string
+		o              RunOpts
+		stdout, stderr string
+		code           int
+		errHas         string
+	}{
+		{"plain", "echo out; echo err >&2", RunOpts{Check: true}, "out\n", "err\n", 0, ""},
+		{"exit code", "echo out; echo oops >&2; exit 3", RunOpts{}, "out\n", "oops\n", 3, ""},
+		{"check quotes stderr", "echo out; echo bad thing >&2; exit 3", RunOpts{Check: true}, "out\n", "bad thing\n", 3, "exit status 3:\nbad thing"},
+		{"stdin text", "tr a-z A-Z", RunOpts{Stdin: []byte("hello\n"), Check: true}, "HELLO\n", "", 0, ""},
+		{"stdin binary", "wc -c", RunOpts{Stdin: []byte{0, 1, 2, 3}, Check: true}, "4\n", "", 0, ""},
+		{"pty", "echo tty", RunOpts{Pty: true, Check: true}, "tty\n", "", 0, ""},
+		{"timeout quotes output", "echo begun; sleep 10", RunOpts{Timeout: 300 * time.Millisecond}, "begun\n", "", -1, "timeout after 300ms; last output:\nbegun"},
+	} {
+		r, err := c.Run(tc.cmd, tc.o)
+		if tc.errHas != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errHas) {
+				t.Errorf("%s: error %v, want %q", tc.name, err, tc.errHas)
+			}
+		} else if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if string(r.Stdout) != tc.stdout || string(r.Stderr) != tc.stderr || r.ExitCode != tc.code {
+			t.Errorf("%s: got %q %q %d, want %q %q %d", tc.name, r.Stdout, r.Stderr, r.ExitCode, tc.stdout, tc.stderr, tc.code)
+		}
+	}
+	// The second connection finds the recorded key and is pinned to it.
+	c2, err := Dial(live(), target(f, 1), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	if kh2, _ := os.ReadFile(f.KnownHosts(1)); !bytes.Equal(kh, kh2) {
+		t.Fatalf("known_hosts changed: %q", kh2)
+	}
+}
+
+func TestWrongPasswordFails(t *testing.T) {
+	f := testFarm(t)
+	newTestServer(t, addr(2))
+	start := time.Now()
+	_, err := Dial(live(), target(f, 2), Auth{User: "pi", Password: "wrong"}, noKeys(t), 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "authentication failed") || !strings.Contains(err.Error(), "pi@127.0.0.1:21102") {
+		t.Fatalf("error: %v", err)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Fatalf("an authentication failure was retried: %s", time.Since(start))
+	}
+}
+
+func TestUnreachablePortGivesUpAtTheDeadline(t *testing.T) {
+	f := testFarm(t)
+	start := time.Now()
+	_, err := Dial(live(), target(f, 3), Auth{User: "root", Password: "x"}, noKeys(t), 500*time.Millisecond)
+	el := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "gave up after 500ms") {
+		t.Fatalf("error: %v", err)
+	}
+	if el < 300*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("gave up after %s", el)
+	}
+}
+
+func TestServerStartingLateIsWaitedFor(t *testing.T) {
+	f := testFarm(t)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		newTestServer(t, addr(4))
+	}()
+	c, err := Dial(live(), target(f, 4), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
+	f := testFarm(t)
+	ln, err := netListen(addr(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accept, say nothing
+		}
+	}()
+	start := time.Now()
+	_, err = Dial(live(), target(f, 5), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 400*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "handshake timed out") || time.Since(start) > 2*time.Second {
+		t.Fatalf("error after %s: %v", time.Since(start), err)
+	}
+}
+
+func TestHostKeyMismatchSaysHowToReset(t *testing.T) {
+	f := testFarm(t)
+	srv := newTestServer(t, addr(6))
+	c, err := Dial(live(), target(f, 6), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	srv.ln.Close()
+	newTestServer(t, addr(6)) // re-imaged guest: new host key
+	_, err = Dial(live(), target(f, 6), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	var mm *HostKeyMismatch
+	if !errors.As(err, &mm) {
+		t.Fatalf("error: %v", err)
+	}
+	for _, want := range []string{"host key mismatch for 127.0.0.1:21106", "rm " + f.KnownHosts(6), f.KnownHosts(6) + ":1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
+
+func TestHostKeyAlgorithmIsPinned(t *testing.T) {
+	f := testFarm(t)
+	rsaKey, edKey := newHostKey(t, true), newHostKey(t, false)
+	for i, known := range []xssh.Signer{rsaKey, edKey} {
+		id := 7 + i
+		newTestServer(t, addr(id), rsaKey, edKey)
+		os.MkdirAll(filepath.Dir(f.KnownHosts(id)), 0o755)
+		line := fmt.Sprintf("[127.0.0.1]:%d %s", sshBase+id, xssh.MarshalAuthorizedKey(known.PublicKey()))
+		os.WriteFile(f.KnownHosts(id), []byte(line), 0o644)
+		c, err := Dial(live(), target(f, id), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+		if err != nil {
+			t.Fatalf("known %s: %v", known.PublicKey().Type(), err)
+		}
+		c.Close()
+	}
+}
+
+func TestKeys(t *testing.T) {
+	home, conf := t.TempDir(), t.TempDir()
+	k := Keys{Home: home, ConfDir: conf}
+	d := live()
+	// No user key: pifarm's own key is created once, in OpenSSH format.
+	pub, err := k.Ensure(d)
+	if err != nil || pub != filepath.Join(conf, "id_ed25519.pub") {
+		t.Fatalf("ensure: %s %v", pub, err)
+	}
+	first, _ := os.ReadFile(pub)
+	if _, err := k.Ensure(d); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(pub); !bytes.Equal(first, again) {
+		t.Fatal("pifarm key created twice")
+	}
+	priv, _ := os.ReadFile(filepath.Join(conf, "id_ed25519"))
+	if !bytes.HasPrefix(priv, []byte("-----BEGIN OPENSSH PRIVATE KEY-----")) {
+		t.Fatalf("private key format: %.40q", priv)
+	}
+	if fi, _ := os.Stat(filepath.Join(conf, "id_ed25519")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("private key mode %v", fi.Mode())
+	}
+	// A .pub without its private key does not count; the first with one does.
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(home, ".ssh", "id_dsa.pub"), first, 0o644)
+	if err := GenerateKey(filepath.Join(home, ".ssh", "id_rsa"), "user"); err != nil {
+		t.Fatal(err)
+	}
+	if p, own := k.Key(); own || p != filepath.Join(home, ".ssh", "id_rsa") {
+		t.Fatalf("user key: %s %v", p, own)
+	}
+	// Dry, creating a key is only printed.
+	var out bytes.Buffer
+	dry := trace.New(context.Background(), true, false, &out)
+	k2 := Keys{Home: t.TempDir(), ConfDir: filepath.Join(t.TempDir(), "conf")}
+	if _, err := k2.Ensure(dry); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(k2.ConfDir); err == nil {
+		t.Fatal("dry run created the key folder")
+	}
+	if want := "mkdir -p " + k2.ConfDir + " && ssh-keygen -q -t ed25519 -N '' -C pifarm -f " + k2.PifarmKey() + "\n"; out.String() != want {
+		t.Fatalf("dry trace %q, want %q", out.String(), want)
+	}
+}
+
+func TestKeyLoginPutAndUpload(t *testing.T) {
+	f := testFarm(t)
+	srv := newTestServer(t, addr(10))
+	k := Keys{Home: t.TempDir(), ConfDir: t.TempDir()}
+	pub, err := k.Ensure(live())
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := publicLine(pub)
+	pk, _, _, _, _ := xssh.ParseAuthorizedKey([]byte(line))
+	srv.authorize(pk)
+	c, err := Dial(live(), target(f, 10), Auth{User: "root"}, k, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Put([]byte("secret\n"), "put.txt", "600", ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(srv.dir, "put.txt")); err != nil || string(b) != "secret\n" {
+		t.Fatalf("put: %q %v", b, err)
+	}
+	if fi, _ := os.Stat(filepath.Join(srv.dir, "put.txt")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("put mode %v", fi.Mode())
+	}
+	err = c.Put([]byte("x"), "/nonexistent-dir/f", "", "")
+	if err == nil || !strings.Contains(err.Error(), "nonexistent-dir") {
+		t.Fatalf("put into a missing folder: %v", err)
+	}
+	local := t.TempDir()
+	os.MkdirAll(filepath.Join(local, "etc", "boot.d"), 0o755)
+	os.WriteFile(filepath.Join(local, "etc", "boot.d", "10-x.sh"), []byte("#!/bin/sh\necho x\n"), 0o755)
+	os.WriteFile(filepath.Join(local, "etc", "hosts"), []byte("127.0.0.1 localhost\n"), 0o644)
+	os.Symlink("hosts", filepath.Join(local, "etc", "hosts.link"))
+	remote := filepath.Join(srv.dir, "root")
+	os.MkdirAll(filepath.Join(remote, "etc"), 0o711) // an existing folder keeps its mode
+	r, err := c.Upload(local, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Files != 2 || r.Bytes != int64(len("#!/bin/sh\necho x\n")+len("127.0.0.1 localhost\n")) {
+		t.Fatalf("upload counted %+v", r)
+	}
+	if fi, err := os.Stat(filepath.Join(remote, "etc", "boot.d", "10-x.sh")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("uploaded script: %v %v", fi, err)
+	}
+	if l, err := os.Readlink(filepath.Join(remote, "etc", "hosts.link")); err != nil || l != "hosts" {
+		t.Fatalf("symlink: %q %v", l, err)
+	}
+	if fi, _ := os.Stat(filepath.Join(remote, "etc")); fi.Mode().Perm() != 0o711 {
+		t.Fatalf("existing folder's mode changed to %v", fi.Mode().Perm())
+	}
+}
+
+func runStar(t *testing.T, d *trace.Door, f *farm.Farm, keys *Keys, src string) error {
+	t.Helper()
+	thread := &starlark.Thread{Name: "test", Load: func(th *starlark.Thread, module string) (starlark.StringDict, error) {
+		return starlarktest.LoadAssertModule()
+	}}
+	starlarktest.SetReporter(thread, t)
+	mod := New(d, f)
+	if keys != nil {
+		// Point the module at a test home: rebuild it around the keys.
+		mod = newWithKeys(d, f, *keys)
+	}
+	predeclared := starlark.StringDict{
+		"ssh":    mod.Struct(),
+		"struct": starlark.NewBuiltin("struct", starlarkstruct.Make),
+	}
+	_, err := starlark.ExecFile(thread, "test.star", "load('assert.star', 'assert')\n"+src, predeclared)
+	return err
+}
+
+func TestStarlarkConnectionReuseAndResults(t *testing.T) {
+	f := testFarm(t)
+	srv := newTestServer(t, addr(11))
+	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+c = ssh.connect("n11", user = "pi", password = "raspberry", timeout = 5)
+assert.eq(c.port, 21111)
+assert.true(ssh.connect(11, user = "pi", password = "raspberry") == c)
+r = c.run("echo hi; echo there >&2; exit 2", check = False)
+assert.eq((r.stdout, r.stderr, r.exit_code), ("hi\n", "there\n", 2))
+assert.fails(lambda: c.run("echo nope >&2; exit 1"), "exit status 1:\nnope")
+assert.eq(c.run("cat", stdin = b"\x00\x01").stdout, "\x00\x01")
+c.put("hello\n", "f.txt", mode = 0o640)
+assert.eq(c.run("stat -c %a f.txt; cat f.txt").stdout, "640\nhello\n")
+assert.true(ssh.probe(11).startswith("SSH-2.0-"))
+assert.eq(ssh.probe(39, timeout = 0.2), None)
+assert.eq(ssh.command(11), "ssh -p 21111 root@localhost")
+assert.eq(ssh.command("n11", "id -u", user = "pi"), "ssh -p 21111 pi@localhost 'id -u'")
+c.close()
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.connections(); n != 2 { // one probe, one login
+		t.Fatalf("%d connections, want 2 (reuse)", n)
+	}
+}
+
+func TestDryRunPrintsSSHLinesAndConnectsNowhere(t *testing.T) {
+	f := testFarm(t)
+	srv := newTestServer(t, addr(12))
+	var out bytes.Buffer
+	d := trace.New(context.Background(), true, false, &out)
+	conf := filepath.Join(t.TempDir(), "conf")
+	local := t.TempDir()
+	err := runStar(t, d, f, &Keys{Home: t.TempDir(), ConfDir: conf}, fmt.Sprintf(`
+keyfile = ssh.public_key_file()
+c = ssh.connect(12, user = "pi", password = "raspberry")
+r = c.run("id -u")
+assert.eq((r.stdout, r.stderr, r.exit_code), ("", "", 0))
+c.run("k=$(cat); echo \"$k\" >> ~/.ssh/authorized_keys", stdin_file = keyfile)
+c.run("sudo -n tee /etc/x >/dev/null", stdin = "a 'quoted' line\n")
+c.put("no newline", "/etc/hostname", mode = "644", owner = "root:root")
+c.upload(%q, "/")
+root = ssh.connect(12)
+root.run("resize2fs /dev/mmcblk0p2", pty = True)
+`, local))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(`mkdir -p %[1]s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %[1]s/id_ed25519
+# ssh: log in as pi on 127.0.0.1:21112 with password ****
+ssh -p 21112 pi@localhost 'id -u'
+ssh -p 21112 pi@localhost 'k=$(cat); echo "$k" >> ~/.ssh/authorized_keys' < %[1]s/id_ed25519.pub
+ssh -p 21112 pi@localhost 'sudo -n tee /etc/x >/dev/null' <<'EOF'
+a 'quoted' line
+EOF
+printf %%s 'no newline' | ssh -p 21112 pi@localhost 'cat > /etc/hostname && chmod 644 /etc/hostname && chown root:root /etc/hostname'
+tar -C %[2]s --owner=0 --group=0 -cf - . | ssh -p 21112 pi@localhost 'mkdir -p / && tar -x --no-same-owner --no-overwrite-dir -C / -f -'
+ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
+`, conf, local)
+	if out.String() != want {
+		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", out.String(), want)
+	}
+	if srv.connections() != 0 {
+		t.Fatal("dry run connected")
+	}
+	if _, err := os.Stat(conf); err == nil {
+		t.Fatal("dry run created the key")
+	}
+}
