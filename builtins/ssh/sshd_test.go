@@ -16,7 +16,7 @@ import (
 // user running the test (root in CI) by key only.
 type sshd struct {
 	addr, dir, user string
-	clientKey        string // private key authorised for the user
+	clientKey       string // private key authorised for the user
 }
 
 func startSSHD(t *testing.T, port int) *sshd {
