@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	pnet "pifarm/builtins/net"
 	"pifarm/builtins/runtime"
 )
 
@@ -18,6 +19,11 @@ import (
 var defaultConfig []byte
 
 func main() {
+	// The hidden `pifarm net STEP ...` performs one privileged netlink step
+	// for an unprivileged pifarm that re-invokes itself through sudo.
+	if len(os.Args) > 1 && os.Args[1] == "net" {
+		os.Exit(pnet.Main(os.Args[2:]))
+	}
 	runtime.DefaultConfig = defaultConfig
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := runtime.Main(runtime.Options{Args: os.Args[1:], Ctx: ctx})
