@@ -1,0 +1,304 @@
+package image
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"pifarm/builtins/trace"
+)
+
+// baseFile records, next to a linked clone, the identity of its base.
+func (m *mod) baseFile(id int) string {
+	return strings.TrimSuffix(m.f.Disk(id), ".qcow2") + ".base"
+}
+
+// CloneResult is what Clone made.
+type CloneResult struct {
+	Path, Base string
+	Linked     bool
+}
+
+// Clone creates instance id's qcow2 from instance 0's raw image: a full
+// copy (`qemu-img convert -p`, with progress) or a linked clone (a qcow2
+// whose absolute backing file is the base, `-F raw`) that records the
+// base's identity. Written to a temporary name, then renamed; a replaced
+// clone is kept as NAME~. When instance 0's boot files are current they
+// are copied along (same boot partition, no re-hash).
+func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
+	if id <= 0 {
+		return nil, trace.Usagef("clone: instance %d: clones are instances 1 and up (0 is the raw image)", id)
+	}
+	base0, err := m.diskPath(0)
+	if err != nil {
+		return nil, err
+	}
+	base, err := filepath.EvalSymlinks(base0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", base0, err)
+	}
+	d, err := Open(base)
+	if err != nil {
+		return nil, err
+	}
+	d.Close()
+	run, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range run {
+		if r.ID == 0 || r.ID == id {
+			return nil, fmt.Errorf("clone %d: instance %d is running (pid %d); stop it first", id, r.ID, r.Pid)
+		}
+	}
+	if mnts, _ := m.mounts(base); len(mnts) > 0 {
+		return nil, fmt.Errorf("clone %d: %s is mounted (%s on %s); unmount first", id, base, mnts[0].Source, mnts[0].Target)
+	}
+	dst := m.f.Disk(id)
+	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
+	if err := m.mkdir(filepath.Dir(dst)); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(tmp); err == nil {
+		if err := m.d.Do("rm -f "+trace.Quote(tmp), func() error { return os.Remove(tmp) }); err != nil {
+			return nil, err
+		}
+	}
+	var c trace.Cmd
+	if linked {
+		c = trace.Cmd{Argv: []string{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", tmp}}
+	} else {
+		c = trace.Cmd{Argv: []string{"qemu-img", "convert", "-p", "-f", "raw", "-O", "qcow2", base, tmp}, Stdout: os.Stderr}
+	}
+	if _, err := m.d.Exec(c); err != nil {
+		if !m.d.DryRun {
+			os.Remove(tmp)
+		}
+		return nil, err
+	}
+	if err := m.moveAside(dst, m.baseFile(id), m.f.Kernel(id), m.f.DTB(id), m.f.Sig(id)); err != nil {
+		return nil, err
+	}
+	if err := m.d.Do("mv "+trace.Quote(tmp)+" "+trace.Quote(dst), func() error { return os.Rename(tmp, dst) }); err != nil {
+		return nil, err
+	}
+	if linked {
+		id0, err := statID(base)
+		if err != nil {
+			return nil, err
+		}
+		rec := fmt.Sprintf("# instance %d is a linked clone of this base; it is valid while the base is unchanged\nbase %s\n", id, id0)
+		if err := m.d.WriteFile(m.baseFile(id), []byte(rec), 0o644, false); err != nil {
+			return nil, err
+		}
+	}
+	if st, err := m.CheckBoot(0); err == nil && st.State == "ok" {
+		if err := m.copyBootFiles(id, dst); err != nil {
+			return nil, err
+		}
+	}
+	return &CloneResult{Path: dst, Base: base, Linked: linked}, nil
+}
+
+// copyBootFiles gives a new clone instance 0's boot files and a signature
+// record naming the clone's files.
+func (m *mod) copyBootFiles(id int, dst string) error {
+	for _, p := range [][2]string{{m.f.Kernel(0), m.f.Kernel(id)}, {m.f.DTB(0), m.f.DTB(id)}} {
+		src, to := p[0], p[1]
+		err := m.d.Do("cp -p "+trace.Quote(src)+" "+trace.Quote(to), func() error {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				return err
+			}
+			return trace.WriteAtomic(to, b, 0o644, false)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	rec, err := readSig(m.f.Sig(0))
+	if err != nil {
+		return err
+	}
+	sig := m.f.Sig(id)
+	line := fmt.Sprintf("# record the boot partition signature %s (that of instance 0) in %s", rec.Sum, sig)
+	return m.d.Do(line, func() error {
+		ids := []fileID{}
+		d, err := Open(dst)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if ids, err = d.chainIDs(); err != nil {
+			return err
+		}
+		b := d.Layout.Boot()
+		r := sigRecord{Sum: rec.Sum, Start: b.Start, Count: b.Sectors, Files: ids}
+		return trace.WriteAtomic(sig, []byte(r.String()), 0o644, false)
+	})
+}
+
+// CloneState says whether instance id's clone may be used.
+type CloneState struct {
+	Exists, Linked, OK bool
+	Base, Reason       string
+}
+
+// CheckClone reports whether instance id's clone exists and, for a linked
+// clone, whether its base is still the file it was linked to, unchanged
+// (size, mtime, inode, device as recorded).
+func (m *mod) CheckClone(id int) (CloneState, error) {
+	dst := m.f.Disk(id)
+	if _, err := os.Stat(dst); err != nil {
+		return CloneState{Reason: fmt.Sprintf("instance %d has no clone (%s)", id, dst)}, nil
+	}
+	st := CloneState{Exists: true, OK: true}
+	f, err := os.Open(m.baseFile(id))
+	if os.IsNotExist(err) {
+		if IsQcow2(dst) {
+			if q, err := OpenQcow2(dst); err == nil {
+				st.Base = q.Backing
+				q.Close()
+			} else {
+				return CloneState{Exists: true, Reason: err.Error()}, nil
+			}
+			if st.Base != "" {
+				st.Linked, st.OK = true, false
+				st.Reason = fmt.Sprintf("instance %d is a linked clone of %s without a base record (%s); re-create it", id, st.Base, m.baseFile(id))
+			}
+		}
+		return st, nil
+	}
+	if err != nil {
+		return CloneState{}, err
+	}
+	defer f.Close()
+	st.Linked = true
+	var want fileID
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line, ok := strings.CutPrefix(sc.Text(), "base "); ok {
+			want = parseFileID(line)
+		}
+	}
+	st.Base = want.Path
+	q, err := OpenQcow2(dst)
+	if err != nil {
+		st.OK, st.Reason = false, err.Error()
+		return st, nil
+	}
+	backing := q.Backing
+	q.Close()
+	if backing != want.Path {
+		st.OK, st.Reason = false, fmt.Sprintf("instance %d: %s is backed by %s, the record says %s", id, dst, backing, want.Path)
+		return st, nil
+	}
+	got, err := statID(want.Path)
+	if err != nil {
+		st.OK, st.Reason = false, fmt.Sprintf("instance %d: base %s of the linked clone is gone: %v", id, want.Path, err)
+		return st, nil
+	}
+	if got != want {
+		st.OK = false
+		st.Reason = fmt.Sprintf("instance %d: base %s changed since the linked clone was made (size %d -> %d, mtime %d -> %d); its content is no longer consistent: re-create the clone", id, want.Path, want.Size, got.Size, want.MTime, got.MTime)
+	}
+	return st, nil
+}
+
+func parseFileID(s string) fileID {
+	fl := strings.Fields(s)
+	if len(fl) < 5 {
+		return fileID{Path: s}
+	}
+	id := fileID{Path: strings.Join(fl[:len(fl)-4], " ")}
+	for _, kv := range fl[len(fl)-4:] {
+		k, v, _ := strings.Cut(kv, "=")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "size":
+			id.Size = n
+		case "mtime":
+			id.MTime = n
+		case "ino":
+			id.Ino = uint64(n)
+		case "dev":
+			id.Dev = uint64(n)
+		}
+	}
+	return id
+}
+
+// RemoveClone deletes instance id's clone with its backups, boot files
+// and base record. It refuses while the instance runs.
+func (m *mod) RemoveClone(id int) ([]string, error) {
+	if id <= 0 {
+		return nil, trace.Usagef("remove clone: instance %d: clones are instances 1 and up", id)
+	}
+	run, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range run {
+		if r.ID == id {
+			return nil, fmt.Errorf("remove clone %d: instance %d is running (pid %d); stop it first", id, id, r.Pid)
+		}
+	}
+	dst := m.f.Disk(id)
+	var have []string
+	for _, p := range []string{dst, m.baseFile(id), m.f.Kernel(id), m.f.DTB(id), m.f.Sig(id)} {
+		for _, q := range []string{p, p + "~"} {
+			if _, err := os.Lstat(q); err == nil {
+				have = append(have, q)
+			}
+		}
+	}
+	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
+	if _, err := os.Lstat(tmp); err == nil {
+		have = append(have, tmp)
+	}
+	if len(have) == 0 {
+		m.d.Note("instance %d has no clone files", id)
+		return nil, nil
+	}
+	err = m.d.Do("rm -f "+trace.Join(have), func() error {
+		for _, p := range have {
+			if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+		return nil
+	})
+	return have, err
+}
+
+// Clones lists the instance ids > 0 that have a clone file (or backup).
+func (m *mod) Clones() ([]int, error) {
+	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var ids []int
+	for _, e := range ents {
+		sm := instanceDirRE.FindStringSubmatch(e.Name())
+		if sm == nil {
+			continue
+		}
+		id, _ := strconv.Atoi(sm[1])
+		if id == 0 {
+			continue
+		}
+		for _, p := range []string{m.f.Disk(id), m.f.Disk(id) + "~"} {
+			if _, err := os.Lstat(p); err == nil {
+				ids = append(ids, id)
+				break
+			}
+		}
+	}
+	return ids, nil
+}

@@ -1,0 +1,345 @@
+package image
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// mbrSector builds a first sector with the given entries (type, start,
+// size) and the 55 aa signature.
+func mbrSector(entries ...[3]uint32) []byte {
+	b := make([]byte, 1024)
+	binary.LittleEndian.PutUint32(b[440:], 0xdeadbeef)
+	for i, e := range entries {
+		o := 446 + 16*i
+		b[o+4] = byte(e[0])
+		binary.LittleEndian.PutUint32(b[o+8:], e[1])
+		binary.LittleEndian.PutUint32(b[o+12:], e[2])
+	}
+	b[510], b[511] = 0x55, 0xaa
+	return b
+}
+
+func TestParseMBR(t *testing.T) {
+	good := mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 532480, 1000000})
+	size := int64(532480+1000000) * 512
+	gpt := mbrSector([3]uint32{0xee, 1, 0xffffffff})
+	gptHeader := append([]byte(nil), good...)
+	copy(gptHeader[512:], "EFI PART")
+	noSig := append([]byte(nil), good...)
+	noSig[510] = 0
+	badBoot := append([]byte(nil), good...)
+	badBoot[446] = 0x42
+	for _, tc := range []struct {
+		name string
+		head []byte
+		size int64
+		want string
+	}{
+		{"good", good, size, ""},
+		{"empty file", nil, 0, "truncated: 0 bytes"},
+		{"short file", good[:100], 100, "truncated: 100 bytes"},
+		{"zeros", make([]byte, 1024), size, "no partition table (sector 0 is all zeros)"},
+		{"no signature", noSig, size, "no MBR signature 55 aa at byte 510, found 00 aa"},
+		{"gpt protective", gpt, size, "GPT partition table (protective MBR entry 1"},
+		{"gpt header", gptHeader, size, "GPT partition table (found \"EFI PART\""},
+		{"bad boot flag", badBoot, size, "unreadable MBR"},
+		{"empty table", mbrSector(), size, "empty partition table"},
+		{"p1 unused", mbrSector([3]uint32{0, 0, 0}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 is unused"},
+		{"p1 fat16", mbrSector([3]uint32{0x0e, 8192, 524288}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 has type 0x0e (FAT16), want 0x0c"},
+		{"p1 early", mbrSector([3]uint32{0x0c, 2048, 524288}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 starts at sector 2048, want 8192"},
+		{"p2 unused", mbrSector([3]uint32{0x0c, 8192, 524288}), size, "partition 2 is unused"},
+		{"p2 swap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x82, 532480, 1000}), size, "partition 2 has type 0x82 (Linux swap), want 0x83"},
+		{"overlap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 500000, 1000}), size, "partition 2 (sectors 500000..500999) overlaps partition 1 (sectors 8192..532479)"},
+		{"p3 overlap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 532480, 1000}, [3]uint32{0x83, 532000, 1000}), size, "partition 3 (sectors 532000..532999) overlaps partition 1"},
+		{"truncated", good, size - 512, fmt.Sprintf("truncated file: partition 2 ends at byte %d but the image holds only %d bytes", size, size-512)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := ParseMBR(tc.head, tc.size)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if l.DiskID != 0xdeadbeef || l.Boot().Start != 8192 || l.Root().Sectors != 1000000 {
+					t.Fatalf("layout %+v", l)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrLayout) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenNamesFileAndCheckesSectorSize(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.img")
+	// a valid table but no FAT boot sector at partition 1: a 4K-sector image
+	b := mbrSector([3]uint32{0x0c, 8192, 2048}, [3]uint32{0x83, 10240, 2048})
+	f, _ := os.Create(p)
+	f.Write(b[:512])
+	f.Truncate(12288 * 512)
+	f.Close()
+	_, err := Open(p)
+	if err == nil || !strings.HasPrefix(err.Error(), p+": ") || !strings.Contains(err.Error(), "512-byte") {
+		t.Fatalf("error %v", err)
+	}
+	if _, err := Open(filepath.Join(dir, "missing.img")); err == nil || !strings.Contains(err.Error(), "missing.img") {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func sha256File(t testing.TB, p string, off, n int64) string {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := hashRange(f, off, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestFixtureReadAndSignature(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	d, err := Open(fx.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// the layout is what sfdisk -d reports
+	dump := run(t, "", "sfdisk", "-d", fx.path)
+	for _, want := range []string{
+		fmt.Sprintf("label-id: 0x%08x", fx.diskID),
+		fmt.Sprintf("start=%12d, size=%12d, type=c", d.Layout.Boot().Start, d.Layout.Boot().Sectors),
+		fmt.Sprintf("start=%12d, size=%12d, type=83", d.Layout.Root().Start, d.Layout.Root().Sectors),
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("sfdisk -d lacks %q:\n%s", want, dump)
+		}
+	}
+	fs, err := d.Boot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
+	for _, name := range []string{"kernel8.img", "bcm2710-rpi-3-b-plus.dtb", "cmdline.txt", fx.longRoot, fx.extraName, "KERNEL8.IMG"} {
+		got, err := fs.ReadFile(name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dst := filepath.Join(out, strings.ReplaceAll(name, "/", "_"))
+		run(t, "", "mcopy", "-n", "-i", img, "::"+name, dst)
+		want, _ := os.ReadFile(dst)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes differ from mcopy's %d", name, len(got), len(want))
+		}
+	}
+	if _, err := fs.ReadFile("nope.txt"); err == nil || !strings.Contains(err.Error(), "nope.txt") {
+		t.Errorf("missing file: %v", err)
+	}
+	es, err := fs.ReadDir("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name)
+	}
+	if !strings.Contains(strings.Join(names, "|"), fx.longRoot) {
+		t.Errorf("root folder %q lacks the long name", names)
+	}
+	// signature = sha256sum of dd of the same byte range
+	sig, err := d.Signature()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd := run(t, "", "sh", "-c", fmt.Sprintf("dd if=%s bs=512 skip=%d count=%d status=none | sha256sum", fx.path, fx.bootStart, fx.bootN))
+	if want := "sha256:" + strings.Fields(dd)[0]; sig != want {
+		t.Errorf("signature %s, dd|sha256sum %s", sig, want)
+	}
+	e, err := d.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Size() != int64(fx.rootN)*512 || e.Used() <= 0 || e.Used() >= e.Size() || e.Label != "rootfs" {
+		t.Errorf("ext4 %+v", e)
+	}
+}
+
+func fileState(t testing.TB, p string) string {
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%d %d %s", fi.Size(), fi.ModTime().UnixNano(), sha256File(t, p, 0, 8<<20))
+}
+
+func TestExpandJustUnder4GiB(t *testing.T) {
+	dir := t.TempDir()
+	size := int64(4<<30) - 8<<20
+	fx := makeFixture(t, dir, fixtureOpts{size: size, bootMiB: 256, rootMiB: 3000, ext4MiB: 2900, clusterSectrs: 4})
+	bootSum := sha256File(t, fx.path, int64(fx.bootStart)*512, int64(fx.bootN)*512)
+
+	// dry run: the exact lines, and the file stays byte for byte
+	dry, out := testMod(t, dir, true)
+	before := fileState(t, fx.path)
+	pl, err := dry.Expand(fx.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := fileState(t, fx.path); after != before {
+		t.Fatalf("dry run changed the image: %s -> %s", before, after)
+	}
+	wantEnd := uint64((4<<30 - (4<<30)*6/100) / (1 << 20) * 2048)
+	wantRoot := wantEnd - fx.rootStart
+	script := fmt.Sprintf("label: dos\nlabel-id: 0x%08x\nunit: sectors\nsector-size: 512\n\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\n",
+		fx.diskID, fx.bootStart, fx.bootN, fx.rootStart, wantRoot)
+	want := fmt.Sprintf("truncate -s 4G %s\nsfdisk --no-reread -q %s <<'EOF'\n%sEOF\n", fx.path, fx.path, script)
+	if out.String() != want {
+		t.Fatalf("dry-run trace\n%s\nwant\n%s", out.String(), want)
+	}
+	if pl.Size != 4<<30 || pl.Root != wantRoot || pl.NoNeed {
+		t.Fatalf("plan %+v", pl)
+	}
+
+	// the same script through the real sfdisk gives the same MBR
+	ref := filepath.Join(dir, "ref.img")
+	run(t, "", "cp", "--sparse=always", fx.path, ref)
+	run(t, "", "truncate", "-s", "4G", ref)
+	run(t, script, "sfdisk", "--no-reread", "-q", ref)
+
+	live, _ := testMod(t, dir, false)
+	pl, err = live.Expand(fx.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(fx.path)
+	if fi.Size() != 4<<30 {
+		t.Fatalf("size %d", fi.Size())
+	}
+	mine, theirs := make([]byte, 512), make([]byte, 512)
+	f1, _ := os.Open(fx.path)
+	f1.ReadAt(mine, 0)
+	f1.Close()
+	f2, _ := os.Open(ref)
+	f2.ReadAt(theirs, 0)
+	f2.Close()
+	if !bytes.Equal(mine, theirs) {
+		t.Errorf("MBR differs from sfdisk's:\nmine   %s\nsfdisk %s", hex.EncodeToString(mine[440:]), hex.EncodeToString(theirs[440:]))
+	}
+	dump := run(t, "", "sfdisk", "-d", fx.path)
+	if !strings.Contains(dump, fmt.Sprintf("start=%12d, size=%12d, type=83", fx.rootStart, wantRoot)) ||
+		!strings.Contains(dump, fmt.Sprintf("label-id: 0x%08x", fx.diskID)) {
+		t.Errorf("sfdisk -d after expand:\n%s", dump)
+	}
+	if got := sha256File(t, fx.path, int64(fx.bootStart)*512, int64(fx.bootN)*512); got != bootSum {
+		t.Error("expand changed the boot partition")
+	}
+	run(t, "", "e2fsck", "-n", "-f", fmt.Sprintf("%s?offset=%d", fx.path, fx.rootStart*512))
+
+	// again: no need
+	pl, err = live.Expand(fx.path)
+	if err != nil || !pl.NoNeed {
+		t.Fatalf("second expand: %+v %v", pl, err)
+	}
+}
+
+func TestExpandRefusals(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+
+	// a live QEMU-named process in instance 2's pidfile
+	sleeper := exec.Command("bash", "-c", "exec -a qemu-system-aarch64 sleep 60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	os.MkdirAll(m.f.InstanceDir(2), 0o755)
+	os.WriteFile(m.f.Pidfile(2), []byte(fmt.Sprintln(sleeper.Process.Pid)), 0o644)
+	for i := 0; i < 100; i++ { // until exec -a took effect
+		if livePid(m.f.Pidfile(2)) > 0 {
+			break
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sleeper.Process.Pid))
+		if bytes.Contains(b, []byte("qemu")) {
+			break
+		}
+	}
+	_, err := m.Expand(fx.path)
+	if err == nil || !strings.Contains(err.Error(), "instance 2 is running") {
+		t.Fatalf("expand while running: %v", err)
+	}
+	// a pidfile naming a process that is no QEMU does not count
+	os.WriteFile(m.f.Pidfile(2), []byte(fmt.Sprintln(os.Getpid())), 0o644)
+	if run, _ := m.running(); len(run) != 0 {
+		t.Fatalf("running: %v", run)
+	}
+	os.Remove(m.f.Pidfile(2))
+
+	// too big
+	big := filepath.Join(dir, "big.img")
+	run(t, "", "cp", "--sparse=always", fx.path, big)
+	run(t, "", "truncate", "-s", "17G", big)
+	if _, err := m.Expand(big); err == nil || !strings.Contains(err.Error(), "largest configured image size 16 GiB") {
+		t.Fatalf("expand 17G: %v", err)
+	}
+	// a partition after partition 2
+	p3 := filepath.Join(dir, "p3.img")
+	run(t, "", "cp", "--sparse=always", fx.path, p3)
+	run(t, fmt.Sprintf("label: dos\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\nstart=%d, size=2048, type=83\n",
+		fx.bootStart, fx.bootN, fx.rootStart, fx.rootN-2048, fx.rootStart+fx.rootN-2048), "sfdisk", "-q", "--no-reread", p3)
+	if _, err := m.Expand(p3); err == nil || !strings.Contains(err.Error(), "partition 3 (type 0x83) follows the root partition") {
+		t.Fatal("expand with a partition 3 passed")
+	}
+}
+
+func TestExpandRefusesMountedRoot(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	m, out := testMod(t, dir, false)
+	m.d.Verbose = true
+	if _, err := m.Register(fx.path); err != nil {
+		t.Fatal(err)
+	}
+	r, err := m.Mount("root", 0, true)
+	if err != nil {
+		t.Fatalf("mount root: %v\n%s", err, out.String())
+	}
+	defer m.Umount("root")
+	if !strings.Contains(out.String(), fmt.Sprintf("mount -o loop,offset=%d,sizelimit=%d %s %s", fx.rootStart*512, fx.rootN*512, fx.path, m.f.MountDir("root"))) {
+		t.Errorf("trace:\n%s", out.String())
+	}
+	if _, err := os.Stat(filepath.Join(r.Target, "lost+found")); err != nil {
+		t.Errorf("root file system not visible: %v", err)
+	}
+	if _, err := m.Expand(fx.path); err == nil || !strings.Contains(err.Error(), "mounted") {
+		t.Fatalf("expand while mounted: %v", err)
+	}
+	if _, err := m.Seed(m.f.Disk(0), 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "mounted") {
+		t.Fatalf("seed while mounted: %v", err)
+	}
+	if ok, err := m.Umount("root"); !ok || err != nil {
+		t.Fatalf("umount: %v %v", ok, err)
+	}
+	if ms, _ := m.mounts(fx.path); len(ms) != 0 {
+		t.Fatalf("still mounted: %v", ms)
+	}
+	if ok, _ := m.Umount("root"); ok {
+		t.Fatal("second umount found a mount")
+	}
+}

@@ -1,0 +1,557 @@
+// Package image is the Starlark module `image`: RaspiOS disk images for
+// QEMU. It verifies the MBR (go-diskfs), registers the raw image as
+// instance 0, expands it to an SD-card size with a margin, reads the QEMU
+// boot files straight out of the FAT32 boot partition and signs that
+// partition, seeds an image offline (ssh, userconf.txt), mounts partitions
+// for inspection, reports sizes, and makes full or linked qcow2 clones.
+// Reads are queries; every change passes the tracing door, so a dry run
+// prints equivalent shell lines (truncate, sfdisk, mcopy, qemu-img, sudo
+// mount) and leaves every file byte for byte as it was.
+package image
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
+)
+
+func mkstruct(name string, d starlark.StringDict) *starlarkstruct.Struct {
+	return starlarkstruct.FromStringDict(starlark.String(name), d)
+}
+
+func strList(v []string) *starlark.List {
+	l := make([]starlark.Value, len(v))
+	for i, s := range v {
+		l[i] = starlark.String(s)
+	}
+	return starlark.NewList(l)
+}
+
+// instanceArg turns an instance id, alias or node struct into an id.
+func (m *mod) instanceArg(v starlark.Value) (int, error) {
+	var ref string
+	switch x := v.(type) {
+	case nil, starlark.NoneType:
+		return 0, nil
+	case starlark.Int:
+		ref = x.String()
+	case starlark.String:
+		ref = string(x)
+	case *starlarkstruct.Struct:
+		id, err := x.Attr("id")
+		if err != nil {
+			return 0, fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
+		}
+		ref = id.String()
+	default:
+		return 0, fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
+	}
+	n, err := m.f.Resolve(ref)
+	if err != nil {
+		return 0, err
+	}
+	return n.ID, nil
+}
+
+// diskArg resolves an image argument: an instance (id, alias, node) means
+// its disk; any other string is a path. It returns the path and the
+// instance id (-1 for a plain path).
+func (m *mod) diskArg(v starlark.Value) (string, int, error) {
+	if s, ok := v.(starlark.String); ok {
+		if _, err := strconv.Atoi(string(s)); err != nil {
+			if _, rerr := m.f.Resolve(string(s)); rerr != nil {
+				return farm.ExpandPath(string(s)), -1, nil
+			}
+		}
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := m.diskPath(id)
+	return p, id, err
+}
+
+func layoutStruct(path string, l *Layout) *starlarkstruct.Struct {
+	part := func(p Part) starlark.Value {
+		return mkstruct("partition", starlark.StringDict{
+			"index": starlark.MakeInt(p.Index), "type": starlark.MakeInt(int(p.Type)),
+			"start": starlark.MakeUint64(p.Start), "sectors": starlark.MakeUint64(p.Sectors),
+			"offset": starlark.MakeInt64(p.Offset()), "bytes": starlark.MakeInt64(p.Bytes()),
+		})
+	}
+	return mkstruct("layout", starlark.StringDict{
+		"path": starlark.String(path), "size": starlark.MakeInt64(l.FileSize),
+		"disk_id": starlark.String(fmt.Sprintf("%08x", l.DiskID)),
+		"boot":    part(l.Boot()), "root": part(l.Root()),
+	})
+}
+
+// New returns the image module.
+func New(d *trace.Door, f *farm.Farm) *trace.Module {
+	m := &mod{d: d, f: f}
+	return &trace.Module{
+		Name: "image",
+		Doc: "RaspiOS disk images: verify, register, expand, boot files and signature, offline seeding,\n" +
+			"mounts, status and qcow2 clones. An `image` argument is an instance (id, alias or node;\n" +
+			"its disk) or a file path.",
+		Funcs: []trace.Func{
+			{Name: "verify", Args: "image=0", Fn: m.verifyFn,
+				Doc: "Verify the partition table of an image (a query).\n\n" +
+					"512-byte sectors, partition 1 type 0x0c (FAT32 LBA) at sector 8192 or later, partition 2\n" +
+					"type 0x83 after it. Anything else is an error naming the file and what was found (GPT, no\n" +
+					"table, wrong types, overlap, truncated file). Returns struct(path, size, disk_id, boot, root)\n" +
+					"with boot/root = struct(index, type, start, sectors, offset, bytes)."},
+			{Name: "registered", Args: "", Fn: m.registeredFn,
+				Doc: "The image file registered as instance 0 (what clone-0.raw links to), or None."},
+			{Name: "register", Args: "path", Fn: m.registerFn,
+				Doc: "Register the raw image at path as instance 0 (a query-verified MBR first).\n\n" +
+					"clone-0.raw in the cache becomes a link to it; the old link and the old .ker/.dtb/.sig are\n" +
+					"moved aside as NAME~ (stale boot files are dropped). Returns the absolute path.\n" +
+					"Dry run: prints `mv -f OLD OLD~` and `ln -s PATH LINK`."},
+			{Name: "plan_expand", Args: "image=0", Fn: m.planFn,
+				Doc: "What expand would do (a query): struct(path, size_before, size, root_before, root, no_need,\n" +
+					"script) with sizes in bytes and partition 2 in sectors; script is the sfdisk script."},
+			{Name: "expand", Args: "image=0", Fn: m.expandFn,
+				Doc: "Pad a raw image to the smallest configured size (image_sizes_gib) that holds it and grow\n" +
+					"partition 2 to end margin_percent before the end.\n\n" +
+					"Refuses images over the largest size, while any instance runs, or while a partition is\n" +
+					"mounted. The file grows first (truncate, fsync), then the table is rewritten (go-diskfs;\n" +
+					"disk id and boot code kept), so no table ever points past the end of the file. Returns\n" +
+					"the plan (see plan_expand); no_need=True when the image is already right.\n" +
+					"Dry run: prints `truncate -s 4G IMG` and `sfdisk --no-reread -q IMG <<'EOF' ... EOF`\n" +
+					"with the exact new table, and changes nothing."},
+			{Name: "provide_qboot", Args: "instance=0, image=None", Fn: m.qbootFn,
+				Doc: "Copy kernel8.img and bcm2710-rpi-3-b-plus.dtb out of the FAT32 boot partition of the\n" +
+					"instance's disk (raw, or qcow2 through a pure-Go qcow2 reader; no root, no mount) to\n" +
+					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's SHA-256\n" +
+					"signature with the disk's size/mtime/inode in clone-N.sig. image: read this file instead\n" +
+					"of the instance's disk (a dry run that registers it in the same recipe).\n" +
+					"Returns struct(kernel, dtb, sig, sum, sizes). Dry run: prints the equivalent\n" +
+					"`mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker` lines and the signature."},
+			{Name: "check_boot", Args: "instance=0", Fn: m.checkBootFn,
+				Doc: "Whether the instance's boot files match its disk (a query): struct(state, message, hashed)\n" +
+					"with state \"ok\", \"missing\" or \"outdated\" (the boot partition changed, e.g. after an OS\n" +
+					"upgrade). Cheap when nothing changed: the disk's size, mtime, inode and device (and those\n" +
+					"of a qcow2's backing chain) are compared first; only a change re-hashes the partition."},
+			{Name: "seed", Args: "image=0, ssh=True, user=None, password=None, password_hash=None, files={}, salt=None", Fn: m.seedFn,
+				Doc: "Write files into the FAT32 boot partition of a raw image so that a fresh RaspiOS (Bullseye\n" +
+					"2022-04 and later, Bookworm) boots with SSH on and a user account: an empty `ssh` file, and\n" +
+					"`userconf.txt` = user + \":\" + SHA-512 crypt of password (or password_hash as given).\n" +
+					"files adds more (name -> text). Refuses while an instance runs or a partition is mounted.\n" +
+					"If the instance's boot files were current, their signature is re-recorded. Returns\n" +
+					"struct(written, resigned). Dry run: prints `printf %s 'pi:****' | mcopy -n -o -i IMG@@OFF - ::userconf.txt`\n" +
+					"(password and hash masked). The FAT writer keeps both FATs and FSInfo right (fsck.vfat -n clean)."},
+			{Name: "hash_password", Args: "password, salt=None", Fn: m.hashFn,
+				Doc: "The SHA-512 crypt (\"$6$salt$...\") of password, as /etc/shadow and userconf.txt hold it;\nsalt random when not given."},
+			{Name: "mount", Args: "part, instance=0, sudo=False", Fn: m.mountFn,
+				Doc: "Mount partition \"boot\" (read-only) or \"root\" (read-write) of the instance's disk on the\n" +
+					"cache's mnt/boot or mnt/root: guestmount when installed and allowed (tools in config.star)\n" +
+					"and sudo is False, else `sudo mount -o loop,offset=O,sizelimit=N IMG DIR` (one loop device\nper partition, detached again on umount; needs no partition scanning).\n" +
+					"Refuses while the instance runs. Returns struct(target, source, how)."},
+			{Name: "umount", Args: "part", Fn: m.umountFn,
+				Doc: "Unmount mnt/boot or mnt/root (guestunmount for a guestmount, else sudo umount; a loop\nmount's device is detached by the kernel). Returns whether something was mounted."},
+			{Name: "status", Args: "instance=0", Fn: m.statusFn,
+				Doc: "Sizes and boot-file state of the instance's disk (a query): struct(path, real, format,\n" +
+					"file_size, used_by_fs, ext4_size, ext4_used, margin, recommended_margin (bytes), boot,\n" +
+					"warnings, text). used_by_fs is where the last partition ends; ext4_* come from the root\n" +
+					"file system's superblock; text is the report in MiB."},
+			{Name: "clone", Args: "instance, linked=False", Fn: m.cloneFn,
+				Doc: "Create instance N's qcow2 (N > 0) from instance 0's raw image: a full copy\n" +
+					"(`qemu-img convert -p -f raw -O qcow2`, progress on stderr), or with linked=True a qcow2\n" +
+					"whose absolute backing file is the base (`qemu-img create -f qcow2 -b BASE -F raw`) plus\n" +
+					"a record of the base's identity (clone-N.base). Written to a temporary name and renamed;\n" +
+					"a replaced clone is kept as NAME~. Refuses while instance 0 or N runs or the base is\n" +
+					"mounted. Instance 0's boot files are copied along when current.\n" +
+					"Returns struct(path, base, linked)."},
+			{Name: "check_clone", Args: "instance", Fn: m.checkCloneFn,
+				Doc: "Whether instance N's clone may be used (a query): struct(exists, linked, ok, base, reason).\n" +
+					"A linked clone is not ok once its base changed (size, mtime, inode) since it was made."},
+			{Name: "remove_clone", Args: "instance", Fn: m.removeCloneFn,
+				Doc: "Delete instance N's clone, its backups, boot files and base record (rm -f); refuses while\nit runs. Returns the removed paths."},
+			{Name: "clones", Args: "", Fn: m.clonesFn,
+				Doc: "The ids of the instances that have a clone (a query)."},
+			{Name: "running", Args: "", Fn: m.runningFn,
+				Doc: "The instances whose QEMU pidfile names a live QEMU process (a query): a list of\nstruct(id, pid)."},
+			{Name: "mounts", Args: "image=None", Fn: m.mountsFn,
+				Doc: "Mounts on the cache's mnt/boot and mnt/root, and of loop devices backed by image\n(default: instance 0's), as a list of struct(source, target, fstype, options)."},
+		},
+	}
+}
+
+func (m *mod) verifyFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+		return nil, err
+	}
+	p, _, err := m.diskArg(v)
+	if err != nil {
+		return nil, err
+	}
+	d, err := Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return layoutStruct(p, d.Layout), nil
+}
+
+func (m *mod) registeredFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+		return nil, err
+	}
+	if r := m.Registered(); r != "" {
+		return starlark.String(r), nil
+	}
+	return starlark.None, nil
+}
+
+func (m *mod) registerFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &p); err != nil {
+		return nil, err
+	}
+	abs, err := m.Register(p)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.String(abs), nil
+}
+
+func planStruct(pl *ExpandPlan) *starlarkstruct.Struct {
+	return mkstruct("expand", starlark.StringDict{
+		"path": starlark.String(pl.Path), "size_before": starlark.MakeInt64(pl.SizeBefore),
+		"size": starlark.MakeInt64(pl.Size), "root_before": starlark.MakeUint64(pl.RootBefore),
+		"root": starlark.MakeUint64(pl.Root), "no_need": starlark.Bool(pl.NoNeed),
+		"script": starlark.String(pl.Script),
+	})
+}
+
+func (m *mod) planFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+		return nil, err
+	}
+	p, _, err := m.diskArg(v)
+	if err != nil {
+		return nil, err
+	}
+	pl, err := m.PlanExpand(p)
+	if err != nil {
+		return nil, err
+	}
+	return planStruct(pl), nil
+}
+
+func (m *mod) expandFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+		return nil, err
+	}
+	p, _, err := m.diskArg(v)
+	if err != nil {
+		return nil, err
+	}
+	pl, err := m.Expand(p)
+	if err != nil {
+		return nil, err
+	}
+	return planStruct(pl), nil
+}
+
+func (m *mod) qbootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	var img starlark.Value = starlark.None
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v, "image?", &img); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	path, err := optString(img, "image")
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		path = farm.ExpandPath(path)
+	}
+	q, err := m.ProvideQboot(id, path)
+	if err != nil {
+		return nil, err
+	}
+	sizes := make([]starlark.Value, len(q.Sizes))
+	for i, s := range q.Sizes {
+		sizes[i] = starlark.MakeInt(s)
+	}
+	return mkstruct("qboot", starlark.StringDict{
+		"kernel": starlark.String(q.Kernel), "dtb": starlark.String(q.DTB), "sig": starlark.String(q.Sig),
+		"sum": starlark.String(q.Sum), "sizes": starlark.NewList(sizes),
+	}), nil
+}
+
+func (m *mod) checkBootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	st, err := m.CheckBoot(id)
+	if err != nil {
+		return nil, err
+	}
+	return bootStruct(st), nil
+}
+
+func bootStruct(st BootState) *starlarkstruct.Struct {
+	return mkstruct("boot", starlark.StringDict{
+		"state": starlark.String(st.State), "message": starlark.String(st.Message), "hashed": starlark.Bool(st.Hashed),
+	})
+}
+
+func optString(v starlark.Value, what string) (string, error) {
+	if v == nil || v == starlark.None {
+		return "", nil
+	}
+	s, ok := starlark.AsString(v)
+	if !ok {
+		return "", fmt.Errorf("%s: want a string or None, got %s", what, v.Type())
+	}
+	return s, nil
+}
+
+func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	var user, pw, hash, salt starlark.Value
+	var files *starlark.Dict
+	ssh := true
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v, "ssh?", &ssh, "user?", &user,
+		"password?", &pw, "password_hash?", &hash, "files?", &files, "salt?", &salt); err != nil {
+		return nil, err
+	}
+	o := SeedOptions{SSH: ssh, Files: map[string]string{}}
+	var err error
+	for _, x := range []struct {
+		v    starlark.Value
+		dst  *string
+		name string
+	}{{user, &o.User, "user"}, {pw, &o.Password, "password"}, {hash, &o.Hash, "password_hash"}, {salt, &o.Salt, "salt"}} {
+		if *x.dst, err = optString(x.v, x.name); err != nil {
+			return nil, err
+		}
+	}
+	if o.Password != "" {
+		m.d.Secret(o.Password)
+	}
+	if files != nil {
+		for _, it := range files.Items() {
+			k, ok1 := starlark.AsString(it[0])
+			c, ok2 := starlark.AsString(it[1])
+			if !ok1 || !ok2 {
+				return nil, fmt.Errorf("files: want name -> text, got %s: %s", it[0].Type(), it[1].Type())
+			}
+			o.Files[k] = c
+		}
+	}
+	p, id, err := m.diskArg(v)
+	if err != nil {
+		return nil, err
+	}
+	res, err := m.Seed(p, id, o)
+	if err != nil {
+		return nil, err
+	}
+	return mkstruct("seed", starlark.StringDict{"written": strList(res.Written), "resigned": starlark.Bool(res.Resign)}), nil
+}
+
+func (m *mod) hashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var pw string
+	var salt starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "password", &pw, "salt?", &salt); err != nil {
+		return nil, err
+	}
+	s, err := optString(salt, "salt")
+	if err != nil {
+		return nil, err
+	}
+	if s == "" {
+		s = NewSalt()
+	}
+	h, err := SHA512Crypt(pw, s, 0)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.String(h), nil
+}
+
+func (m *mod) mountFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var part string
+	var v starlark.Value = starlark.MakeInt(0)
+	sudo := false
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "part", &part, "instance?", &v, "sudo?", &sudo); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	r, err := m.Mount(part, id, sudo)
+	if err != nil {
+		return nil, err
+	}
+	return mkstruct("mount", starlark.StringDict{"target": starlark.String(r.Target), "source": starlark.String(r.Source), "how": starlark.String(r.How)}), nil
+}
+
+func (m *mod) umountFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var part string
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "part", &part); err != nil {
+		return nil, err
+	}
+	ok, err := m.Umount(part)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.Bool(ok), nil
+}
+
+func (m *mod) statusFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	s, err := m.Status(id)
+	if err != nil {
+		return nil, err
+	}
+	i := starlark.MakeInt64
+	return mkstruct("status", starlark.StringDict{
+		"path": starlark.String(s.Path), "real": starlark.String(s.Real), "format": starlark.String(s.Format),
+		"file_size": i(s.FileSize), "used_by_fs": i(s.UsedByFS), "ext4_size": i(s.Ext4Size), "ext4_used": i(s.Ext4Used),
+		"margin": i(s.Margin), "recommended_margin": i(s.Recommended), "boot": bootStruct(s.Boot),
+		"warnings": strList(s.Warnings), "text": starlark.String(s.Text()),
+	}), nil
+}
+
+func (m *mod) cloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value
+	linked := false
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v, "linked?", &linked); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	r, err := m.Clone(id, linked)
+	if err != nil {
+		return nil, err
+	}
+	return mkstruct("clone", starlark.StringDict{"path": starlark.String(r.Path), "base": starlark.String(r.Base), "linked": starlark.Bool(r.Linked)}), nil
+}
+
+func (m *mod) checkCloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	st, err := m.CheckClone(id)
+	if err != nil {
+		return nil, err
+	}
+	return mkstruct("clone_state", starlark.StringDict{
+		"exists": starlark.Bool(st.Exists), "linked": starlark.Bool(st.Linked), "ok": starlark.Bool(st.OK),
+		"base": starlark.String(st.Base), "reason": starlark.String(st.Reason),
+	}), nil
+}
+
+func (m *mod) removeCloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v); err != nil {
+		return nil, err
+	}
+	id, err := m.instanceArg(v)
+	if err != nil {
+		return nil, err
+	}
+	rm, err := m.RemoveClone(id)
+	if err != nil {
+		return nil, err
+	}
+	return strList(rm), nil
+}
+
+func (m *mod) clonesFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+		return nil, err
+	}
+	ids, err := m.Clones()
+	if err != nil {
+		return nil, err
+	}
+	sort.Ints(ids)
+	l := make([]starlark.Value, len(ids))
+	for i, id := range ids {
+		l[i] = starlark.MakeInt(id)
+	}
+	return starlark.NewList(l), nil
+}
+
+func (m *mod) runningFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+		return nil, err
+	}
+	run, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	l := make([]starlark.Value, len(run))
+	for i, r := range run {
+		l[i] = mkstruct("running", starlark.StringDict{"id": starlark.MakeInt(r.ID), "pid": starlark.MakeInt(r.Pid)})
+	}
+	return starlark.NewList(l), nil
+}
+
+func (m *mod) mountsFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.None
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+		return nil, err
+	}
+	var imgs []string
+	if v == starlark.None {
+		if p, err := m.diskPath(0); err == nil {
+			imgs = append(imgs, p)
+		}
+	} else {
+		p, _, err := m.diskArg(v)
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, p)
+	}
+	ms, err := m.mounts(imgs...)
+	if err != nil {
+		return nil, err
+	}
+	l := make([]starlark.Value, len(ms))
+	for i, x := range ms {
+		l[i] = mkstruct("mount", starlark.StringDict{"source": starlark.String(x.Source), "target": starlark.String(x.Target),
+			"fstype": starlark.String(x.FSType), "options": starlark.String(x.Options)})
+	}
+	return starlark.NewList(l), nil
+}

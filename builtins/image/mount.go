@@ -1,0 +1,161 @@
+package image
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"pifarm/builtins/trace"
+)
+
+// MountResult says where and how a partition was mounted.
+type MountResult struct {
+	Target, Source, How string // How: "guestmount", "loop" or "already"
+}
+
+// Mount mounts partition 1 ("boot", read-only) or 2 ("root", read-write)
+// of instance id's disk on the cache's mnt/boot or mnt/root: through
+// guestmount (no root) when it is installed and allowed, else with
+// `sudo mount -o loop,offset=...,sizelimit=...`. It refuses while the instance runs.
+func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
+	pn, ro, err := partNum(part)
+	if err != nil {
+		return nil, err
+	}
+	path, err := m.diskPath(id)
+	if err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, err
+	}
+	d, err := Open(real)
+	if err != nil {
+		return nil, err
+	}
+	isQ := d.Qcow2
+	d.Close()
+	run, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range run {
+		if r.ID == id {
+			return nil, fmt.Errorf("mount %s of %s: instance %d is running (pid %d); stop it first", part, path, id, r.Pid)
+		}
+	}
+	mnt := m.f.MountDir(part)
+	mnts, err := m.mounts()
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range mnts {
+		if x.Target == mnt {
+			m.d.Note("%s is already mounted on %s (%s)", x.Source, mnt, x.FSType)
+			return &MountResult{Target: mnt, Source: x.Source, How: "already"}, nil
+		}
+	}
+	if err := m.mkdir(mnt); err != nil {
+		return nil, err
+	}
+	gm, _ := exec.LookPath("guestmount")
+	if !useSudo && gm != "" && m.f.Config.Tools["guestmount"] {
+		format := "raw"
+		if isQ {
+			format = "qcow2"
+		}
+		argv := []string{"guestmount", "--format=" + format, "-a", real, "-m", fmt.Sprintf("/dev/sda%d", pn)}
+		if ro {
+			argv = append(argv, "--ro")
+		}
+		argv = append(argv, mnt)
+		if _, err := m.d.Exec(trace.Cmd{Argv: argv}); err != nil {
+			return nil, err
+		}
+		return &MountResult{Target: mnt, Source: real, How: "guestmount"}, nil
+	}
+	if isQ {
+		return nil, fmt.Errorf("mount %s of %s: a qcow2 clone needs guestmount (apt install guestmount); loop devices take raw images only", part, path)
+	}
+	// One loop device per partition (offset and size limit) instead of
+	// losetup --partscan: partition scanning is not available on every
+	// kernel (containers, micro-VMs), and mount's auto-clear detaches the
+	// device again on umount.
+	p := m.layoutPart(real, pn)
+	opts := fmt.Sprintf("loop,offset=%d,sizelimit=%d", p.Offset(), p.Bytes())
+	if ro {
+		opts = "ro," + opts
+	}
+	c := trace.Cmd{Argv: []string{"mount", "-o", opts, real, mnt}, Sudo: true}
+	if _, err := m.d.Exec(c); err != nil {
+		return nil, err
+	}
+	dev := real
+	if l := loopDevices(real); len(l) > 0 {
+		dev = l[len(l)-1]
+	}
+	return &MountResult{Target: mnt, Source: dev, How: "loop"}, nil
+}
+
+// layoutPart is partition pn of an image already verified by the caller.
+func (m *mod) layoutPart(path string, pn int) Part {
+	d, err := Open(path)
+	if err != nil {
+		return Part{}
+	}
+	defer d.Close()
+	return d.Layout.Parts[pn-1]
+}
+
+func partNum(part string) (int, bool, error) {
+	switch part {
+	case "boot":
+		return 1, true, nil
+	case "root":
+		return 2, false, nil
+	}
+	return 0, false, trace.Usagef("partition %q: want \"boot\" or \"root\"", part)
+}
+
+// Umount unmounts mnt/boot or mnt/root (a loop mount's device is
+// detached by the kernel's auto-clear).
+func (m *mod) Umount(part string) (bool, error) {
+	if _, _, err := partNum(part); err != nil {
+		return false, err
+	}
+	mnt := m.f.MountDir(part)
+	mnts, err := m.mounts()
+	if err != nil {
+		return false, err
+	}
+	var cur *Mount
+	for i := range mnts {
+		if mnts[i].Target == mnt {
+			cur = &mnts[i]
+		}
+	}
+	if cur == nil {
+		m.d.Note("nothing is mounted on %s", mnt)
+		return false, nil
+	}
+	if strings.HasPrefix(cur.FSType, "fuse") {
+		prog := "guestunmount"
+		if _, err := exec.LookPath(prog); err != nil {
+			prog = "fusermount"
+		}
+		argv := []string{prog, mnt}
+		if prog == "fusermount" {
+			argv = []string{prog, "-u", mnt}
+		}
+		if _, err := m.d.Exec(trace.Cmd{Argv: argv}); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	if _, err := m.d.Exec(trace.Cmd{Argv: []string{"umount", mnt}, Sudo: true}); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -1,0 +1,165 @@
+package image
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Running is one live QEMU instance found in the cache.
+type Running struct {
+	ID  int
+	Pid int
+}
+
+var instanceDirRE = regexp.MustCompile(`^raspi-clone-(\d+)$`)
+
+// running lists the instances whose pidfile (written by the qemu module)
+// names a live process. A pid that is gone, a zombie, or a process that
+// is no QEMU (pid reuse) does not count.
+func (m *mod) running() ([]Running, error) {
+	dir := filepath.Join(m.f.Config.CacheDir(), "clones")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []Running
+	for _, e := range ents {
+		sm := instanceDirRE.FindStringSubmatch(e.Name())
+		if sm == nil {
+			continue
+		}
+		id, _ := strconv.Atoi(sm[1])
+		if pid := livePid(m.f.Pidfile(id)); pid > 0 {
+			out = append(out, Running{ID: id, Pid: pid})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// livePid reads a pidfile and returns the pid when that process is alive
+// and looks like QEMU; else 0.
+func livePid(pidfile string) int {
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// state is the field after the ")" that closes the command name
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+		return 0
+	}
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err == nil && len(cmd) > 0 && !bytes.Contains(cmd, []byte("qemu")) {
+		return 0
+	}
+	return pid
+}
+
+// Mount is a mounted file system that belongs to pifarm's images.
+type Mount struct {
+	Source, Target, FSType, Options string
+}
+
+// mounts lists mounts on the cache's mount folders, and mounts of loop
+// devices backed by any of the given image files.
+func (m *mod) mounts(images ...string) ([]Mount, error) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	dirs := map[string]bool{}
+	for _, p := range []string{"boot", "root"} {
+		dirs[m.f.MountDir(p)] = true
+		if r, err := filepath.EvalSymlinks(m.f.MountDir(p)); err == nil {
+			dirs[r] = true
+		}
+	}
+	loops := loopDevices(images...)
+	var out []Mount
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 4 {
+			continue
+		}
+		src, tgt := unescapeMount(fl[0]), unescapeMount(fl[1])
+		hit := dirs[tgt]
+		for _, l := range loops {
+			if src == l || strings.HasPrefix(src, l+"p") {
+				hit = true
+			}
+		}
+		if hit {
+			out = append(out, Mount{Source: src, Target: tgt, FSType: fl[2], Options: fl[3]})
+		}
+	}
+	return out, sc.Err()
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// loopDevices lists /dev/loopN devices whose backing file is one of images.
+func loopDevices(images ...string) []string {
+	want := map[string]bool{}
+	for _, p := range images {
+		if p == "" {
+			continue
+		}
+		want[p] = true
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			want[r] = true
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	ents, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			continue
+		}
+		bf := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if want[bf] {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(e))))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
