@@ -203,10 +203,16 @@ func TestPoweroffClosesConsole(t *testing.T) {
 	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
+	if s.WaitClosed(50 * time.Millisecond) {
+		t.Fatal("closed before poweroff")
+	}
 	s.Send("poweroff\r")
 	what, err := s.WaitHalted(5 * time.Second)
 	if err != nil || (what != "reboot: Power down" && what != "console closed") {
 		t.Fatalf("wait_halted: %q %v", what, err)
+	}
+	if !s.WaitClosed(5 * time.Second) {
+		t.Fatal("not closed after poweroff")
 	}
 	_, err = s.Expect([]*regexp.Regexp{regexp.MustCompile("x")}, time.Second)
 	if !errors.Is(err, ErrClosed) {

@@ -63,6 +63,8 @@ console again returns it. Its methods:
       returns struct(output, exit_code) (kernel log lines dropped)
   s.wait_halted(timeout=300)   wait for "reboot: System halted" or
       "reboot: Power down" (or QEMU closing the console); returns what it saw
+  s.wait_closed(timeout=2)     whether QEMU closes the console within timeout
+      (it exits by itself after a power-down with the bcm2835 watchdog driver)
   s.logout()                   end the shell this session logged into
   s.close(logout=True)         log out and disconnect
 
@@ -198,7 +200,7 @@ type sessionValue struct {
 	m *module
 }
 
-var sessionMethods = []string{"close", "expect", "login", "logout", "run", "send", "sendline", "wait_halted"}
+var sessionMethods = []string{"close", "expect", "login", "logout", "run", "send", "sendline", "wait_closed", "wait_halted"}
 
 func (v *sessionValue) String() string        { return fmt.Sprintf("<%s>", v.s.Label) }
 func (v *sessionValue) Type() string          { return "console_session" }
@@ -237,6 +239,8 @@ func (v *sessionValue) Attr(name string) (starlark.Value, error) {
 		fn = v.run
 	case "wait_halted":
 		fn = v.waitHalted
+	case "wait_closed":
+		fn = v.waitClosed
 	case "close":
 		fn = v.close
 	default:
@@ -400,6 +404,18 @@ func (v *sessionValue) waitHalted(_ *starlark.Thread, b *starlark.Builtin, args 
 		return nil, err
 	}
 	return starlark.String(what), nil
+}
+
+func (v *sessionValue) waitClosed(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var tv starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "timeout?", &tv); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds(tv, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.Bool(v.s.WaitClosed(timeout)), nil
 }
 
 func (v *sessionValue) close(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

@@ -387,6 +387,33 @@ func (s *Session) WaitHalted(timeout time.Duration) (string, error) {
 	return strings.TrimSpace(m.Text), nil
 }
 
+// WaitClosed waits at most timeout for the console to close (QEMU exited)
+// and reports whether it did. Output arriving meanwhile is kept for Expect.
+func (s *Session) WaitClosed(timeout time.Duration) bool {
+	if s.Dry() {
+		s.d.Print(fmt.Sprintf("# %s: wait at most %s for QEMU to close the console (it exits by itself after a power-down when the guest has the bcm2835 watchdog driver)", s.Label, timeout))
+		return false
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		if s.rerr != nil {
+			s.mu.Unlock()
+			return true
+		}
+		ch := s.notify
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		case <-s.d.Context().Done():
+			return false
+		}
+	}
+}
+
 // Logout ends the shell this session logged into.
 func (s *Session) Logout() error {
 	if s.user == "" {

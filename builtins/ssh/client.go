@@ -47,8 +47,10 @@ func (t Target) display() string {
 
 // Auth holds the credentials of one connection.
 type Auth struct {
-	User     string
-	Password string
+	User string
+	// Passwords are tried in turn (one connection; servers allow several
+	// attempts).
+	Passwords []string
 	KeyFile  string // explicit private key (-i); empty: the default keys
 }
 
@@ -318,12 +320,18 @@ func (e *HostKeyMismatch) Error() string { return e.Msg }
 // Dry, it connects to nothing.
 func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*Conn, error) {
 	c := &Conn{d: d, T: t, A: a}
-	if a.Password != "" {
-		d.Secret(a.Password)
+	byLen := append([]string(nil), a.Passwords...)
+	sort.Slice(byLen, func(i, j int) bool { return len(byLen[i]) > len(byLen[j]) })
+	for _, p := range byLen {
+		d.Secret(p)
 	}
 	if d.DryRun {
-		if a.Password != "" {
-			d.Note("ssh: log in as %s on %s with password %s", a.User, t.Addr(), a.Password)
+		switch len(a.Passwords) {
+		case 0:
+		case 1:
+			d.Note("ssh: log in as %s on %s with password %s", a.User, t.Addr(), a.Passwords[0])
+		default:
+			d.Note("ssh: log in as %s on %s with passwords %s in turn", a.User, t.Addr(), strings.Join(a.Passwords, ", "))
 		}
 		return c, nil
 	}
@@ -335,17 +343,29 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 	if len(signers) > 0 {
 		methods = append(methods, xssh.PublicKeys(signers...))
 	}
-	if a.Password != "" {
-		pw := a.Password
-		methods = append(methods, xssh.Password(pw), xssh.KeyboardInteractive(
-			func(name, instruction string, questions []string, echos []bool) ([]string, error) {
-				ans := make([]string, len(questions))
-				for i := range ans {
-					ans[i] = pw
-				}
-				return ans, nil
-			}))
-		tried = append(tried, "password")
+	if n := len(a.Passwords); n > 0 {
+		next := func(i *int) string {
+			pw := a.Passwords[*i%n]
+			*i++
+			return pw
+		}
+		var ip, ik int
+		methods = append(methods,
+			xssh.RetryableAuthMethod(xssh.PasswordCallback(func() (string, error) { return next(&ip), nil }), n),
+			xssh.RetryableAuthMethod(xssh.KeyboardInteractive(
+				func(name, instruction string, questions []string, echos []bool) ([]string, error) {
+					pw := next(&ik)
+					ans := make([]string, len(questions))
+					for i := range ans {
+						ans[i] = pw
+					}
+					return ans, nil
+				}), n))
+		if n == 1 {
+			tried = append(tried, "password")
+		} else {
+			tried = append(tried, fmt.Sprintf("%d passwords", n))
+		}
 	}
 	if len(methods) == 0 {
 		return nil, fmt.Errorf("%s@%s: no key and no password to log in with (no ~/.ssh/id_*.pub with its private key, no pifarm key in %s: ssh.public_key() creates one)", a.User, t.Addr(), keys.ConfDir)

@@ -11,6 +11,7 @@
 package ssh
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -53,17 +54,20 @@ to reset it. The user's key is the first ~/.ssh/id_*.pub that has its private
 key, else pifarm's own key (cache/conf/id_ed25519, created by
 ssh.public_key()).`,
 		Funcs: []trace.Func{
-			{Name: "connect", Args: `instance, port=None, user="root", password=None, key=None, timeout=30`, Fn: m.connect,
+			{Name: "connect", Args: `instance, port=None, user="root", password=None, key=None, timeout=30, fail=True`, Fn: m.connect,
 				Doc: `Connect and log in; returns a connection.
 
 instance is a node (farm.node), an id or alias (a QEMU instance is reached at
 127.0.0.1:5700+N, a hardware node at its LAN address, port 22), or a host
 name or address ("host" or "host:port"). port overrides the port. Log-in
-uses key (a private key file) or the user's keys, then password when given.
+uses key (a private key file) or the user's keys, then password when given
+(a string, or a list tried in turn on the one connection).
 timeout bounds the TCP connect and the SSH handshake together; a refused
 port, or a forward that closes before the server speaks (the guest's sshd
 not up yet), is retried until then. Connections are reused: connecting
-again with the same user, host and port returns the open one.
+again with the same user, host and port returns the open one. With
+fail=False a connection or log-in failure returns None instead of an error
+(a changed host key is always an error).
 
 Methods of a connection c:
 
@@ -188,18 +192,30 @@ func optString(v starlark.Value, name string) (string, error) {
 
 func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	var inst, pv, pwv, kv, tv starlark.Value
-	user := "root"
+	user, fail := "root", true
 	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &inst, "port?", &pv, "user?", &user,
-		"password?", &pwv, "key?", &kv, "timeout?", &tv); err != nil {
+		"password?", &pwv, "key?", &kv, "timeout?", &tv, "fail?", &fail); err != nil {
 		return nil, err
 	}
 	port, err := optInt(pv, "port")
 	if err != nil {
 		return nil, err
 	}
-	pw, err := optString(pwv, "password")
-	if err != nil {
-		return nil, err
+	var pws []string
+	switch x := pwv.(type) {
+	case nil, starlark.NoneType:
+	case starlark.String:
+		pws = []string{string(x)}
+	case starlark.Indexable:
+		for i := 0; i < x.Len(); i++ {
+			s, ok := starlark.AsString(x.Index(i))
+			if !ok {
+				return nil, fmt.Errorf("password: element %d is not a string", i)
+			}
+			pws = append(pws, s)
+		}
+	default:
+		return nil, fmt.Errorf("password: want a string or a list of strings, got %s", pwv.Type())
 	}
 	key, err := optString(kv, "key")
 	if err != nil {
@@ -223,8 +239,13 @@ func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 		return cv, nil
 	}
 	m.mu.Unlock()
-	c, err := Dial(m.d, t, Auth{User: user, Password: pw, KeyFile: key}, m.keys, timeout)
+	c, err := Dial(m.d, t, Auth{User: user, Passwords: pws, KeyFile: key}, m.keys, timeout)
 	if err != nil {
+		var mm *HostKeyMismatch
+		if !fail && !errors.As(err, &mm) {
+			m.d.Note("ssh: %v", err)
+			return starlark.None, nil
+		}
 		return nil, err
 	}
 	cv := &connValue{c: c, m: m}

@@ -53,7 +53,7 @@ func live() *trace.Door { return trace.New(context.Background(), false, false, n
 func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 	f := testFarm(t)
 	newTestServer(t, addr(1))
-	c, err := Dial(live(), target(f, 1), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	c, err := Dial(live(), target(f, 1), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 		}
 	}
 	// The second connection finds the recorded key and is pinned to it.
-	c2, err := Dial(live(), target(f, 1), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	c2, err := Dial(live(), target(f, 1), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestWrongPasswordFails(t *testing.T) {
 	f := testFarm(t)
 	newTestServer(t, addr(2))
 	start := time.Now()
-	_, err := Dial(live(), target(f, 2), Auth{User: "pi", Password: "wrong"}, noKeys(t), 5*time.Second)
+	_, err := Dial(live(), target(f, 2), Auth{User: "pi", Passwords: []string{"wrong"}}, noKeys(t), 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "authentication failed") || !strings.Contains(err.Error(), "pi@127.0.0.1:21102") {
 		t.Fatalf("error: %v", err)
 	}
@@ -117,7 +117,7 @@ func TestWrongPasswordFails(t *testing.T) {
 func TestUnreachablePortGivesUpAtTheDeadline(t *testing.T) {
 	f := testFarm(t)
 	start := time.Now()
-	_, err := Dial(live(), target(f, 3), Auth{User: "root", Password: "x"}, noKeys(t), 500*time.Millisecond)
+	_, err := Dial(live(), target(f, 3), Auth{User: "root", Passwords: []string{"x"}}, noKeys(t), 500*time.Millisecond)
 	el := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "gave up after 500ms") {
 		t.Fatalf("error: %v", err)
@@ -133,7 +133,7 @@ func TestServerStartingLateIsWaitedFor(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		newTestServer(t, addr(4))
 	}()
-	c, err := Dial(live(), target(f, 4), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	c, err := Dial(live(), target(f, 4), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	_, err = Dial(live(), target(f, 5), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 400*time.Millisecond)
+	_, err = Dial(live(), target(f, 5), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 400*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "handshake timed out") || time.Since(start) > 2*time.Second {
 		t.Fatalf("error after %s: %v", time.Since(start), err)
 	}
@@ -166,14 +166,14 @@ func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
 func TestHostKeyMismatchSaysHowToReset(t *testing.T) {
 	f := testFarm(t)
 	srv := newTestServer(t, addr(6))
-	c, err := Dial(live(), target(f, 6), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	c, err := Dial(live(), target(f, 6), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
 	srv.ln.Close()
 	newTestServer(t, addr(6)) // re-imaged guest: new host key
-	_, err = Dial(live(), target(f, 6), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+	_, err = Dial(live(), target(f, 6), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	var mm *HostKeyMismatch
 	if !errors.As(err, &mm) {
 		t.Fatalf("error: %v", err)
@@ -194,7 +194,7 @@ func TestHostKeyAlgorithmIsPinned(t *testing.T) {
 		os.MkdirAll(filepath.Dir(f.KnownHosts(id)), 0o755)
 		line := fmt.Sprintf("[127.0.0.1]:%d %s", sshBase+id, xssh.MarshalAuthorizedKey(known.PublicKey()))
 		os.WriteFile(f.KnownHosts(id), []byte(line), 0o644)
-		c, err := Dial(live(), target(f, id), Auth{User: "pi", Password: "raspberry"}, noKeys(t), 5*time.Second)
+		c, err := Dial(live(), target(f, id), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 		if err != nil {
 			t.Fatalf("known %s: %v", known.PublicKey().Type(), err)
 		}
@@ -390,5 +390,20 @@ ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
 	}
 	if _, err := os.Stat(conf); err == nil {
 		t.Fatal("dry run created the key")
+	}
+}
+
+func TestPasswordListAndFailFalse(t *testing.T) {
+	f := testFarm(t)
+	newTestServer(t, addr(13))
+	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+assert.eq(ssh.connect(13, user = "pi", password = ["nope", "wrong"], fail = False), None)
+assert.eq(ssh.connect(38, user = "pi", password = "x", timeout = 0.3, fail = False), None)
+assert.fails(lambda: ssh.connect(13, user = "pi", password = ["nope", "wrong"]), "authentication failed \\(tried: 2 passwords\\)")
+c = ssh.connect(13, user = "pi", password = ["raspberrypi", "raspberry"])
+assert.eq(c.run("echo ok").stdout, "ok\n")
+`)
+	if err != nil {
+		t.Fatal(err)
 	}
 }
