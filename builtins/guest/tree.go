@@ -103,10 +103,15 @@ var (
 // root is an error.
 func ReadLayer(fsys fs.FS, root, name string, hostModes bool) (*Layer, error) {
 	if fi, err := fs.Stat(fsys, root); err != nil || !fi.IsDir() {
-		if err == nil {
+		switch {
+		case err == nil:
 			err = errors.New("not a folder")
+		case errors.Is(err, fs.ErrNotExist):
+			err = errors.New("no such folder")
+		default:
+			err = unwrapPath(err)
 		}
-		return nil, fmt.Errorf("guest tree %s: %w", name, unwrapPath(err))
+		return nil, fmt.Errorf("guest tree %s: %w", name, err)
 	}
 	l := &Layer{Name: name}
 	at := func(p string) string { return path.Join(root, p) }

@@ -1,0 +1,498 @@
+package guest_test
+
+// Provisioning end to end, minus QEMU: pifarm (in-process, live mode) runs
+// recipes/lib/provision.star over SSH against an in-process x/crypto/ssh
+// server whose commands run in a busybox chroot - a small guest like
+// pifarm's test guest (busybox userland, no useradd, no apt-get unless the
+// test fakes one), plus ssh-keygen as RaspiOS has it.
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	xssh "golang.org/x/crypto/ssh"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/runtime"
+)
+
+func init() {
+	b, err := os.ReadFile("../../config.star")
+	if err != nil {
+		panic(err)
+	}
+	runtime.DefaultConfig = b
+}
+
+// chrootGuest is the guest's root folder.
+type chrootGuest struct {
+	t    *testing.T
+	root string
+}
+
+// copyWithLibs copies a host program and the shared libraries ldd names.
+func (g *chrootGuest) copyWithLibs(prog, dest string) {
+	g.t.Helper()
+	g.copyFile(prog, dest, 0o755)
+	out, err := exec.Command("ldd", prog).Output()
+	if err != nil {
+		return // static
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				g.copyFile(f, f, 0o755)
+			}
+		}
+	}
+}
+
+func (g *chrootGuest) copyFile(src, dest string, mode os.FileMode) {
+	g.t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.write(dest, string(b), mode)
+}
+
+func (g *chrootGuest) write(rel, data string, mode os.FileMode) {
+	g.t.Helper()
+	p := filepath.Join(g.root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), mode); err != nil {
+		g.t.Fatal(err)
+	}
+	os.Chmod(p, mode)
+}
+
+func (g *chrootGuest) read(rel string) string {
+	b, _ := os.ReadFile(filepath.Join(g.root, rel))
+	return string(b)
+}
+
+func (g *chrootGuest) mode(rel string) string {
+	fi, err := os.Stat(filepath.Join(g.root, rel))
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("%04o", fi.Mode().Perm())
+}
+
+func newChrootGuest(t *testing.T) *chrootGuest {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the provisioning test runs its guest in a chroot: run it as root (CI does)")
+	}
+	for _, p := range []string{"busybox", "ssh-keygen", "ldd"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is needed: %v", p, err)
+		}
+	}
+	g := &chrootGuest{t: t, root: t.TempDir()}
+	os.Chmod(g.root, 0o755)
+	bb, _ := exec.LookPath("busybox")
+	g.copyWithLibs(bb, "/bin/busybox")
+	out, _ := exec.Command(bb, "--list").Output()
+	for _, a := range strings.Fields(string(out)) {
+		if a != "busybox" {
+			os.Symlink("busybox", filepath.Join(g.root, "bin", a))
+		}
+	}
+	kg, _ := exec.LookPath("ssh-keygen")
+	g.copyWithLibs(kg, "/usr/bin/ssh-keygen")
+	g.write("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\npi:x:1000:1000:,,,:/home/pi:/bin/sh\n", 0o644)
+	g.write("/etc/group", "root:x:0:\nsudo:x:27:pi\npi:x:1000:\n", 0o644)
+	g.write("/etc/shadow", "root:*:19500:0:99999:7:::\npi:$6$x$y:19500:0:99999:7:::\n", 0o640)
+	g.write("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n", 0o644)
+	g.write("/etc/rc.local", "#!/bin/sh\n# the stock one\nexit 0\n", 0o755)
+	g.write("/boot/kernel8.img", "kernel v1\n", 0o755)
+	g.write("/boot/bcm2710-rpi-3-b-plus.dtb", "dtb v1\n", 0o755)
+	for _, d := range []string{"tmp", "root", "home/pi", "var/log", "dev"} {
+		os.MkdirAll(filepath.Join(g.root, d), 0o755)
+	}
+	os.Chmod(filepath.Join(g.root, "tmp"), 0o1777)
+	// ssh-keygen and mktemp want randomness
+	for _, dev := range []string{"null", "urandom"} {
+		var st syscall.Stat_t
+		if err := syscall.Stat("/dev/"+dev, &st); err == nil {
+			syscall.Mknod(filepath.Join(g.root, "dev", dev), syscall.S_IFCHR|0o666, int(st.Rdev))
+		}
+	}
+	return g
+}
+
+// sshServer serves SSH on a loopback port; every exec runs in the chroot.
+type sshServer struct {
+	t     *testing.T
+	g     *chrootGuest
+	ln    net.Listener
+	mu    sync.Mutex
+	cmds  []string
+	conns int
+}
+
+func newSSHServer(t *testing.T, g *chrootGuest, port int) *sshServer {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	hk, err := xssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &xssh.ServerConfig{
+		PublicKeyCallback: func(c xssh.ConnMetadata, k xssh.PublicKey) (*xssh.Permissions, error) {
+			if c.User() == "root" {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("only root")
+		},
+	}
+	cfg.AddHostKey(hk)
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sshServer{t: t, g: g, ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.handle(nc, cfg)
+		}
+	}()
+	return s
+}
+
+func (s *sshServer) commands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.cmds...)
+}
+
+func (s *sshServer) handle(nc net.Conn, cfg *xssh.ServerConfig) {
+	sc, chans, reqs, err := xssh.NewServerConn(nc, cfg)
+	if err != nil {
+		nc.Close()
+		return
+	}
+	defer sc.Close()
+	s.mu.Lock()
+	s.conns++
+	s.mu.Unlock()
+	go xssh.DiscardRequests(reqs)
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			nch.Reject(xssh.UnknownChannelType, "session only")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		go s.session(ch, creqs)
+	}
+}
+
+func (s *sshServer) session(ch xssh.Channel, reqs <-chan *xssh.Request) {
+	defer ch.Close()
+	for req := range reqs {
+		switch req.Type {
+		case "exec":
+			if len(req.Payload) < 4 {
+				req.Reply(false, nil)
+				continue
+			}
+			n := binary.BigEndian.Uint32(req.Payload)
+			cmdline := string(req.Payload[4 : 4+n])
+			req.Reply(true, nil)
+			s.mu.Lock()
+			s.cmds = append(s.cmds, cmdline)
+			s.mu.Unlock()
+			cmd := exec.Command("/bin/sh", "-c", cmdline)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: s.g.root}
+			cmd.Dir = "/"
+			cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "USER=root"}
+			stdin, _ := cmd.StdinPipe()
+			cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
+			code := 0
+			if err := cmd.Start(); err != nil {
+				fmt.Fprintf(ch.Stderr(), "start: %v\n", err)
+				code = 127
+			} else {
+				go func() { io.Copy(stdin, ch); stdin.Close() }()
+				if err := cmd.Wait(); err != nil {
+					code = 1
+					if ee, ok := err.(*exec.ExitError); ok {
+						code = ee.ExitCode()
+					}
+				}
+			}
+			ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, uint32(code)))
+			return
+		default:
+			req.Reply(req.Type == "pty-req" || req.Type == "env", nil)
+		}
+	}
+}
+
+const provisionRecipe = `load("@pifarm//lib/provision.star", "PROVISION_OPTIONS", "provision")
+SUMMARY = "provisioning test"
+OPTIONS = PROVISION_OPTIONS
+ARGS = [args.instance()]
+def main(opts):
+    if not provision(opts, opts.instance):
+        fail("no option")
+`
+
+type rig struct {
+	t       *testing.T
+	g       *chrootGuest
+	srv     *sshServer
+	cfg     string
+	recipe  string
+	farm    *farm.Farm
+	userDir string
+}
+
+func newRig(t *testing.T, sshBase int) *rig {
+	t.Helper()
+	dir := t.TempDir()
+	r := &rig{t: t, g: newChrootGuest(t), userDir: filepath.Join(dir, "guest-software")}
+	r.srv = newSSHServer(t, r.g, sshBase+1)
+	home := filepath.Join(dir, "home")
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tester@host", "-f", filepath.Join(home, ".ssh/id_ed25519")).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	os.MkdirAll(r.userDir, 0o755)
+	t.Setenv("HOME", home)
+	t.Setenv("PIFARM_CONFIG", "")
+	t.Setenv("PIFARM_CACHE", "")
+	t.Setenv("PIFARM_GUEST_SOFTWARE", "")
+	cfg := fmt.Sprintf(`cache = %q
+guest_software = %q
+ports = {"ssh": %d, "console": %d, "vnc": %d}
+nodes = [
+    node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15", wifi_channel = 1, ssid = "loner"),
+    node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15", wifi_channel = 6, ssid = "enone"),
+]
+`, filepath.Join(dir, "cache"), r.userDir, sshBase, sshBase+100, sshBase+200)
+	r.cfg = filepath.Join(dir, "config.star")
+	os.WriteFile(r.cfg, []byte(cfg), 0o644)
+	r.recipe = filepath.Join(dir, "prov.star")
+	os.WriteFile(r.recipe, []byte(provisionRecipe), 0o644)
+	c, err := farm.Load(r.cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.farm = farm.New(c)
+	return r
+}
+
+func (r *rig) pifarm(args ...string) (string, string, int) {
+	r.t.Helper()
+	var out, errb bytes.Buffer
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", r.cfg, "run", r.recipe}, args...), Stdout: &out, Stderr: &errb})
+	return out.String(), errb.String(), code
+}
+
+func (r *rig) mustRun(args ...string) string {
+	r.t.Helper()
+	out, errs, code := r.pifarm(args...)
+	if code != 0 {
+		r.t.Fatalf("pifarm %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errs)
+	}
+	return out
+}
+
+func mtimes(t *testing.T, root string) map[string]time.Time {
+	m := map[string]time.Time{}
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			m[p] = fi.ModTime()
+		}
+		return nil
+	})
+	return m
+}
+
+func TestBaseSystemOverSSH(t *testing.T) {
+	r := newRig(t, 22000)
+	out := r.mustRun("--base-system", "1")
+	for rel, mode := range map[string]string{
+		"/etc/rc.local": "0755", "/etc/boot.d/30-network": "0755", "/etc/boot.d/10-packages": "0755",
+		"/usr/local/lib/pifarm/boot-lib.sh": "0644", "/etc/hostapd/hostapd.conf.in": "0644",
+		"/etc/hosts": "0644", "/etc/wifitab": "0644", "/etc/iftab": "0644", "/etc/pifarm/farm.conf": "0644",
+	} {
+		if got := r.g.mode(rel); got != mode {
+			t.Errorf("%s: mode %s, want %s", rel, got, mode)
+		}
+	}
+	if r.g.read("/etc/hosts") != r.farm.Hosts() || r.g.read("/etc/wifitab") != r.farm.WifiTab() {
+		t.Errorf("node tables:\n%s", r.g.read("/etc/hosts"))
+	}
+	if !strings.Contains(r.g.read("/etc/hosts~"), "raspberrypi") || !strings.Contains(r.g.read("/etc/rc.local~"), "the stock one") {
+		t.Error("replaced files were not kept as NAME~")
+	}
+	if !strings.Contains(r.g.read("/etc/pifarm/farm.conf"), "WLAN_ADDR=172.19.111.1/24\n") {
+		t.Errorf("farm.conf: %s", r.g.read("/etc/pifarm/farm.conf"))
+	}
+	if fi, err := os.Stat(filepath.Join(r.g.root, "usr/local/etc/boot.d")); err != nil || !fi.IsDir() {
+		t.Errorf("post-install did not run: %v", err)
+	}
+	if !strings.Contains(out, "installed /etc/rc.local") || !strings.Contains(out, "base system: boot scripts in place") {
+		t.Errorf("first run said:\n%s", out)
+	}
+	// a mode changed by hand is put right by the permissions file
+	os.Chmod(filepath.Join(r.g.root, "etc/boot.d/30-network"), 0o600)
+	before := mtimes(t, r.g.root)
+	out = r.mustRun("--base-system", "1")
+	if !strings.Contains(out, "base system: up to date") || strings.Contains(out, "installed") {
+		t.Errorf("second run said:\n%s", out)
+	}
+	after := mtimes(t, r.g.root)
+	for p, m := range after {
+		if b, ok := before[p]; !ok || !b.Equal(m) {
+			t.Errorf("second run changed %s", p)
+		}
+	}
+	if got := r.g.mode("/etc/boot.d/30-network"); got != "0755" {
+		t.Errorf("30-network mode %s after the second run", got)
+	}
+}
+
+func TestUseraddTwiceOneKeyLine(t *testing.T) {
+	r := newRig(t, 22010)
+	out := r.mustRun("--useradd=bob", "--sudo-user-ok", "1")
+	if !strings.Contains(out, "created user bob") || !strings.Contains(out, "installed /etc/sudoers.d/bob") {
+		t.Errorf("first run:\n%s", out)
+	}
+	out = r.mustRun("--useradd=bob", "--sudo-user-ok", "1")
+	if !strings.Contains(out, "user bob: up to date") {
+		t.Errorf("second run:\n%s", out)
+	}
+	passwd := r.g.read("/etc/passwd")
+	if strings.Count(passwd, "\nbob:") != 1 || !strings.Contains(passwd, "bob:x:1001:1001::/home/bob:/bin/sh\n") {
+		t.Errorf("passwd:\n%s", passwd)
+	}
+	if sh := r.g.read("/etc/shadow"); !strings.Contains(sh, "\nbob:*:") {
+		t.Errorf("shadow:\n%s", sh)
+	}
+	ak := strings.Split(strings.TrimSpace(r.g.read("/home/bob/.ssh/authorized_keys")), "\n")
+	pub := strings.TrimSpace(r.g.read("/home/bob/.ssh/id_ecdsa.pub"))
+	if len(ak) != 2 || ak[1] != pub || !strings.HasPrefix(pub, "ecdsa-sha2-nistp256 ") || !strings.HasPrefix(ak[0], "ssh-") {
+		t.Errorf("authorized_keys:\n%s\nid_ecdsa.pub: %s", strings.Join(ak, "\n"), pub)
+	}
+	for rel, mode := range map[string]string{"/home/bob/.ssh": "0700", "/home/bob/.ssh/authorized_keys": "0600",
+		"/home/bob/.ssh/id_ecdsa": "0600", "/etc/sudoers.d/bob": "0440"} {
+		if got := r.g.mode(rel); got != mode {
+			t.Errorf("%s: mode %s, want %s", rel, got, mode)
+		}
+	}
+	var st syscall.Stat_t
+	syscall.Stat(filepath.Join(r.g.root, "home/bob/.ssh/id_ecdsa"), &st)
+	if st.Uid != 1001 || st.Gid != 1001 {
+		t.Errorf("id_ecdsa owned by %d:%d", st.Uid, st.Gid)
+	}
+	if s := r.g.read("/etc/sudoers.d/bob"); s != "bob ALL=(ALL:ALL) NOPASSWD: ALL\n" {
+		t.Errorf("sudoers: %q", s)
+	}
+	// an existing user keeps its password; keys are added once
+	r.mustRun("--useradd=pi", "1")
+	r.mustRun("--useradd=pi", "1")
+	if !strings.Contains(r.g.read("/etc/shadow"), "pi:$6$x$y:") || len(strings.Split(strings.TrimSpace(r.g.read("/home/pi/.ssh/authorized_keys")), "\n")) != 2 {
+		t.Errorf("pi: %s\n%s", r.g.read("/etc/shadow"), r.g.read("/home/pi/.ssh/authorized_keys"))
+	}
+	_, errs, code := r.pifarm("--sudo-user-ok", "1")
+	if code != 1 || !strings.Contains(errs, "--sudo-user-ok needs --useradd=NAME") {
+		t.Errorf("sudo without user: %d %s", code, errs)
+	}
+	_, errs, code = r.pifarm("--useradd=Bad User", "1")
+	if code == 0 || !strings.Contains(errs, `"Bad User" is not a user name`) {
+		t.Errorf("bad name: %d %s", code, errs)
+	}
+}
+
+func TestBadTreesRefusedBeforeAnythingIsSent(t *testing.T) {
+	r := newRig(t, 22020)
+	os.MkdirAll(filepath.Join(r.userDir, "files/etc"), 0o755)
+	os.WriteFile(filepath.Join(r.userDir, "packages"), []byte("# mine\nrsync\nfoo;reboot\n"), 0o644)
+	_, errs, code := r.pifarm("--apt-install", "1")
+	if code != 1 || !strings.Contains(errs, r.userDir+"/packages:3: \"foo;reboot\" is not a Debian package name") {
+		t.Errorf("bad package: exit %d\n%s", code, errs)
+	}
+	os.WriteFile(filepath.Join(r.userDir, "packages"), []byte("rsync\n"), 0o644)
+	os.WriteFile(filepath.Join(r.userDir, "permissions"), []byte("/etc/motd root:root 0644\n/etc/motd2 root:root\n"), 0o644)
+	_, errs, code = r.pifarm("--software-update", "1")
+	if code != 1 || !strings.Contains(errs, r.userDir+"/permissions:2: 2 fields") {
+		t.Errorf("bad permissions: exit %d\n%s", code, errs)
+	}
+	if n := len(r.srv.commands()); n != 0 || r.srv.conns != 0 {
+		t.Errorf("%d commands sent over %d connections despite the errors", n, r.srv.conns)
+	}
+}
+
+func TestLocalSoftwareAndAPT(t *testing.T) {
+	r := newRig(t, 22030)
+	os.MkdirAll(filepath.Join(r.userDir, "files/etc"), 0o755)
+	os.MkdirAll(filepath.Join(r.userDir, "files/usr/local/src"), 0o755)
+	os.WriteFile(filepath.Join(r.userDir, "files/etc/motd"), []byte("farm guest\n"), 0o600)
+	os.WriteFile(filepath.Join(r.userDir, "files/usr/local/src/rsync-update.sh"), []byte("#!/bin/sh\necho mine\n"), 0o700)
+	os.WriteFile(filepath.Join(r.userDir, "packages"), []byte("rsync\ngit\n"), 0o644)
+	os.WriteFile(filepath.Join(r.userDir, "post-install"), []byte("echo guest-software post-install > /var/log/gs\n"), 0o644)
+	// apt-get: logs its calls; dist-upgrade replaces the kernel
+	r.g.write("/usr/bin/apt-get", `#!/bin/sh
+echo "$DEBIAN_FRONTEND $*" >> /var/log/apt-calls
+case " $* " in *" dist-upgrade "*) echo "kernel v2" > /boot/kernel8.img ;; esac
+echo "Reading package lists..."
+`, 0o755)
+	out := r.mustRun("--software-update", "1")
+	if got := r.g.read("/etc/motd"); got != "farm guest\n" || r.g.mode("/etc/motd") != "0600" {
+		t.Errorf("motd %q %s", got, r.g.mode("/etc/motd"))
+	}
+	// the user's file overrides the bundled one of the same name, and keeps its mode
+	if got := r.g.read("/usr/local/src/rsync-update.sh"); got != "#!/bin/sh\necho mine\n" || r.g.mode("/usr/local/src/rsync-update.sh") != "0755" {
+		t.Errorf("rsync-update.sh %q %s (the local permissions file sets 0755)", got, r.g.mode("/usr/local/src/rsync-update.sh"))
+	}
+	if r.g.mode("/usr/local/src/nim-update.sh") != "0755" || r.g.read("/var/log/gs") != "guest-software post-install\n" {
+		t.Error("local tree or guest-software post-install missing")
+	}
+	calls := r.g.read("/var/log/apt-calls")
+	lines := strings.Split(strings.TrimSpace(calls), "\n")
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "noninteractive -q update") ||
+		!strings.Contains(lines[1], "install -y -q") || !strings.HasSuffix(lines[1], " hostapd i2c-tools rfkill git build-essential autoconf automake libtool pkg-config rsync") ||
+		!strings.Contains(lines[2], "dist-upgrade -y") || lines[3] != " clean" || !strings.Contains(lines[4], "autoremove -y") {
+		t.Errorf("apt-get calls:\n%s", calls)
+	}
+	if r.g.read("/etc/pifarm/packages") != "hostapd\ni2c-tools\nrfkill\ngit\nbuild-essential\nautoconf\nautomake\nlibtool\npkg-config\nrsync\n" {
+		t.Errorf("/etc/pifarm/packages:\n%s", r.g.read("/etc/pifarm/packages"))
+	}
+	if !strings.Contains(out, "the upgrade replaced the kernel or the dtb") || !strings.Contains(out, "pifarm run guest --shutdown 1 && pifarm run image --provide-qboot 1") {
+		t.Errorf("no kernel refresh advice:\n%s", out)
+	}
+	out = r.mustRun("--apt-upgrade", "1")
+	if strings.Contains(out, "replaced the kernel") {
+		t.Errorf("kernel unchanged, yet:\n%s", out)
+	}
+	out = r.mustRun("--local-software", "1")
+	if !strings.Contains(out, "local software: up to date") {
+		t.Errorf("second local-software run:\n%s", out)
+	}
+}
