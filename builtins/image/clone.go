@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/term"
 	"pifarm/builtins/trace"
 )
 
@@ -71,7 +72,10 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 	if linked {
 		c = trace.Cmd{Argv: []string{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", tmp}}
 	} else {
-		c = trace.Cmd{Argv: []string{"qemu-img", "convert", "-p", "-f", "raw", "-O", "qcow2", base, tmp}, Stdout: os.Stderr}
+		c = trace.Cmd{Argv: []string{"qemu-img", "convert", "-p", "-f", "raw", "-O", "qcow2", base, tmp}}
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			c.Stdout = os.Stderr // qemu-img's progress
+		}
 	}
 	if _, err := m.d.Exec(c); err != nil {
 		if !m.d.DryRun {

@@ -5,6 +5,7 @@ import (
 	"pifarm/builtins/farm"
 	"pifarm/builtins/guest"
 	"pifarm/builtins/host"
+	"pifarm/builtins/image"
 	"pifarm/builtins/net"
 	"pifarm/builtins/qemu"
 	"pifarm/builtins/ssh"
@@ -18,6 +19,7 @@ var modules = []func(*trace.Door, *farm.Farm) *trace.Module{
 	host.New,
 	guest.New,
 	net.New,
+	image.New,
 	qemu.New,
 	ssh.New,
 	console.New,

@@ -1,0 +1,236 @@
+package image
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRegisterProvideCheck(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	m, out := testMod(t, dir, false)
+	if _, err := m.CheckBoot(0); err == nil || !strings.Contains(err.Error(), "no registered image") {
+		t.Fatalf("check without image: %v", err)
+	}
+	if _, err := m.Register(fx.path); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Registered(); got != fx.path {
+		t.Fatalf("registered %q", got)
+	}
+	st, err := m.CheckBoot(0)
+	if err != nil || st.State != "missing" {
+		t.Fatalf("check before provide: %+v %v", st, err)
+	}
+	q, err := m.ProvideQboot(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(q.Kernel); !bytes.Equal(b, fx.kernel) {
+		t.Error(".ker differs from kernel8.img")
+	}
+	if b, _ := os.ReadFile(q.DTB); !bytes.Equal(b, fx.dtb) {
+		t.Error(".dtb differs")
+	}
+	if want := "sha256:" + sha256File(t, fx.path, int64(fx.bootStart)*512, int64(fx.bootN)*512); q.Sum != want {
+		t.Errorf("sum %s want %s", q.Sum, want)
+	}
+	// unchanged: no hashing, fast
+	t0 := time.Now()
+	st, err = m.CheckBoot(0)
+	if el := time.Since(t0); err != nil || st.State != "ok" || st.Hashed || el > 10*time.Millisecond {
+		t.Fatalf("re-check: %+v %v in %v", st, err, el)
+	}
+	// touched but the same content: re-hashed, still ok, record refreshed
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(fx.path, later, later)
+	st, err = m.CheckBoot(0)
+	if err != nil || st.State != "ok" || !st.Hashed {
+		t.Fatalf("after touch: %+v %v", st, err)
+	}
+	if st, _ = m.CheckBoot(0); st.Hashed {
+		t.Fatal("record not refreshed after a re-hash")
+	}
+	// the boot partition changes (an OS upgrade): outdated
+	src := filepath.Join(t.TempDir(), "kernel8.img")
+	os.WriteFile(src, randBytes(9, 1000), 0o644)
+	run(t, "", "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512), src, "::kernel8.img")
+	st, err = m.CheckBoot(0)
+	if err != nil || st.State != "outdated" || !strings.Contains(st.Message, "--provide-qboot 0") {
+		t.Fatalf("after upgrade: %+v %v", st, err)
+	}
+	// providing again keeps the old ones as NAME~
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(m.f.Kernel(0) + "~"); !bytes.Equal(b, fx.kernel) {
+		t.Error("old .ker not kept as .ker~")
+	}
+	if st, _ := m.CheckBoot(0); st.State != "ok" {
+		t.Fatalf("after re-provide: %+v", st)
+	}
+	// registering another image drops the stale boot files
+	other := filepath.Join(dir, "other.img")
+	run(t, "", "cp", "--sparse=always", fx.path, other)
+	if _, err := m.Register(other); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := m.CheckBoot(0); st.State != "missing" {
+		t.Fatalf("after re-register: %+v", st)
+	}
+	for _, p := range []string{m.f.Disk(0) + "~", m.f.Kernel(0) + "~", m.f.Sig(0) + "~"} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("backup %s: %v", p, err)
+		}
+	}
+	if l, _ := os.Readlink(m.f.Disk(0) + "~"); l != fx.path {
+		t.Errorf("link backup points to %q", l)
+	}
+	// a non-RaspiOS file is refused and nothing changes
+	bad := filepath.Join(dir, "bad.img")
+	os.WriteFile(bad, make([]byte, 4096), 0o644)
+	if _, err := m.Register(bad); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "all zeros") {
+		t.Fatalf("register bad: %v", err)
+	}
+	if m.Registered() != other {
+		t.Fatal("a refused image replaced the registration")
+	}
+	_ = out
+}
+
+func TestProvideQbootDryRun(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	live, _ := testMod(t, dir, false)
+	live.Register(fx.path)
+	dry, out := testMod(t, dir, true)
+	q, err := dry.ProvideQboot(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(q.Kernel); err == nil {
+		t.Fatal("dry run wrote the kernel")
+	}
+	off := fx.bootStart * 512
+	want := fmt.Sprintf("mcopy -n -o -i %s@@%d ::kernel8.img %s\nmcopy -n -o -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb %s\n# record the boot partition signature %s (as dd if=%s bs=512 skip=%d count=%d status=none | sha256sum) in %s\n",
+		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, fx.path, fx.bootStart, fx.bootN, q.Sig)
+	if out.String() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	}
+}
+
+func TestSeed(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	// dry run: masked lines, nothing written
+	dry, out := testMod(t, dir, true)
+	before := fileState(t, fx.path)
+	if _, err := dry.Seed(m.f.Disk(0), 0, SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh"}); err != nil {
+		t.Fatal(err)
+	}
+	if fileState(t, fx.path) != before {
+		t.Fatal("dry run changed the image")
+	}
+	off := fx.bootStart * 512
+	want := fmt.Sprintf(": | mcopy -n -o -i %s@@%d - ::ssh\nprintf %%s 'pi:****\n' | mcopy -n -o -i %s@@%d - ::userconf.txt\n", fx.path, off, fx.path, off)
+	if !strings.HasPrefix(out.String(), want) || strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "$6$") {
+		t.Fatalf("dry trace\n%s\nwant prefix\n%s", out.String(), want)
+	}
+	long := strings.Repeat("x", 300) + "\n"
+	res, err := m.Seed(m.f.Disk(0), 0, SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh",
+		Files: map[string]string{"pifarm authorized_keys.txt": long}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Resign {
+		t.Error("signature not re-recorded")
+	}
+	if st, _ := m.CheckBoot(0); st.State != "ok" {
+		t.Errorf("boot state after seeding: %+v", st)
+	}
+	img := fmt.Sprintf("%s@@%d", fx.path, off)
+	hash := strings.TrimSpace(run(t, "", "openssl", "passwd", "-6", "-salt", "abcdefgh", "s3cret!"))
+	for name, want := range map[string]string{"ssh": "", "userconf.txt": "pi:" + hash + "\n", "pifarm authorized_keys.txt": long, "kernel8.img": string(fx.kernel)} {
+		got := run(t, "", "mtype", "-i", img, "::"+name)
+		if got != want {
+			t.Errorf("%s: mtype gives %d bytes %.40q, want %.40q", name, len(got), got, want)
+		}
+	}
+	// names as mtools lists them: lower case, long name
+	dirList := run(t, "", "mdir", "-i", img, "::")
+	for _, n := range []string{"ssh", "userconf txt", "pifarm authorized_keys.txt"} {
+		if !strings.Contains(dirList, n) {
+			t.Errorf("mdir lacks %q:\n%s", n, dirList)
+		}
+	}
+	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	// replacing keeps fsck clean too
+	if _, err := m.Seed(m.f.Disk(0), 0, SeedOptions{User: "admin", Hash: "$6$x$y"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "admin:$6$x$y\n" {
+		t.Errorf("replaced userconf.txt: %q", got)
+	}
+	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	if _, err := m.Seed(m.f.Disk(0), 0, SeedOptions{User: "pi"}); err == nil {
+		t.Error("user without password accepted")
+	}
+}
+
+// fsckClean runs fsck.vfat -n on a copy of the partition.
+func fsckClean(t *testing.T, img string, start, n uint64) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "boot.part")
+	run(t, "", "dd", "if="+img, "of="+p, "bs=512", fmt.Sprintf("skip=%d", start), fmt.Sprintf("count=%d", n), "status=none")
+	out := run(t, "", "fsck.vfat", "-n", p)
+	if strings.Contains(out, "\n  ") || strings.Contains(strings.ToLower(out), "wrong") || strings.Contains(out, "Free cluster") {
+		t.Errorf("fsck.vfat -n:\n%s", out)
+	}
+}
+
+func TestFATFillsFolderAndDisk(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1, kernelBytes: 1000})
+	f, err := os.OpenFile(fx.path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fs, err := OpenFAT32(f, f, int64(fx.bootStart)*512, int64(fx.bootN)*512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// many long names: the root folder (one 512-byte cluster) must grow
+	for i := 0; i < 60; i++ {
+		name := fmt.Sprintf("seeded file number %02d with a long name.conf", i)
+		if err := fs.WriteFile(name, []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fs.WriteFile("overlays/new-overlay.dtbo", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
+	if got := run(t, "", "mtype", "-i", img, "::seeded file number 59 with a long name.conf"); got != "seeded file number 59 with a long name.conf" {
+		t.Errorf("mtype: %q", got)
+	}
+	if got := run(t, "", "mtype", "-i", img, "::overlays/new-overlay.dtbo"); got != "x" {
+		t.Errorf("mtype: %q", got)
+	}
+	free, _ := fs.FreeBytes()
+	if err := fs.WriteFile("huge.bin", make([]byte, free+1)); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Errorf("overfull write: %v", err)
+	}
+	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+}

@@ -1,0 +1,180 @@
+package image
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestQcow2ReaderMatchesQemuImg writes into a linked clone with qemu-io
+// (allocated clusters over an unallocated backing) and compares the guest
+// view with what qemu-img convert makes of it.
+func TestQcow2ReaderMatchesQemuImg(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	q := filepath.Join(dir, "linked.qcow2")
+	run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", fx.path, "-F", "raw", q)
+	run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", q)
+	full := filepath.Join(dir, "full.qcow2")
+	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
+	want := filepath.Join(dir, "want.raw")
+	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
+	wb, _ := os.ReadFile(want)
+	for _, p := range []string{q, full} {
+		r, err := OpenQcow2(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Size != int64(len(wb)) {
+			t.Fatalf("%s: size %d want %d", p, r.Size, len(wb))
+		}
+		got := make([]byte, len(wb))
+		if _, err := r.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, wb) {
+			for i := range got {
+				if got[i] != wb[i] {
+					t.Fatalf("%s: first difference at byte %d", p, i)
+				}
+			}
+		}
+		// odd, cluster-crossing reads and reads past the end
+		b := make([]byte, 70000)
+		if n, err := r.ReadAt(b, 4194304-1000); n != len(b) || err != nil || !bytes.Equal(b, wb[4194304-1000:4194304-1000+70000]) {
+			t.Fatalf("%s: crossing read %d %v", p, n, err)
+		}
+		if n, err := r.ReadAt(b, r.Size-10); n != 10 || err != io.EOF {
+			t.Fatalf("%s: read at end: %d %v", p, n, err)
+		}
+		r.Close()
+	}
+	if b, _ := os.ReadFile(q); !IsQcow2(q) || len(b) == 0 {
+		t.Fatal("IsQcow2")
+	}
+	if IsQcow2(fx.path) {
+		t.Fatal("raw taken for qcow2")
+	}
+}
+
+func TestClones(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	m, out := testMod(t, dir, false)
+	if _, err := m.Clone(1, true); err == nil || !strings.Contains(err.Error(), "no registered image") {
+		t.Fatalf("clone without image: %v", err)
+	}
+	m.Register(fx.path)
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// dry run: the exact commands, nothing created
+	dry, dout := testMod(t, dir, true)
+	if _, err := dry.Clone(1, false); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(m.f.InstanceDir(1), ".clone-1.qcow2.tmp")
+	for _, want := range []string{
+		"mkdir -p " + m.f.InstanceDir(1),
+		fmt.Sprintf("qemu-img convert -p -f raw -O qcow2 %s %s", fx.path, tmp),
+		fmt.Sprintf("mv %s %s", tmp, m.f.Disk(1)),
+		fmt.Sprintf("cp -p %s %s", m.f.Kernel(0), m.f.Kernel(1)),
+	} {
+		if !strings.Contains(dout.String(), want+"\n") {
+			t.Errorf("dry trace lacks %q:\n%s", want, dout.String())
+		}
+	}
+	if _, err := os.Stat(m.f.InstanceDir(1)); err == nil {
+		t.Fatal("dry run created the instance folder")
+	}
+
+	// linked clone: fast, valid, boot files current without hashing
+	t0 := time.Now()
+	r, err := m.Clone(1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(t0)
+	t.Logf("linked clone in %v", el)
+	if !r.Linked || r.Base != fx.path {
+		t.Fatalf("clone %+v", r)
+	}
+	st, err := m.CheckClone(1)
+	if err != nil || !st.OK || !st.Linked || st.Base != fx.path {
+		t.Fatalf("check_clone: %+v %v", st, err)
+	}
+	if bs, _ := m.CheckBoot(1); bs.State != "ok" || bs.Hashed {
+		t.Fatalf("boot files of the clone: %+v", bs)
+	}
+	// the clone reads like its base
+	d, err := Open(m.f.Disk(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, _ := d.Boot()
+	if k, err := fs.ReadFile("kernel8.img"); err != nil || !bytes.Equal(k, fx.kernel) {
+		t.Fatalf("kernel via qcow2: %v", err)
+	}
+	sum, _ := d.Signature()
+	d.Close()
+	if q, _ := m.ProvideQboot(1, ""); q == nil || q.Sum != sum {
+		t.Fatalf("provide_qboot of a qcow2 clone")
+	}
+	// the base changes: the linked clone refuses
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(fx.path, later, later)
+	st, _ = m.CheckClone(1)
+	if st.OK || !strings.Contains(st.Reason, "changed since the linked clone was made") {
+		t.Fatalf("after base change: %+v", st)
+	}
+	// a full clone replaces it, the old one kept as NAME~
+	if _, err := m.Clone(1, false); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if st, _ = m.CheckClone(1); !st.OK || st.Linked {
+		t.Fatalf("full clone: %+v", st)
+	}
+	if !IsQcow2(m.f.Disk(1) + "~") {
+		t.Error("old clone not kept")
+	}
+	if ids, _ := m.Clones(); len(ids) != 1 || ids[0] != 1 {
+		t.Fatalf("clones %v", ids)
+	}
+	rm, err := m.RemoveClone(1)
+	if err != nil || len(rm) < 4 {
+		t.Fatalf("remove: %v %v", rm, err)
+	}
+	if ids, _ := m.Clones(); len(ids) != 0 {
+		t.Fatalf("clones after remove %v", ids)
+	}
+	if st, _ = m.CheckClone(1); st.Exists || st.OK {
+		t.Fatalf("removed clone: %+v", st)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, rootMiB: 100, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	s, err := m.Status(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.FileSize != 200<<20 || s.UsedByFS != int64(fx.rootStart+fx.rootN)*512 || s.Margin != 200<<20-s.UsedByFS ||
+		s.Recommended != 12*(1<<20) || s.Ext4Size != 100<<20 || s.Boot.State != "missing" || len(s.Warnings) != 2 {
+		t.Fatalf("status %+v", s)
+	}
+	txt := s.Text()
+	for _, want := range []string{"file size:           200 MiB", "used by file system: 168 MiB (root file system: 100 MiB,", "unused margin:       32 MiB", "recommended margin:  12 MiB", "warning: instance 0: boot files missing"} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("status text lacks %q:\n%s", want, txt)
+		}
+	}
+}
