@@ -258,10 +258,13 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 		st.Already = true
 		return st, nil
 	}
-	for _, w := range plan.Warnings {
-		in.D.Print("# warning: " + w)
+	warn := func() {
+		for _, w := range plan.Warnings {
+			in.D.Print("# warning: " + w)
+		}
 	}
 	if in.D.DryRun {
+		warn()
 		st := Status{ID: id, Alias: n.Alias, Running: true, State: "running", LAN: plan.LAN, WLAN: plan.WLAN, Warnings: plan.Warnings, Line: in.D.Line(cmd)}
 		if o.Paused {
 			st.State = "prelaunch"
@@ -292,6 +295,7 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 	// A socket or pidfile without a QEMU behind it would only confuse the
 	// wait below.
 	os.Remove(in.F.QMP(id))
+	warn()
 	if o.Console {
 		return in.startForeground(n, cmd, plan, l, deadline)
 	}

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	starlarkjson "go.starlark.net/lib/json"
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarktest"
+	"go.starlark.net/syntax"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -649,5 +654,32 @@ func TestWaitSSH(t *testing.T) {
 	_, err = in.WaitSSH(n2, 300*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("nobody listening: %v", err)
+	}
+}
+
+// TestStarlark runs testdata/lifecycle.star against real QEMU through the
+// module as recipes see it.
+func TestStarlark(t *testing.T) {
+	f := testFarm(t)
+	provide(t, f, 2)
+	var out bytes.Buffer
+	d := trace.New(context.Background(), false, false, &out)
+	in := &Instances{D: d, F: f}
+	defer stopAll(t, in)
+	thread := &starlark.Thread{Name: "test", Load: func(th *starlark.Thread, module string) (starlark.StringDict, error) {
+		if module == "assert.star" {
+			return starlarktest.LoadAssertModule()
+		}
+		return nil, fmt.Errorf("load %s: not available", module)
+	}}
+	starlarktest.SetReporter(thread, t)
+	pre := starlark.StringDict{"qemu": in.Module().Struct(), "farm": f.Module(d).Struct(), "json": starlarkjson.Module}
+	opts := &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, GlobalReassign: true, Recursion: true}
+	if _, err := starlark.ExecFileOptions(opts, thread, "testdata/lifecycle.star", nil, pre); err != nil {
+		var ee *starlark.EvalError
+		if errors.As(err, &ee) {
+			t.Fatal(ee.Backtrace())
+		}
+		t.Fatal(err)
 	}
 }
