@@ -142,7 +142,7 @@ func TestSeed(t *testing.T) {
 		t.Fatal("dry run changed the image")
 	}
 	off := fx.bootStart * 512
-	want := fmt.Sprintf(": | mcopy -n -o -i %s@@%d - ::ssh\nprintf %%s 'pi:****\n' | mcopy -n -o -i %s@@%d - ::userconf.txt\n", fx.path, off, fx.path, off)
+	want := fmt.Sprintf(": | mcopy -n -o -i %s@@%d - ::ssh\nprintf '%%s\\n' 'pi:****' | mcopy -n -o -i %s@@%d - ::userconf.txt\n", fx.path, off, fx.path, off)
 	if !strings.HasPrefix(out.String(), want) || strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "$6$") {
 		t.Fatalf("dry trace\n%s\nwant prefix\n%s", out.String(), want)
 	}

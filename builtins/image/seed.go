@@ -94,6 +94,8 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		switch {
 		case fl.content == "":
 			line = ": | " + src
+		case isPrintable(fl.content) && strings.Count(fl.content, "\n") == 1 && strings.HasSuffix(fl.content, "\n"):
+			line = `printf '%s\n' ` + trace.Quote(strings.TrimSuffix(fl.content, "\n")) + " | " + src
 		case isPrintable(fl.content):
 			line = "printf %s " + trace.Quote(fl.content) + " | " + src
 		default:
