@@ -1,0 +1,237 @@
+package qemu_test
+
+// The bundled box recipe (recipes/box.star) driven through pifarm's runtime,
+// live against real qemu-system-aarch64 and qemu-img, on a RaspiOS-shaped
+// image made by sfdisk, mkfs.vfat and mcopy. This is an external test
+// package: it runs pifarm as a user does, with every module registered.
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"pifarm/builtins/qemu"
+	"pifarm/builtins/runtime"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/box-*.trace")
+
+func init() {
+	b, err := os.ReadFile("../../config.star")
+	if err != nil {
+		panic(err)
+	}
+	runtime.DefaultConfig = b
+}
+
+// boxConfig uses ports ssh 20500+N, console 20600+N, VNC 20700+N.
+const boxConfig = `
+cache = %q
+ports = {"ssh": 20500, "console": 20600, "vnc": 20700}
+tools = {"remote-viewer": False}
+nodes = [
+    node(id = 0, alias = "loner",   lan = "192.168.66.63", wan = "100.65.63.15"),
+    node(id = 1, alias = "enone",   lan = "192.168.66.7",  wan = "100.65.4.15"),
+    node(id = 2, alias = "entwo",   lan = "192.168.66.8",  wan = "100.65.5.15"),
+    node(id = 3, alias = "enthree", lan = "192.168.66.9",  wan = "100.65.6.15"),
+]
+`
+
+type box struct {
+	t      *testing.T
+	dir    string // holds config.star, the image and cache/
+	config string
+	cache  string
+}
+
+func run(t *testing.T, cmd string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(cmd, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", cmd, strings.Join(args, " "), err, out)
+	}
+}
+
+// newBox makes a 128 MiB image with a FAT32 boot partition holding a
+// dummy kernel8.img and a minimal bcm2710-rpi-3-b-plus.dtb, registers it as
+// instance 0 and provides its boot files.
+func newBox(t *testing.T) *box {
+	for _, p := range []string{"sfdisk", "mkfs.vfat", "mcopy", "qemu-img", "qemu-system-aarch64"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is needed (apt-get install fdisk dosfstools mtools qemu-utils qemu-system-arm)", p)
+		}
+	}
+	dir, err := os.MkdirTemp("", "pbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	b := &box{t: t, dir: dir, config: filepath.Join(dir, "config.star"), cache: filepath.Join(dir, "cache")}
+	os.WriteFile(b.config, []byte(fmt.Sprintf(boxConfig, b.cache)), 0o644)
+	img, fat := filepath.Join(dir, "raspios.img"), filepath.Join(dir, "boot.fat")
+	os.WriteFile(filepath.Join(dir, "kernel8.img"), make([]byte, 4096), 0o644)
+	os.WriteFile(filepath.Join(dir, "bcm2710-rpi-3-b-plus.dtb"), qemu.MinimalDTB(), 0o644)
+	run(t, "truncate", "-s", "40M", fat)
+	// A reproducible file system: the signature shows in the dry-run trace.
+	run(t, "mkfs.vfat", "--invariant", "-i", "5eed0001", "-F", "32", "-s", "1", fat)
+	run(t, "touch", "-d", "2021-02-01 12:00:00", filepath.Join(dir, "kernel8.img"), filepath.Join(dir, "bcm2710-rpi-3-b-plus.dtb"))
+	run(t, "mcopy", "-m", "-i", fat, filepath.Join(dir, "kernel8.img"), filepath.Join(dir, "bcm2710-rpi-3-b-plus.dtb"), "::/")
+	run(t, "truncate", "-s", "128M", img)
+	sf := exec.Command("sfdisk", "-q", img)
+	sf.Stdin = strings.NewReader("label: dos\nstart=8192, size=81920, type=c\nstart=90112, type=83\n")
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	run(t, "dd", "if="+fat, "of="+img, "bs=512", "seek=8192", "conv=notrunc", "status=none")
+	os.WriteFile(filepath.Join(dir, "prepare.star"), []byte(`SUMMARY = "register and provide boot files"
+ARGS = [args.positional("img", required = True)]
+def main(opts):
+    image.register(opts.img)
+    image.provide_qboot(0)
+`), 0o644)
+	if out, code := b.pifarm("run", filepath.Join(dir, "prepare.star"), img); code != 0 {
+		t.Fatalf("prepare: %s", out)
+	}
+	t.Cleanup(func() {
+		for _, id := range []string{"0", "1", "2", "3"} {
+			b.pifarm("run", "box", "--terminate", id)
+		}
+	})
+	return b
+}
+
+// pifarm runs pifarm with the box's config and returns stdout+stderr (the
+// cache path replaced by $CACHE, the folder by $DIR) and the exit status.
+func (b *box) pifarm(args ...string) (string, int) {
+	var out bytes.Buffer
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", b.config}, args...), Stdout: &out, Stderr: &out, Ctx: context.Background(), NotRoot: true})
+	s := strings.ReplaceAll(out.String(), b.cache, "$CACHE")
+	return strings.ReplaceAll(s, b.dir, "$DIR"), code
+}
+
+func (b *box) want(out string, code, wantCode int, wants ...string) {
+	b.t.Helper()
+	if code != wantCode {
+		b.t.Fatalf("exit %d, want %d:\n%s", code, wantCode, out)
+	}
+	for _, w := range wants {
+		if !strings.Contains(out, w) {
+			b.t.Fatalf("output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+func TestBoxRecipe(t *testing.T) {
+	b := newBox(t)
+	clone2 := filepath.Join(b.cache, "clones/raspi-clone-2/clone-2.qcow2")
+
+	// Dry run of --run 2: the clone is made, the boot files come along,
+	// QEMU's exact line is printed; nothing changes.
+	out, code := b.pifarm("-n", "run", "box", "--run", "2")
+	golden := "testdata/box-run2.trace"
+	if *update {
+		os.WriteFile(golden, []byte(out), 0o644)
+	}
+	want, _ := os.ReadFile(golden)
+	if code != 0 || out != string(want) {
+		t.Fatalf("dry run of --run 2 (exit %d):\n%s\nwant (%s):\n%s", code, out, golden, want)
+	}
+	if _, err := os.Stat(filepath.Dir(clone2)); err == nil {
+		t.Fatal("dry run made the clone folder")
+	}
+
+	out, code = b.pifarm("run", "box")
+	b.want(out, code, 0, "0   loner    192.168.66.63  yes    -", "2   entwo    192.168.66.8   -      -")
+
+	out, code = b.pifarm("run", "box", "--run", "entwo")
+	b.want(out, code, 0, "creating its clone of instance 0", "<2> entwo runs: QEMU pid ", "nc localhost 20602",
+		"remote-viewer vnc://localhost:20702", "ssh -p 20502 pi@localhost", "pifarm run box --terminate 2")
+	pid := regexp.MustCompile(`QEMU pid (\d+)`).FindStringSubmatch(out)[1]
+
+	out, code = b.pifarm("run", "box")
+	b.want(out, code, 0, "2   entwo    192.168.66.8   yes    "+pid)
+	out, code = b.pifarm("run", "box", "--run", "2")
+	b.want(out, code, 0, "<2> entwo is already running", "QEMU pid "+pid)
+
+	// Unsafe clone operations are refused while instance 2 runs.
+	for _, args := range [][]string{{"--flush-clone", "2"}, {"--force-clone", "2"}, {"--remove-all-clones"}} {
+		out, code = b.pifarm(append([]string{"run", "box"}, args...)...)
+		b.want(out, code, 1, "instance <2> entwo is running (pid "+pid+"); terminate it first")
+	}
+	// Instance 0 runs on the base of clone 2: a force clone is refused too.
+	out, code = b.pifarm("run", "box", "--run", "0")
+	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
+	out, code = b.pifarm("run", "box", "--force-clone", "1")
+	b.want(out, code, 1, "instance <0> loner is running")
+	out, code = b.pifarm("run", "box", "--terminate", "0")
+	b.want(out, code, 0, "<0> loner terminated")
+
+	out, code = b.pifarm("run", "box", "--terminate", "2")
+	b.want(out, code, 0, "<2> entwo terminated")
+	out, code = b.pifarm("run", "box", "--terminate", "2")
+	b.want(out, code, 0, "<2> entwo is not running")
+	out, code = b.pifarm("run", "box")
+	b.want(out, code, 0, "2   entwo    192.168.66.8   yes    -")
+
+	out, code = b.pifarm("run", "box", "--force-clone", "2")
+	b.want(out, code, 0, "<2> entwo: new clone $CACHE/clones/raspi-clone-2/clone-2.qcow2 (the old one kept as $CACHE/clones/raspi-clone-2/clone-2.qcow2~)")
+	if _, err := os.Stat(clone2 + "~"); err != nil {
+		t.Fatal("no backup of the old clone")
+	}
+	out, code = b.pifarm("run", "box", "--force-clone", "0")
+	b.want(out, code, 1, "--force-clone needs an instance N > 0")
+
+	out, code = b.pifarm("-n", "run", "box", "--flush-clone", "2")
+	b.want(out, code, 0, "rm -rf $CACHE/clones/raspi-clone-2\n")
+	out, code = b.pifarm("run", "box", "--flush-clone", "2")
+	b.want(out, code, 0, "<2> entwo: clone removed")
+	if _, err := os.Stat(filepath.Dir(clone2)); err == nil {
+		t.Fatal("clone 2 still there")
+	}
+	out, code = b.pifarm("run", "box", "--flush-clone", "2")
+	b.want(out, code, 0, "<2> entwo has no clone: nothing to flush")
+
+	// A linked clone, then every clone removed.
+	out, code = b.pifarm("run", "box", "--run", "--linked-clone", "3")
+	b.want(out, code, 0, "<3> enthree runs: QEMU pid ")
+	out, code = b.pifarm("run", "box", "--terminate", "--remove-all-clones", "3")
+	b.want(out, code, 0, "<3> enthree terminated", "removed clones 3")
+	out, code = b.pifarm("run", "box")
+	b.want(out, code, 0, "3   enthree  192.168.66.9   -      -")
+
+	// A changed boot partition stops --run; --run-ignore-qboot goes on.
+	img := filepath.Join(b.dir, "raspios.img")
+	os.WriteFile(filepath.Join(b.dir, "kernel8.img"), bytes.Repeat([]byte{1}, 4096), 0o644)
+	run(t, "mcopy", "-o", "-i", img+"@@4194304", filepath.Join(b.dir, "kernel8.img"), "::/kernel8.img")
+	out, code = b.pifarm("run", "box", "--run", "0")
+	b.want(out, code, 1, "changed since its boot files were copied")
+	out, code = b.pifarm("run", "box", "--run-ignore-qboot", "0")
+	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
+	out, code = b.pifarm("run", "box", "--terminate")
+	b.want(out, code, 0, "<0> loner terminated")
+}
+
+func TestBoxRefusesWhileRootMountedRW(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a stand-in file system needs root (CI runs as root)")
+	}
+	b := newBox(t)
+	root := filepath.Join(b.cache, "mnt/root")
+	os.MkdirAll(root, 0o755)
+	run(t, "mount", "-t", "tmpfs", "-o", "rw,size=1m", "pifarm-test-root", root)
+	defer exec.Command("umount", root).Run()
+	out, code := b.pifarm("run", "box", "--run", "1")
+	b.want(out, code, 1, "the root partition is mounted read-write (pifarm-test-root on $CACHE/mnt/root)")
+	out, code = b.pifarm("run", "box", "--force-clone", "1")
+	b.want(out, code, 1, "mounted read-write")
+	// Read-only is fine (image.clone still refuses any mount of the base).
+	run(t, "mount", "-o", "remount,ro", root)
+	out, code = b.pifarm("run", "box", "--run", "0")
+	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
+}

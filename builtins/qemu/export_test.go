@@ -1,0 +1,4 @@
+package qemu
+
+// MinimalDTB is minimalDTB for the external tests.
+var MinimalDTB = minimalDTB
