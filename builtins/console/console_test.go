@@ -14,6 +14,7 @@ import (
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
 	"go.starlark.net/starlarktest"
+	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -86,8 +87,8 @@ func TestDropKernelLines(t *testing.T) {
 }
 
 func TestLoginRunHalt(t *testing.T) {
-	fc := newFakeConsole(t, addr(1))
-	fc.noise = true
+	fc := fakeguest.NewConsole(t, addr(1))
+	fc.Noise = true
 	var out bytes.Buffer
 	d := liveDoor(&out)
 	s := dial(t, d, 1)
@@ -97,7 +98,7 @@ func TestLoginRunHalt(t *testing.T) {
 		t.Fatalf("login: %v %v", ok, err)
 	}
 	// One wrong password costs the guest's fail delay, nothing more.
-	if el := time.Since(start); el > fc.failDelay+2*time.Second {
+	if el := time.Since(start); el > fc.FailDelay+2*time.Second {
 		t.Fatalf("login took %s", el)
 	}
 	for _, tc := range []struct {
@@ -133,9 +134,9 @@ func TestLoginRunHalt(t *testing.T) {
 }
 
 func TestLoginEveryPasswordRefused(t *testing.T) {
-	fc := newFakeConsole(t, addr(2))
-	fc.failDelay = 50 * time.Millisecond
-	delete(fc.users, "pi") // RaspiOS Bullseye 2022-04+: no pi user
+	fc := fakeguest.NewConsole(t, addr(2))
+	fc.FailDelay = 50 * time.Millisecond
+	delete(fc.Users, "pi") // RaspiOS Bullseye 2022-04+: no pi user
 	s := dial(t, liveDoor(nil), 2)
 	ok, err := s.Login("pi", []string{"raspberry", "raspberrypi"}, 5*time.Second)
 	if err != nil || ok {
@@ -144,10 +145,10 @@ func TestLoginEveryPasswordRefused(t *testing.T) {
 }
 
 func TestLoginLogsOutFirstAndAnswersPendingPassword(t *testing.T) {
-	for _, st := range []int{fsShell, fsPassword} {
-		fc := newFakeConsole(t, addr(3+st))
-		fc.failDelay = 50 * time.Millisecond
-		fc.setState(st, "pi")
+	for _, st := range []int{fakeguest.InShell, fakeguest.AtPassword} {
+		fc := fakeguest.NewConsole(t, addr(3+st))
+		fc.FailDelay = 50 * time.Millisecond
+		fc.SetState(st, "pi")
 		s := dial(t, liveDoor(nil), 3+st)
 		ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second)
 		if err != nil || !ok {
@@ -157,14 +158,14 @@ func TestLoginLogsOutFirstAndAnswersPendingPassword(t *testing.T) {
 		if err != nil || r.Output != "42" {
 			t.Fatalf("state %d: run %+v %v", st, r, err)
 		}
-		if st == fsShell && (len(fc.lines) < 2 || fc.lines[1] != "exit") {
-			t.Fatalf("did not log out first: %q", fc.lines)
+		if st == fakeguest.InShell && (len(fc.Lines()) < 2 || fc.Lines()[1] != "exit") {
+			t.Fatalf("did not log out first: %q", fc.Lines())
 		}
 	}
 }
 
 func TestTimeoutQuotesLastLines(t *testing.T) {
-	newFakeConsole(t, addr(7))
+	fakeguest.NewConsole(t, addr(7))
 	s := dial(t, liveDoor(nil), 7)
 	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
 		t.Fatal(ok, err)
@@ -188,8 +189,8 @@ func TestTimeoutQuotesLastLines(t *testing.T) {
 }
 
 func TestNothingReceivedNamesTheLikelyCause(t *testing.T) {
-	fc := newFakeConsole(t, addr(8))
-	fc.silent = true
+	fc := fakeguest.NewConsole(t, addr(8))
+	fc.Silent = true
 	s := dial(t, liveDoor(nil), 8)
 	_, err := s.Login("pi", []string{"raspberry"}, 300*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "nothing was received") || !strings.Contains(err.Error(), "one console client at a time") {
@@ -198,7 +199,7 @@ func TestNothingReceivedNamesTheLikelyCause(t *testing.T) {
 }
 
 func TestPoweroffClosesConsole(t *testing.T) {
-	newFakeConsole(t, addr(9))
+	fakeguest.NewConsole(t, addr(9))
 	s := dial(t, liveDoor(nil), 9)
 	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
 		t.Fatal(ok, err)
@@ -221,8 +222,8 @@ func TestPoweroffClosesConsole(t *testing.T) {
 }
 
 func TestInterruptStopsExpect(t *testing.T) {
-	fc := newFakeConsole(t, addr(10))
-	fc.silent = true
+	fc := fakeguest.NewConsole(t, addr(10))
+	fc.Silent = true
 	ctx, cancel := context.WithCancel(context.Background())
 	d := trace.New(ctx, false, false, nil)
 	s := dial(t, d, 10)
@@ -254,7 +255,7 @@ func runStar(t *testing.T, d *trace.Door, f *farm.Farm, src string) error {
 
 func TestStarlarkSession(t *testing.T) {
 	f := testFarm(t)
-	newFakeConsole(t, addr(11))
+	fakeguest.NewConsole(t, addr(11))
 	var out bytes.Buffer
 	d := trace.New(context.Background(), false, true, &out)
 	err := runStar(t, d, f, `
@@ -292,7 +293,7 @@ assert.fails(lambda: s.run("true"), "closed")
 
 func TestDryRunTouchesNothing(t *testing.T) {
 	f := testFarm(t)
-	fc := newFakeConsole(t, addr(12))
+	fc := fakeguest.NewConsole(t, addr(12))
 	var out bytes.Buffer
 	d := trace.New(context.Background(), true, false, &out)
 	err := runStar(t, d, f, `
@@ -320,7 +321,7 @@ s.close()
 	if out.String() != want {
 		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", out.String(), want)
 	}
-	if n := fc.connections(); n != 0 {
+	if n := fc.Connections(); n != 0 {
 		t.Fatalf("dry run connected %d times", n)
 	}
 }

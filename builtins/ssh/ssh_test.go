@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"go.starlark.net/starlarkstruct"
 	"go.starlark.net/starlarktest"
 	xssh "golang.org/x/crypto/ssh"
+	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -52,7 +54,7 @@ func live() *trace.Door { return trace.New(context.Background(), false, false, n
 
 func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 	f := testFarm(t)
-	newTestServer(t, addr(1))
+	fakeguest.NewSSHServer(t, addr(1))
 	c, err := Dial(live(), target(f, 1), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +105,7 @@ func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 
 func TestWrongPasswordFails(t *testing.T) {
 	f := testFarm(t)
-	newTestServer(t, addr(2))
+	fakeguest.NewSSHServer(t, addr(2))
 	start := time.Now()
 	_, err := Dial(live(), target(f, 2), Auth{User: "pi", Passwords: []string{"wrong"}}, noKeys(t), 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "authentication failed") || !strings.Contains(err.Error(), "pi@127.0.0.1:21102") {
@@ -131,7 +133,7 @@ func TestServerStartingLateIsWaitedFor(t *testing.T) {
 	f := testFarm(t)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		newTestServer(t, addr(4))
+		fakeguest.NewSSHServer(t, addr(4))
 	}()
 	c, err := Dial(live(), target(f, 4), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
@@ -142,7 +144,7 @@ func TestServerStartingLateIsWaitedFor(t *testing.T) {
 
 func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
 	f := testFarm(t)
-	ln, err := netListen(addr(5))
+	ln, err := net.Listen("tcp", addr(5))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,14 +167,14 @@ func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
 
 func TestHostKeyMismatchSaysHowToReset(t *testing.T) {
 	f := testFarm(t)
-	srv := newTestServer(t, addr(6))
+	srv := fakeguest.NewSSHServer(t, addr(6))
 	c, err := Dial(live(), target(f, 6), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	srv.ln.Close()
-	newTestServer(t, addr(6)) // re-imaged guest: new host key
+	srv.Listener.Close()
+	fakeguest.NewSSHServer(t, addr(6)) // re-imaged guest: new host key
 	_, err = Dial(live(), target(f, 6), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
 	var mm *HostKeyMismatch
 	if !errors.As(err, &mm) {
@@ -187,10 +189,10 @@ func TestHostKeyMismatchSaysHowToReset(t *testing.T) {
 
 func TestHostKeyAlgorithmIsPinned(t *testing.T) {
 	f := testFarm(t)
-	rsaKey, edKey := newHostKey(t, true), newHostKey(t, false)
+	rsaKey, edKey := fakeguest.NewHostKey(t, true), fakeguest.NewHostKey(t, false)
 	for i, known := range []xssh.Signer{rsaKey, edKey} {
 		id := 7 + i
-		newTestServer(t, addr(id), rsaKey, edKey)
+		fakeguest.NewSSHServer(t, addr(id), rsaKey, edKey)
 		os.MkdirAll(filepath.Dir(f.KnownHosts(id)), 0o755)
 		line := fmt.Sprintf("[127.0.0.1]:%d %s", sshBase+id, xssh.MarshalAuthorizedKey(known.PublicKey()))
 		os.WriteFile(f.KnownHosts(id), []byte(line), 0o644)
@@ -251,7 +253,7 @@ func TestKeys(t *testing.T) {
 
 func TestKeyLoginPutAndUpload(t *testing.T) {
 	f := testFarm(t)
-	srv := newTestServer(t, addr(10))
+	srv := fakeguest.NewSSHServer(t, addr(10))
 	k := Keys{Home: t.TempDir(), ConfDir: t.TempDir()}
 	pub, err := k.Ensure(live())
 	if err != nil {
@@ -259,7 +261,7 @@ func TestKeyLoginPutAndUpload(t *testing.T) {
 	}
 	line, _ := publicLine(pub)
 	pk, _, _, _, _ := xssh.ParseAuthorizedKey([]byte(line))
-	srv.authorize(pk)
+	srv.Authorize(pk)
 	c, err := Dial(live(), target(f, 10), Auth{User: "root"}, k, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -268,10 +270,10 @@ func TestKeyLoginPutAndUpload(t *testing.T) {
 	if err := c.Put([]byte("secret\n"), "put.txt", "600", ""); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(filepath.Join(srv.dir, "put.txt")); err != nil || string(b) != "secret\n" {
+	if b, err := os.ReadFile(filepath.Join(srv.Dir, "put.txt")); err != nil || string(b) != "secret\n" {
 		t.Fatalf("put: %q %v", b, err)
 	}
-	if fi, _ := os.Stat(filepath.Join(srv.dir, "put.txt")); fi.Mode().Perm() != 0o600 {
+	if fi, _ := os.Stat(filepath.Join(srv.Dir, "put.txt")); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("put mode %v", fi.Mode())
 	}
 	err = c.Put([]byte("x"), "/nonexistent-dir/f", "", "")
@@ -283,7 +285,7 @@ func TestKeyLoginPutAndUpload(t *testing.T) {
 	os.WriteFile(filepath.Join(local, "etc", "boot.d", "10-x.sh"), []byte("#!/bin/sh\necho x\n"), 0o755)
 	os.WriteFile(filepath.Join(local, "etc", "hosts"), []byte("127.0.0.1 localhost\n"), 0o644)
 	os.Symlink("hosts", filepath.Join(local, "etc", "hosts.link"))
-	remote := filepath.Join(srv.dir, "root")
+	remote := filepath.Join(srv.Dir, "root")
 	os.MkdirAll(filepath.Join(remote, "etc"), 0o711) // an existing folder keeps its mode
 	r, err := c.Upload(local, remote)
 	if err != nil {
@@ -324,7 +326,7 @@ func runStar(t *testing.T, d *trace.Door, f *farm.Farm, keys *Keys, src string) 
 
 func TestStarlarkConnectionReuseAndResults(t *testing.T) {
 	f := testFarm(t)
-	srv := newTestServer(t, addr(11))
+	srv := fakeguest.NewSSHServer(t, addr(11))
 	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
 c = ssh.connect("n11", user = "pi", password = "raspberry", timeout = 5)
 assert.eq(c.port, 21111)
@@ -344,14 +346,14 @@ c.close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.connections(); n != 2 { // one probe, one login
+	if n := srv.Connections(); n != 2 { // one probe, one login
 		t.Fatalf("%d connections, want 2 (reuse)", n)
 	}
 }
 
 func TestDryRunPrintsSSHLinesAndConnectsNowhere(t *testing.T) {
 	f := testFarm(t)
-	srv := newTestServer(t, addr(12))
+	srv := fakeguest.NewSSHServer(t, addr(12))
 	var out bytes.Buffer
 	d := trace.New(context.Background(), true, false, &out)
 	conf := filepath.Join(t.TempDir(), "conf")
@@ -385,7 +387,7 @@ ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
 	if out.String() != want {
 		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", out.String(), want)
 	}
-	if srv.connections() != 0 {
+	if srv.Connections() != 0 {
 		t.Fatal("dry run connected")
 	}
 	if _, err := os.Stat(conf); err == nil {
@@ -395,7 +397,7 @@ ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
 
 func TestPasswordListAndFailFalse(t *testing.T) {
 	f := testFarm(t)
-	newTestServer(t, addr(13))
+	fakeguest.NewSSHServer(t, addr(13))
 	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
 assert.eq(ssh.connect(13, user = "pi", password = ["nope", "wrong"], fail = False), None)
 assert.eq(ssh.connect(38, user = "pi", password = "x", timeout = 0.3, fail = False), None)

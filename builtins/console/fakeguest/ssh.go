@@ -1,4 +1,4 @@
-package ssh
+package fakeguest
 
 import (
 	"crypto/ed25519"
@@ -13,13 +13,18 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 )
 
-// testServer is an in-process SSH server that runs every exec request with
+// SSHServer is an in-process SSH server that runs every exec request with
 // sh in its folder: password and public-key log-in, exit status, stderr,
 // stdin and pty requests.
-type testServer struct {
-	t        *testing.T
-	ln       net.Listener
-	dir      string
+type SSHServer struct {
+	Listener net.Listener
+	// Dir is the working folder of the commands.
+	Dir string
+	// Command makes the command for an exec request (default: sh -c cmd in
+	// Dir); AfterCommand runs after each one, before the exit status is sent.
+	Command      func(user, cmd string) *exec.Cmd
+	AfterCommand func(user, cmd string)
+
 	cfg      *xssh.ServerConfig
 	hostKeys []xssh.Signer
 
@@ -30,7 +35,8 @@ type testServer struct {
 	cmds     []string
 }
 
-func newHostKey(t *testing.T, rsaKey bool) xssh.Signer {
+// NewHostKey makes an ed25519 (or with rsaKey an RSA) host key.
+func NewHostKey(t *testing.T, rsaKey bool) xssh.Signer {
 	t.Helper()
 	var priv any
 	if rsaKey {
@@ -53,14 +59,15 @@ func newHostKey(t *testing.T, rsaKey bool) xssh.Signer {
 	return s
 }
 
-// newTestServer listens on addr with the given host keys (a fresh ed25519
-// key when none).
-func newTestServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *testServer {
+// NewSSHServer listens on addr (closed when the test ends) with the given
+// host keys (a fresh ed25519 key when none); user pi logs in with password
+// raspberry.
+func NewSSHServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *SSHServer {
 	t.Helper()
 	if len(hostKeys) == 0 {
-		hostKeys = []xssh.Signer{newHostKey(t, false)}
+		hostKeys = []xssh.Signer{NewHostKey(t, false)}
 	}
-	s := &testServer{t: t, dir: t.TempDir(), hostKeys: hostKeys,
+	s := &SSHServer{Dir: t.TempDir(), hostKeys: hostKeys,
 		password: map[string]string{"pi": "raspberry"}, keys: map[string]bool{}}
 	s.cfg = &xssh.ServerConfig{
 		PasswordCallback: func(c xssh.ConnMetadata, pw []byte) (*xssh.Permissions, error) {
@@ -87,13 +94,11 @@ func newTestServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *testServ
 	if err != nil {
 		t.Fatalf("test server: %v", err)
 	}
-	s.ln = ln
+	s.Listener = ln
 	t.Cleanup(func() { ln.Close() })
 	go s.serve()
 	return s
 }
-
-func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
 type refused struct{}
 
@@ -101,21 +106,30 @@ func (refused) Error() string { return "refused" }
 
 var errRefused = refused{}
 
-func (s *testServer) authorize(k xssh.PublicKey) {
+// Authorize lets key log in (as any user).
+func (s *SSHServer) Authorize(k xssh.PublicKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.keys[string(k.Marshal())] = true
 }
 
-func (s *testServer) connections() int {
+// Commands returns the commands run so far.
+func (s *SSHServer) Commands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.cmds...)
+}
+
+// Connections counts the connections accepted so far.
+func (s *SSHServer) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conns
 }
 
-func (s *testServer) serve() {
+func (s *SSHServer) serve() {
 	for {
-		nc, err := s.ln.Accept()
+		nc, err := s.Listener.Accept()
 		if err != nil {
 			return
 		}
@@ -126,12 +140,13 @@ func (s *testServer) serve() {
 	}
 }
 
-func (s *testServer) handle(nc net.Conn) {
+func (s *SSHServer) handle(nc net.Conn) {
 	defer nc.Close()
-	_, chans, reqs, err := xssh.NewServerConn(nc, s.cfg)
+	sc, chans, reqs, err := xssh.NewServerConn(nc, s.cfg)
 	if err != nil {
 		return
 	}
+	user := sc.User()
 	go xssh.DiscardRequests(reqs)
 	for nch := range chans {
 		if nch.ChannelType() != "session" {
@@ -142,11 +157,11 @@ func (s *testServer) handle(nc net.Conn) {
 		if err != nil {
 			continue
 		}
-		go s.session(ch, creqs)
+		go s.session(user, ch, creqs)
 	}
 }
 
-func (s *testServer) session(ch xssh.Channel, reqs <-chan *xssh.Request) {
+func (s *SSHServer) session(user string, ch xssh.Channel, reqs <-chan *xssh.Request) {
 	defer ch.Close()
 	for req := range reqs {
 		switch req.Type {
@@ -162,8 +177,13 @@ func (s *testServer) session(ch xssh.Channel, reqs <-chan *xssh.Request) {
 			s.mu.Lock()
 			s.cmds = append(s.cmds, p.Command)
 			s.mu.Unlock()
-			cmd := exec.Command("sh", "-c", p.Command)
-			cmd.Dir = s.dir
+			var cmd *exec.Cmd
+			if s.Command != nil {
+				cmd = s.Command(user, p.Command)
+			} else {
+				cmd = exec.Command("sh", "-c", p.Command)
+				cmd.Dir = s.Dir
+			}
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
 			code := 0
 			if err := cmd.Run(); err != nil {
@@ -175,6 +195,9 @@ func (s *testServer) session(ch xssh.Channel, reqs <-chan *xssh.Request) {
 				} else {
 					code = 127
 				}
+			}
+			if s.AfterCommand != nil {
+				s.AfterCommand(user, p.Command)
 			}
 			ch.SendRequest("exit-status", false, xssh.Marshal(struct{ Status uint32 }{uint32(code)}))
 			return

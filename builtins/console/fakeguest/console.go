@@ -1,4 +1,8 @@
-package console
+// Package fakeguest provides in-process stand-ins for a QEMU guest's two
+// doors, for tests: a serial console behind a TCP socket (as QEMU's socket
+// chardev serves it) and an SSH server (golang.org/x/crypto/ssh) that run
+// shell commands with sh.
+package fakeguest
 
 import (
 	"net"
@@ -9,65 +13,76 @@ import (
 	"time"
 )
 
-// fakeConsole is an in-process stand-in for a guest's serial console behind
+// Console is an in-process stand-in for a guest's serial console behind
 // QEMU's socket chardev: one client at a time (later clients wait in the
 // listen backlog), nothing sent before the client types, a getty login with
 // `Login incorrect` after a delay, a shell that echoes like a tty, wraps
 // prompts in bash's bracketed-paste escapes, runs each line with sh, and
 // prints `reboot: System halted` after halt. Its state outlives a client,
 // as a guest's does.
-type fakeConsole struct {
-	t         *testing.T
-	ln        net.Listener
-	users     map[string]string
-	dir       string
-	failDelay time.Duration
-	noise     bool // interleave kernel messages with command output
-	silent    bool // accept and never answer (a console whose guest hangs)
+type Console struct {
+	Listener net.Listener
+	// Users maps a user to its password.
+	Users map[string]string
+	// Dir is the shell's working folder.
+	Dir string
+	// FailDelay is how long a wrong password takes (login's fail delay).
+	FailDelay time.Duration
+	// Noise interleaves kernel messages with command output.
+	Noise bool
+	// Silent accepts clients and never answers (a hung guest).
+	Silent bool
+	// Command makes the command for a shell line (default: sh -c line in
+	// Dir); AfterCommand runs after each one.
+	Command      func(user, line string) *exec.Cmd
+	AfterCommand func(line string)
 
-	mu     sync.Mutex
-	state  int
-	user   string
-	conns  int
-	halted bool
-	lines  []string // shell lines received
+	mu    sync.Mutex
+	state int
+	user  string
+	conns int
+	lines []string // shell lines received
+	conn  net.Conn
 }
 
 const (
-	fsLogin = iota
-	fsPassword
-	fsShell
-	fsHalted
+	AtLogin = iota
+	AtPassword
+	InShell
+	Halted
 )
 
-func newFakeConsole(t *testing.T, addr string) *fakeConsole {
+// NewConsole listens on addr (closed when the test ends) with user pi,
+// password raspberry.
+func NewConsole(t *testing.T, addr string) *Console {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("fake console: %v", err)
 	}
-	fc := &fakeConsole{t: t, ln: ln, users: map[string]string{"pi": "raspberry"},
-		dir: t.TempDir(), failDelay: 300 * time.Millisecond}
+	fc := &Console{Listener: ln, Users: map[string]string{"pi": "raspberry"},
+		Dir: t.TempDir(), FailDelay: 300 * time.Millisecond}
 	t.Cleanup(func() { ln.Close() })
 	go fc.serve()
 	return fc
 }
 
-func (fc *fakeConsole) serve() {
+func (fc *Console) serve() {
 	for {
-		c, err := fc.ln.Accept()
+		c, err := fc.Listener.Accept()
 		if err != nil {
 			return
 		}
 		fc.mu.Lock()
 		fc.conns++
+		fc.conn = c
 		fc.mu.Unlock()
 		fc.handle(c) // one client at a time, like QEMU
 		c.Close()
 	}
 }
 
-func (fc *fakeConsole) prompt() string {
+func (fc *Console) prompt() string {
 	p := "$ "
 	if fc.user == "root" {
 		p = "# "
@@ -75,8 +90,8 @@ func (fc *fakeConsole) prompt() string {
 	return "\x1b[?2004h" + fc.user + "@raspberrypi:~" + p
 }
 
-func (fc *fakeConsole) handle(c net.Conn) {
-	if fc.silent {
+func (fc *Console) handle(c net.Conn) {
+	if fc.Silent {
 		buf := make([]byte, 256)
 		for {
 			if _, err := c.Read(buf); err != nil {
@@ -102,12 +117,12 @@ func (fc *fakeConsole) handle(c net.Conn) {
 			fc.mu.Lock()
 			st := fc.state
 			fc.mu.Unlock()
-			if st == fsHalted {
+			if st == Halted {
 				continue
 			}
 			if b != '\r' && b != '\n' {
 				line = append(line, b)
-				if st != fsPassword {
+				if st != AtPassword {
 					w(string([]byte{b}))
 				}
 				continue
@@ -123,32 +138,32 @@ func (fc *fakeConsole) handle(c net.Conn) {
 }
 
 // enter handles one line; false ends the connection (QEMU exited).
-func (fc *fakeConsole) enter(c net.Conn, w func(string), l string) bool {
+func (fc *Console) enter(c net.Conn, w func(string), l string) bool {
 	fc.mu.Lock()
 	st := fc.state
 	fc.mu.Unlock()
 	set := func(s int) { fc.mu.Lock(); fc.state = s; fc.mu.Unlock() }
 	switch st {
-	case fsLogin:
+	case AtLogin:
 		if l == "" {
 			w("\r\nraspberrypi login: ")
 			return true
 		}
 		fc.user = l
 		w("Password: ")
-		set(fsPassword)
-	case fsPassword:
-		if pw, ok := fc.users[fc.user]; ok && pw == l {
+		set(AtPassword)
+	case AtPassword:
+		if pw, ok := fc.Users[fc.user]; ok && pw == l {
 			w("Linux raspberrypi 6.1.0-56-arm64 #1 SMP aarch64\r\n\r\nThe programs included with the Debian GNU/Linux system are free software.\r\n")
 			w("Last login: Fri Nov 27 06:00:00 UTC 2026 on ttyAMA0\r\n")
 			w(fc.prompt())
-			set(fsShell)
+			set(InShell)
 			return true
 		}
-		time.Sleep(fc.failDelay)
+		time.Sleep(fc.FailDelay)
 		w("\r\nLogin incorrect\r\nraspberrypi login: ")
-		set(fsLogin)
-	case fsShell:
+		set(AtLogin)
+	case InShell:
 		w("\x1b[?2004l\r")
 		fc.mu.Lock()
 		fc.lines = append(fc.lines, l)
@@ -156,26 +171,34 @@ func (fc *fakeConsole) enter(c net.Conn, w func(string), l string) bool {
 		switch strings.TrimSpace(l) {
 		case "exit", "logout":
 			w("logout\r\n\r\nDebian GNU/Linux 12 raspberrypi ttyAMA0\r\n\r\nraspberrypi login: ")
-			set(fsLogin)
+			set(AtLogin)
 			return true
 		case "halt", "sudo halt":
 			w("[  101.123456] systemd-shutdown[1]: Syncing filesystems and block devices.\r\n[  101.223456] reboot: System halted\r\n")
-			set(fsHalted)
+			set(Halted)
 			return true
 		case "poweroff", "sudo poweroff":
 			w("[  101.223456] reboot: Power down\r\n")
-			set(fsHalted)
-			fc.ln.Close()
+			set(Halted)
+			fc.Listener.Close()
 			return false
 		}
-		if fc.noise {
+		if fc.Noise {
 			w("[   42.000001] usb 1-1: new high-speed USB device number 3 using dwc2\r\n")
 		}
-		cmd := exec.Command("sh", "-c", l)
-		cmd.Dir = fc.dir
-		tw := &ttyWriter{w: w, noise: fc.noise}
+		var cmd *exec.Cmd
+		if fc.Command != nil {
+			cmd = fc.Command(fc.user, l)
+		} else {
+			cmd = exec.Command("sh", "-c", l)
+			cmd.Dir = fc.Dir
+		}
+		tw := &ttyWriter{w: w, noise: fc.Noise}
 		cmd.Stdout, cmd.Stderr = tw, tw
 		cmd.Run()
+		if fc.AfterCommand != nil {
+			fc.AfterCommand(l)
+		}
 		w(fc.prompt())
 	}
 	return true
@@ -208,13 +231,39 @@ func (t *ttyWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (fc *fakeConsole) setState(st int, user string) {
+// SetState puts the console in a state (AtLogin, AtPassword, InShell as
+// user), as a previous client may have left it.
+func (fc *Console) SetState(st int, user string) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	fc.state, fc.user = st, user
 }
 
-func (fc *fakeConsole) connections() int {
+// PowerDown prints the kernel's last words and closes the console, as QEMU
+// does when it exits after a power-down.
+func (fc *Console) PowerDown() {
+	fc.mu.Lock()
+	c := fc.conn
+	fc.state = Halted
+	fc.mu.Unlock()
+	if c != nil {
+		c.Write([]byte("[  101.223456] reboot: Power down\r\n"))
+	}
+	fc.Listener.Close()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// Lines returns the shell lines received so far.
+func (fc *Console) Lines() []string {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return append([]string(nil), fc.lines...)
+}
+
+// Connections counts the clients accepted so far.
+func (fc *Console) Connections() int {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	return fc.conns
