@@ -51,7 +51,7 @@ type Auth struct {
 	// Passwords are tried in turn (one connection; servers allow several
 	// attempts).
 	Passwords []string
-	KeyFile  string // explicit private key (-i); empty: the default keys
+	KeyFile   string // explicit private key (-i); empty: the default keys
 }
 
 // Conn is an SSH connection. In a dry run it has no client and every
