@@ -1,0 +1,1 @@
+# ~/.bashrc of root: the prompt comes from /etc/bash.bashrc (root@host:dir#)

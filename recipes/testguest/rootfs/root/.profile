@@ -1,0 +1,5 @@
+# ~/.profile of root
+
+if [ -n "${BASH_VERSION-}" ] && [ -f ~/.bashrc ]; then
+  . ~/.bashrc
+fi
