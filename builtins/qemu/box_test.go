@@ -45,13 +45,13 @@ nodes = [
 `
 
 type box struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string // holds config.star, the image and cache/
 	config string
 	cache  string
 }
 
-func run(t *testing.T, cmd string, args ...string) {
+func run(t testing.TB, cmd string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(cmd, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", cmd, strings.Join(args, " "), err, out)
@@ -61,7 +61,7 @@ func run(t *testing.T, cmd string, args ...string) {
 // newBox makes a 128 MiB image with a FAT32 boot partition holding a
 // dummy kernel8.img and a minimal bcm2710-rpi-3-b-plus.dtb, registers it as
 // instance 0 and provides its boot files.
-func newBox(t *testing.T) *box {
+func newBox(t testing.TB) *box {
 	for _, p := range []string{"sfdisk", "mkfs.vfat", "mcopy", "qemu-img", "qemu-system-aarch64"} {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Fatalf("%s is needed (apt-get install fdisk dosfstools mtools qemu-utils qemu-system-arm)", p)
@@ -234,4 +234,20 @@ func TestBoxRefusesWhileRootMountedRW(t *testing.T) {
 	run(t, "mount", "-o", "remount,ro", root)
 	out, code = b.pifarm("run", "box", "--run", "0")
 	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
+}
+
+// BenchmarkBoxTable measures `pifarm run box` (the instance table, in
+// process: config, recipe, status of every instance) with one instance
+// running.
+func BenchmarkBoxTable(b *testing.B) {
+	bx := newBox(b)
+	if out, code := bx.pifarm("run", "box", "--run", "1"); code != 0 {
+		b.Fatal(out)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if out, code := bx.pifarm("run", "box"); code != 0 || !strings.Contains(out, "1   enone    192.168.66.7   yes    ") {
+			b.Fatal(out)
+		}
+	}
 }

@@ -683,3 +683,49 @@ func TestStarlark(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestConsoleInTheForeground(t *testing.T) {
+	f := testFarm(t)
+	provide(t, f, 2)
+	in, _ := testInstances(t, f, false)
+	defer stopAll(t, in)
+	n, _ := f.Resolve("2")
+	type result struct {
+		st  Status
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := in.Start(n, Options{Console: true, Paused: true, NoTAP: true, Display: DisplayNone})
+		done <- result{st, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !in.Status(n).Running {
+		select {
+		case r := <-done:
+			t.Fatalf("foreground start returned early: %+v %v", r.st, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("foreground QEMU never answered QMP")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The lock is free while QEMU runs in the foreground: a second start
+	// finds it running instead of waiting.
+	again, err := in.Start(n, Options{Paused: true, NoTAP: true})
+	if err != nil || !again.Already {
+		t.Fatalf("second start: %+v %v", again, err)
+	}
+	if was, err := in.Quit(n, 10*time.Second); !was || err != nil {
+		t.Fatalf("quit: %v %v", was, err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.st.State != "exited" {
+			t.Fatalf("foreground start: %+v %v", r.st, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("foreground start did not return after QEMU quit")
+	}
+}
