@@ -24,6 +24,9 @@ type SSHServer struct {
 	// Dir); AfterCommand runs after each one, before the exit status is sent.
 	Command      func(user, cmd string) *exec.Cmd
 	AfterCommand func(user, cmd string)
+	// AuthorizedKeys, when set, returns the authorized_keys content of a
+	// user: keys found there log in besides those given to Authorize.
+	AuthorizedKeys func(user string) []byte
 
 	cfg      *xssh.ServerConfig
 	hostKeys []xssh.Signer
@@ -83,6 +86,19 @@ func NewSSHServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *SSHServer
 			defer s.mu.Unlock()
 			if s.keys[string(k.Marshal())] {
 				return nil, nil
+			}
+			if s.AuthorizedKeys != nil {
+				rest := s.AuthorizedKeys(c.User())
+				for len(rest) > 0 {
+					ak, _, _, r, err := xssh.ParseAuthorizedKey(rest)
+					if err != nil {
+						break
+					}
+					if string(ak.Marshal()) == string(k.Marshal()) {
+						return nil, nil
+					}
+					rest = r
+				}
 			}
 			return nil, errRefused
 		},

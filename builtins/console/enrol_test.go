@@ -1,0 +1,225 @@
+package console_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"pifarm/builtins/console/fakeguest"
+	"pifarm/builtins/runtime"
+	"pifarm/builtins/trace"
+)
+
+// fakeGuest is a guest made of the fake console and the fake SSH server,
+// sharing one file system: every command runs with sh in a private mount
+// namespace where the guest's own folders are bound over /root and /home,
+// with shims for sudo, systemctl and resize2fs on PATH. The SSH server
+// starts when the console enables it (systemctl enable --now ssh); key
+// log-in reads the guest's authorized_keys files.
+type fakeGuest struct {
+	t       *testing.T
+	root    string // guest folders: root/ (/root), home/ (/home), state/, bin/
+	con     *fakeguest.Console
+	sshAddr string
+
+	mu  sync.Mutex
+	ssh *fakeguest.SSHServer
+}
+
+const shims = `
+-- sudo
+#!/bin/sh
+[ "$1" = -n ] && shift
+exec "$@"
+-- systemctl
+#!/bin/sh
+case "$*" in
+"enable --now ssh") touch "$FAKEGUEST/ssh-enabled" ;;
+"is-enabled ssh") if [ -e "$FAKEGUEST/ssh-enabled" ]; then echo enabled; else echo disabled; exit 1; fi ;;
+*) echo "systemctl $*: not in the fake" >&2; exit 1 ;;
+esac
+-- resize2fs
+#!/bin/sh
+echo "resize2fs 1.47.0 (5-Feb-2023)" >&2
+echo "The filesystem is already 1234567 (4k) blocks long.  Nothing to do!"
+echo "$*" >> "$FAKEGUEST/resize2fs"
+`
+
+func newFakeGuest(t *testing.T, consoleAddr, sshAddr string) *fakeGuest {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the fake guest binds its folders over /root and /home in a private mount namespace: run as root (as CI does)")
+	}
+	g := &fakeGuest{t: t, root: t.TempDir(), sshAddr: sshAddr}
+	for _, d := range []string{"root", "home/pi", "state", "bin"} {
+		os.MkdirAll(filepath.Join(g.root, d), 0o755)
+	}
+	os.Chmod(filepath.Join(g.root, "root"), 0o700)
+	for _, part := range strings.Split(shims, "-- ")[1:] {
+		name, body, _ := strings.Cut(part, "\n")
+		os.WriteFile(filepath.Join(g.root, "bin", name), []byte(body), 0o755)
+	}
+	g.con = fakeguest.NewConsole(t, consoleAddr)
+	g.con.FailDelay = 100 * time.Millisecond
+	g.con.Noise = true
+	g.con.Command = g.command
+	g.con.AfterCommand = func(string) {
+		if _, err := os.Stat(filepath.Join(g.root, "state", "ssh-enabled")); err == nil {
+			g.startSSH()
+		}
+	}
+	return g
+}
+
+// command runs line as user in the guest's namespace.
+func (g *fakeGuest) command(user, line string) *exec.Cmd {
+	home := "/home/" + user
+	if user == "root" {
+		home = "/root"
+	}
+	script := fmt.Sprintf("mount --bind %s /root && mount --bind %s /home && cd %s && exec sh -c \"$1\"",
+		trace.Quote(filepath.Join(g.root, "root")), trace.Quote(filepath.Join(g.root, "home")), home)
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", line)
+	cmd.Env = append(os.Environ(), "HOME="+home, "PATH="+filepath.Join(g.root, "bin")+":"+os.Getenv("PATH"),
+		"FAKEGUEST="+filepath.Join(g.root, "state"))
+	return cmd
+}
+
+func (g *fakeGuest) startSSH() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ssh != nil {
+		return
+	}
+	g.ssh = fakeguest.NewSSHServer(g.t, g.sshAddr)
+	g.ssh.Command = g.command
+	g.ssh.AuthorizedKeys = func(user string) []byte {
+		p := filepath.Join(g.root, "home", user, ".ssh", "authorized_keys")
+		if user == "root" {
+			p = filepath.Join(g.root, "root", ".ssh", "authorized_keys")
+		}
+		b, _ := os.ReadFile(p)
+		return b
+	}
+}
+
+func (g *fakeGuest) sshCommands() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ssh == nil {
+		return nil
+	}
+	return g.ssh.Commands()
+}
+
+func init() {
+	b, err := os.ReadFile("../../config.star")
+	if err != nil {
+		panic(err)
+	}
+	runtime.DefaultConfig = b
+}
+
+// pifarmRun runs pifarm in-process with a config of the test's own.
+func pifarmRun(t *testing.T, cfg string, args ...string) (string, int) {
+	t.Helper()
+	var out bytes.Buffer
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
+	return out.String(), code
+}
+
+// Ports: node 20 -> console 21020, ssh 21320; node 21 -> 21021, 21321.
+func guestConfig(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+cache = %q
+pi_passwords = ["raspberrypi", "raspberry"]
+ports = {"ssh": 21300, "console": 21000, "vnc": 21900}
+nodes = [
+    node(id = 20, alias = "twenty", lan = "192.168.66.20", wan = "100.65.20.15"),
+    node(id = 21, alias = "twentyone", lan = "192.168.66.21", wan = "100.65.21.15"),
+]
+`, filepath.Join(dir, "cache"))), 0o644)
+	t.Setenv("HOME", filepath.Join(dir, "home")) // no user key: pifarm makes its own
+	return cfg
+}
+
+func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
+	cfg := guestConfig(t)
+	g := newFakeGuest(t, "127.0.0.1:21020", "127.0.0.1:21320")
+	start := time.Now()
+	out, code := pifarmRun(t, cfg, "run", "enrol", "twenty")
+	t.Logf("enrol took %s:\n%s", time.Since(start), out)
+	if code != 0 {
+		t.Fatalf("enrol exit %d:\n%s", code, out)
+	}
+	pub, err := os.ReadFile(filepath.Join(filepath.Dir(cfg), "cache", "conf", "id_ed25519.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(dir string) {
+		t.Helper()
+		ak, err := os.ReadFile(filepath.Join(dir, ".ssh", "authorized_keys"))
+		if err != nil || strings.Count(string(ak), strings.TrimSpace(string(pub))) != 1 {
+			t.Errorf("%s/.ssh/authorized_keys = %q (%v), want the key once", dir, ak, err)
+		}
+		if fi, _ := os.Stat(filepath.Join(dir, ".ssh")); fi == nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s/.ssh mode: %v", dir, fi)
+		}
+		if fi, _ := os.Stat(filepath.Join(dir, ".ssh", "authorized_keys")); fi == nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s/.ssh/authorized_keys mode: %v", dir, fi)
+		}
+	}
+	check(filepath.Join(g.root, "home", "pi"))
+	check(filepath.Join(g.root, "root"))
+	if b, _ := os.ReadFile(filepath.Join(g.root, "state", "resize2fs")); string(b) != "/dev/mmcblk0p2\n" {
+		t.Errorf("resize2fs ran with %q", b)
+	}
+	for _, want := range []string{"SSH enabled and started", "key log-in as root works", "enrolled: root key log-in verified after", "Nothing to do!"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "raspberry") {
+		t.Errorf("a password in the output:\n%s", out)
+	}
+	// Again: nothing is added twice, and the console left logged out is
+	// logged into again.
+	out, code = pifarmRun(t, cfg, "run", "guest", "--enrol", "20")
+	if code != 0 {
+		t.Fatalf("second enrol exit %d:\n%s", code, out)
+	}
+	check(filepath.Join(g.root, "home", "pi"))
+	check(filepath.Join(g.root, "root"))
+
+	out, code = pifarmRun(t, cfg, "run", "status", "20")
+	if code != 0 || !strings.Contains(out, "key log-in as root works: ssh -p 21320 root@localhost") ||
+		!strings.Contains(out, "console  answers on port 21020") || !strings.Contains(out, "QEMU is not running") {
+		t.Fatalf("status exit %d:\n%s", code, out)
+	}
+}
+
+func TestEnrolWithoutAPiUserPointsToSeeding(t *testing.T) {
+	cfg := guestConfig(t)
+	g := newFakeGuest(t, "127.0.0.1:21021", "127.0.0.1:21321")
+	delete(g.con.Users, "pi")
+	out, code := pifarmRun(t, cfg, "run", "guest", "--ssh-authkeys", "21")
+	if code != 1 || !strings.Contains(out, "refused user pi with every password") ||
+		!strings.Contains(out, "pifarm run image --seed-ssh --seed-user pi") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if strings.Contains(out, "raspberry") {
+		t.Errorf("a password in the output:\n%s", out)
+	}
+	if len(g.sshCommands()) != 0 {
+		t.Fatal("ran commands over SSH")
+	}
+}
