@@ -130,7 +130,7 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 		"-kernel", f.Kernel(id),
 		"-dtb", f.DTB(id),
 		"-append", c.Append,
-		"-drive", "media=disk,if=sd,format="+format+",file="+disk)
+		"-drive", "media=disk,if=sd,format="+format+",file="+optEscape(disk))
 	if o.Paused {
 		a = append(a, "-S")
 	}
@@ -172,11 +172,21 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 		a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", t.netdev, t.tap),
 			"-device", fmt.Sprintf("usb-net,netdev=%s,mac=%s", t.netdev, farm.GuestMAC(id, t.nic)))
 	}
-	a = append(a, "-qmp", "unix:"+f.QMP(id)+",server=on,wait=off", "-pidfile", f.Pidfile(id))
+	a = append(a, "-qmp", qmpArg(f, id), "-pidfile", f.Pidfile(id))
 	if !o.Console {
 		a = append(a, "-daemonize")
 	}
 	a = append(a, o.Extra...)
 	p.Argv = a
 	return p, nil
+}
+
+// optEscape doubles the commas of a value inside a QEMU option list
+// (-drive file=..., -qmp unix:...), as QEMU's option parser wants it.
+func optEscape(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// qmpArg is the -qmp value of instance id: a unix socket server in its
+// cache folder.
+func qmpArg(f *farm.Farm, id int) string {
+	return "unix:" + optEscape(f.QMP(id)) + ",server=on,wait=off"
 }

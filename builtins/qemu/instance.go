@@ -126,7 +126,7 @@ func (in *Instances) Ours(pid, id int) (ok bool, why string) {
 		if a == "-pidfile" && i+1 < len(args) && args[i+1] == in.F.Pidfile(id) {
 			pidOK = true
 		}
-		if a == "-qmp" && i+1 < len(args) && strings.HasPrefix(args[i+1], "unix:"+in.F.QMP(id)+",") {
+		if a == "-qmp" && i+1 < len(args) && args[i+1] == qmpArg(in.F, id) {
 			qmpOK = true
 		}
 	}
@@ -224,13 +224,14 @@ func tryLock(path string) (*os.File, error) {
 // at most until deadline.
 func (in *Instances) lock(id int, deadline time.Time) (*os.File, error) {
 	path := in.F.Lock(id)
+	start := time.Now()
 	for {
 		l, err := tryLock(path)
 		if err != nil || l != nil {
 			return l, err
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("instance %d: the lock %s is still held by another pifarm after %s", id, path, in.timeout())
+			return nil, fmt.Errorf("instance %d: the lock %s is still held by another pifarm after %s", id, path, time.Since(start).Round(time.Millisecond))
 		}
 		select {
 		case <-in.D.Context().Done():
@@ -387,9 +388,20 @@ func (in *Instances) Quit(n *farm.Node, timeout time.Duration) (bool, error) {
 	if pid == 0 {
 		return false, nil
 	}
+	if !in.D.DryRun {
+		// No start of this instance may interleave with its termination.
+		l, err := in.lock(id, time.Now().Add(timeout))
+		if err != nil {
+			return false, err
+		}
+		defer l.Close()
+		if pid, _, err = readPid(in.F.Pidfile(id)); err != nil || pid == 0 {
+			return false, err
+		}
+	}
 	if ok, why := in.Ours(pid, id); !ok {
 		if _, alive := procArgs(pid); !alive {
-			in.cleanStale(n, false)
+			in.cleanStale(n, !in.D.DryRun)
 			return false, nil
 		}
 		return false, fmt.Errorf("instance %d: refusing to terminate pid %d from %s: %s", id, pid, in.F.Pidfile(id), why)

@@ -729,3 +729,24 @@ func TestConsoleInTheForeground(t *testing.T) {
 		t.Fatal("foreground start did not return after QEMU quit")
 	}
 }
+
+func TestCommasInPathsAreEscaped(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "pq,c")
+	defer os.RemoveAll(dir)
+	c, err := farm.Load("c.star", []byte(fmt.Sprintf(testConfig, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := farm.New(c)
+	provide(t, f, 1)
+	in, _ := testInstances(t, f, false)
+	defer stopAll(t, in)
+	n, _ := f.Resolve("1")
+	st, err := in.Start(n, Options{Paused: true, NoTAP: true, Display: DisplayNone})
+	if err != nil || !strings.Contains(st.Line, "file="+strings.ReplaceAll(f.Disk(1), ",", ",,")) {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if s := in.Status(n); !s.Running || s.State != "prelaunch" {
+		t.Fatalf("status %+v", s)
+	}
+}
