@@ -198,7 +198,7 @@ func TestBoxRecipe(t *testing.T) {
 	b.want(out, code, 0, "<2> entwo has no clone: nothing to flush")
 
 	// A linked clone, then every clone removed.
-	out, code = b.pifarm("run", "box", "--run", "--linked-clone", "3")
+	out, code = b.pifarm("run", "box", "--run", "--linked", "3")
 	b.want(out, code, 0, "<3> enthree runs: QEMU pid ")
 	out, code = b.pifarm("run", "box", "--terminate", "--remove-all-clones", "3")
 	b.want(out, code, 0, "<3> enthree terminated", "removed clones 3")
