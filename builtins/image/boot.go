@@ -28,7 +28,7 @@ type sigRecord struct {
 func (s sigRecord) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n", s.Sum)
-	fmt.Fprintf(&b, "# partition 1: start=%d count=%d (512-byte sectors)\n", s.Start, s.Count)
+	fmt.Fprintf(&b, "# sha256 of 512-byte sectors %d..%d: partition 1 up to its last used cluster\n", s.Start, s.Start+s.Count-1)
 	for _, f := range s.Files {
 		fmt.Fprintf(&b, "file %s\n", f)
 	}
@@ -60,6 +60,7 @@ func readSig(path string) (sigRecord, error) {
 type Qboot struct {
 	Kernel, DTB, Sig string
 	Sum              string
+	Count            uint64 // sectors hashed
 	Sizes            []int
 }
 
@@ -105,11 +106,11 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 	if err != nil {
 		return nil, err
 	}
-	sum, err := d.Signature()
+	sum, count, err := d.Signature()
 	if err != nil {
 		return nil, err
 	}
-	q.Sum = sum
+	q.Sum, q.Count = sum, count
 	for i, dst := range []string{q.Kernel, q.DTB} {
 		b, name := data[i], BootFiles[i].Name
 		var line string
@@ -125,21 +126,21 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 			return nil, err
 		}
 	}
-	if err := m.writeSig(id, d, sum, ids); err != nil {
+	if err := m.writeSig(id, d, sum, count, ids); err != nil {
 		return nil, err
 	}
 	return q, nil
 }
 
-func (m *mod) writeSig(id int, d *Disk, sum string, ids []fileID) error {
+func (m *mod) writeSig(id int, d *Disk, sum string, count uint64, ids []fileID) error {
 	b := d.Layout.Boot()
-	rec := sigRecord{Sum: sum, Start: b.Start, Count: b.Sectors, Files: ids}
+	rec := sigRecord{Sum: sum, Start: b.Start, Count: count, Files: ids}
 	dst := m.f.Sig(id)
 	var how string
 	if d.Qcow2 {
-		how = fmt.Sprintf("sha256sum of sectors %d..%d of the guest view of %s", b.Start, b.End()-1, trace.Quote(d.Path))
+		how = fmt.Sprintf("sha256sum of sectors %d..%d of the guest view of %s", b.Start, b.Start+count-1, trace.Quote(d.Path))
 	} else {
-		how = fmt.Sprintf("dd if=%s bs=512 skip=%d count=%d status=none | sha256sum", trace.Quote(d.Real), b.Start, b.Sectors)
+		how = fmt.Sprintf("dd if=%s bs=512 skip=%d count=%d status=none | sha256sum", trace.Quote(d.Real), b.Start, count)
 	}
 	line := fmt.Sprintf("# record the boot partition signature %s (as %s) in %s", sum, how, dst)
 	return m.d.Do(line, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, true) })
@@ -199,7 +200,7 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 	if err != nil {
 		return BootState{}, err
 	}
-	sum, err := d.Signature()
+	sum, count, err := d.Signature()
 	if err != nil {
 		return BootState{}, err
 	}
@@ -209,7 +210,7 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 	if !m.d.DryRun {
 		// same content, new mtime: refresh the cheap-check record
 		b := d.Layout.Boot()
-		rec = sigRecord{Sum: sum, Start: b.Start, Count: b.Sectors, Files: ids}
+		rec = sigRecord{Sum: sum, Start: b.Start, Count: count, Files: ids}
 		dst := m.f.Sig(id)
 		if err := m.d.Do("# refresh the unchanged-check record of "+dst, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, false) }); err != nil {
 			return BootState{}, err

@@ -37,7 +37,7 @@ func TestRegisterProvideCheck(t *testing.T) {
 	if b, _ := os.ReadFile(q.DTB); !bytes.Equal(b, fx.dtb) {
 		t.Error(".dtb differs")
 	}
-	if want := "sha256:" + sha256File(t, fx.path, int64(fx.bootStart)*512, int64(fx.bootN)*512); q.Sum != want {
+	if want := "sha256:" + sha256File(t, fx.path, int64(fx.bootStart)*512, int64(q.Count)*512); q.Sum != want {
 		t.Errorf("sum %s want %s", q.Sum, want)
 	}
 	// unchanged: no hashing, fast
@@ -118,7 +118,7 @@ func TestProvideQbootDryRun(t *testing.T) {
 	}
 	off := fx.bootStart * 512
 	want := fmt.Sprintf("mcopy -n -o -i %s@@%d ::kernel8.img %s\nmcopy -n -o -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb %s\n# record the boot partition signature %s (as dd if=%s bs=512 skip=%d count=%d status=none | sha256sum) in %s\n",
-		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, fx.path, fx.bootStart, fx.bootN, q.Sig)
+		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, fx.path, fx.bootStart, q.Count, q.Sig)
 	if out.String() != want {
 		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
 	}

@@ -110,9 +110,15 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 // copyBootFiles gives a new clone instance 0's boot files and a signature
 // record naming the clone's files.
 func (m *mod) copyBootFiles(id int, dst string) error {
+	// Hard links: instance 0's files are only ever replaced (new inode,
+	// rename), never written in place, so sharing the inode is safe.
 	for _, p := range [][2]string{{m.f.Kernel(0), m.f.Kernel(id)}, {m.f.DTB(0), m.f.DTB(id)}} {
 		src, to := p[0], p[1]
-		err := m.d.Do("cp -p "+trace.Quote(src)+" "+trace.Quote(to), func() error {
+		err := m.d.Do("ln -f "+trace.Quote(src)+" "+trace.Quote(to), func() error {
+			_ = os.Remove(to)
+			if err := os.Link(src, to); err == nil {
+				return nil
+			}
 			b, err := os.ReadFile(src)
 			if err != nil {
 				return err
@@ -140,7 +146,7 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 			return err
 		}
 		b := d.Layout.Boot()
-		r := sigRecord{Sum: rec.Sum, Start: b.Start, Count: b.Sectors, Files: ids}
+		r := sigRecord{Sum: rec.Sum, Start: b.Start, Count: rec.Count, Files: ids}
 		return trace.WriteAtomic(sig, []byte(r.String()), 0o644, false)
 	})
 }

@@ -84,7 +84,7 @@ func TestClones(t *testing.T) {
 		"mkdir -p " + m.f.InstanceDir(1),
 		fmt.Sprintf("qemu-img convert -p -f raw -O qcow2 %s %s", fx.path, tmp),
 		fmt.Sprintf("mv %s %s", tmp, m.f.Disk(1)),
-		fmt.Sprintf("cp -p %s %s", m.f.Kernel(0), m.f.Kernel(1)),
+		fmt.Sprintf("ln -f %s %s", m.f.Kernel(0), m.f.Kernel(1)),
 	} {
 		if !strings.Contains(dout.String(), want+"\n") {
 			t.Errorf("dry trace lacks %q:\n%s", want, dout.String())
@@ -121,7 +121,7 @@ func TestClones(t *testing.T) {
 	if k, err := fs.ReadFile("kernel8.img"); err != nil || !bytes.Equal(k, fx.kernel) {
 		t.Fatalf("kernel via qcow2: %v", err)
 	}
-	sum, _ := d.Signature()
+	sum, _, _ := d.Signature()
 	d.Close()
 	if q, _ := m.ProvideQboot(1, ""); q == nil || q.Sum != sum {
 		t.Fatalf("provide_qboot of a qcow2 clone")

@@ -109,15 +109,32 @@ func (d *Disk) Root() (Ext4, error) {
 	return e, nil
 }
 
-// Signature hashes partition 1 (streamed, SHA-256) and returns it as
-// "sha256:HEX", equal to `dd if=IMG bs=512 skip=START count=N | sha256sum`.
-func (d *Disk) Signature() (string, error) {
+// Signature hashes the used extent of partition 1 (see FAT32.UsedBytes),
+// streamed, with SHA-256, and returns it as "sha256:HEX" with the number
+// of 512-byte sectors hashed: it equals
+// `dd if=IMG bs=512 skip=START count=N | sha256sum`. The free tail of the
+// partition holds no file data; skipping it makes the signature of a
+// RaspiOS boot partition (512 MiB, about 70 MiB in use) several times
+// cheaper while every change to its files is still seen.
+func (d *Disk) Signature() (string, uint64, error) {
 	b := d.Layout.Boot()
-	sum, err := hashRange(d.r, b.Offset(), b.Bytes())
+	fs, err := d.Boot()
 	if err != nil {
-		return "", fmt.Errorf("%s: signature of partition 1: %w", d.Path, err)
+		return "", 0, err
 	}
-	return "sha256:" + sum, nil
+	used, err := fs.UsedBytes()
+	if err != nil {
+		return "", 0, fmt.Errorf("%s partition 1: %w", d.Path, err)
+	}
+	n := (used + SectorSize - 1) / SectorSize
+	if n > int64(b.Sectors) {
+		n = int64(b.Sectors)
+	}
+	sum, err := hashRange(d.r, b.Offset(), n*SectorSize)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: signature of partition 1: %w", d.Path, err)
+	}
+	return "sha256:" + sum, uint64(n), nil
 }
 
 // hashRange is the SHA-256 of n bytes at off, read in 1 MiB blocks by one

@@ -350,3 +350,22 @@ func splitPath(p string) (dir, name string) {
 	}
 	return "", p
 }
+
+// UsedBytes is the length of the file system's used extent: the reserved
+// sectors, the FATs and every cluster up to the highest one in use. Bytes
+// past it are free clusters, whose content no file reaches; every change
+// to a file or folder changes something inside the extent (a FAT entry at
+// least).
+func (f *FAT32) UsedBytes() (int64, error) {
+	if err := f.loadFAT(); err != nil {
+		return 0, err
+	}
+	last := uint32(1)
+	for c := f.nClusters + 1; c >= 2; c-- {
+		if f.next(c) != 0 {
+			last = c
+			break
+		}
+	}
+	return f.dataOff + int64(last-1)*f.clusterSize, nil
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
@@ -35,6 +36,7 @@ type fixtureOpts struct {
 	ext4MiB       uint64 // ext4 size (0: the whole partition)
 	kernelBytes   int
 	clusterSectrs int // mkfs.vfat -s (0: its default)
+	otherKernels  int // how many further 10 MB kernels/initramfs files (a real boot partition's fill)
 }
 
 func run(t testing.TB, stdin string, name string, args ...string) string {
@@ -96,6 +98,11 @@ func makeFixture(t testing.TB, dir string, o fixtureOpts) *fixture {
 		"config.txt":                        []byte("arm_64bit=1\n"),
 		"A Long File Name With Spaces.text": randBytes(4, 5000),
 	}
+	for i, n := range []string{"kernel.img", "kernel7.img", "kernel7l.img", "kernel_2712.img", "initramfs8", "initramfs7", "initramfs7l", "initramfs_2712"} {
+		if i < o.otherKernels {
+			files[n] = randBytes(int64(10+i), 10_000_000)
+		}
+	}
 	fx.longRoot = "A Long File Name With Spaces.text"
 	fx.longTxt = string(files[fx.longRoot])
 	var names []string
@@ -145,3 +152,5 @@ func testMod(t testing.TB, dir string, dry bool) (*mod, *bytes.Buffer) {
 	d.Root = true
 	return &mod{d: d, f: testFarm(t, dir)}, &out
 }
+
+var fixedTime = time.Date(2024, 3, 15, 12, 30, 44, 0, time.UTC)

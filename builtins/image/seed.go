@@ -133,13 +133,13 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		sum := "sha256:(new)"
+		sum, count := "sha256:(new)", d.Layout.Boot().Sectors
 		if !m.d.DryRun {
-			if sum, err = d.Signature(); err != nil {
+			if sum, count, err = d.Signature(); err != nil {
 				return nil, err
 			}
 		}
-		if err := m.writeSig(id, d, sum, ids); err != nil {
+		if err := m.writeSig(id, d, sum, count, ids); err != nil {
 			return nil, err
 		}
 		res.Resign = true
