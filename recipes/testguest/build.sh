@@ -142,22 +142,37 @@ ROOT_PKGS=(
 )
 PARTIAL_PKGS=(libc-bin)   # only usr/bin/getent is taken from it
 
-KPKG=$(apt-cache "${APT[@]}" depends linux-image-arm64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-[ -n "$KPKG" ] || die "cannot resolve linux-image-arm64 from the apt lists in $APTDIR"
-KVER=${KPKG#linux-image-}
-
-# name -> exact .deb file name of the candidate version (as apt-get download names it)
+# name -> exact .deb file name of the candidate version (as apt-get download names
+# it); the answer is kept until the lists or the package set change
 declare -A DEBFILE
-resolve() {
-  local p v a
-  while read -r p v a; do
-    DEBFILE[$p]="${p}_${v//:/%3a}_${a}.deb"
-  done < <(apt-cache "${APT[@]}" show --no-all-versions "$@" |
-           awk '/^Package:/{p=$2} /^Version:/{v=$2} /^Architecture:/{a=$2} /^$/{if(p)print p, v, a; p=""} END{if(p)print p, v, a}')
-  for p in "$@"; do [ -n "${DEBFILE[$p]:-}" ] || die "package $p not found in the arm64 lists"; done
+RESOLVED=$CACHE/resolved
+resolve_key() {
+  { cat "$APTDIR/sources.list"; stat -c '%n %s %Y' "$APTDIR"/lists/*_Packages*
+    echo "${ROOT_PKGS[*]} / ${PARTIAL_PKGS[*]}"; } | md5sum | cut -d' ' -f1
 }
-ALL_PKGS=("$KPKG" "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}")
-resolve "${ALL_PKGS[@]}"
+resolve() {
+  local p v a key
+  key=$(resolve_key)
+  DEBFILE=()
+  if [ -s "$RESOLVED" ] && [ "$(head -n 1 "$RESOLVED")" = "$key" ]; then
+    while read -r p v; do DEBFILE[$p]=$v; done < <(tail -n +2 "$RESOLVED")
+    KPKG=${DEBFILE[kernel]}
+  else
+    KPKG=$(apt-cache "${APT[@]}" depends linux-image-arm64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    [ -n "$KPKG" ] || die "cannot resolve linux-image-arm64 from the apt lists in $APTDIR"
+    while read -r p v a; do
+      DEBFILE[$p]="${p}_${v//:/%3a}_${a}.deb"
+    done < <(apt-cache "${APT[@]}" show --no-all-versions "$KPKG" "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}" |
+             awk '/^Package:/{p=$2} /^Version:/{v=$2} /^Architecture:/{a=$2} /^$/{if(p)print p, v, a; p=""} END{if(p)print p, v, a}')
+    for p in "$KPKG" "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}"; do
+      [ -n "${DEBFILE[$p]:-}" ] || die "package $p not found in the arm64 lists"
+    done
+    { echo "$key"; echo "kernel $KPKG"; for p in "${!DEBFILE[@]}"; do echo "$p ${DEBFILE[$p]}"; done; } > "$RESOLVED"
+  fi
+  KVER=${KPKG#linux-image-}
+  ALL_PKGS=("$KPKG" "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}")
+}
+resolve
 fetch() {
   local missing=() p
   for p in "${ALL_PKGS[@]}"; do [ -s "$DEBS/${DEBFILE[$p]}" ] || missing+=("$p"); done
@@ -167,7 +182,7 @@ fetch() {
   for p in "${missing[@]}"; do f=${DEBFILE[$p]#"${p}_"}; v=${f%_*}; spec+=("$p=${v//%3a/:}"); done
   (cd "$DEBS" && apt-get "${APT[@]}" download "${spec[@]}" >/dev/null)
 }
-if ! fetch; then apt_update; resolve "${ALL_PKGS[@]}"; fetch || die "apt-get download failed"; fi
+if ! fetch; then apt_update; resolve; fetch || die "apt-get download failed"; fi
 # drop other versions of our packages from the cache
 for p in "${ALL_PKGS[@]}"; do
   for f in "$DEBS/${p}"_*.deb; do
@@ -213,40 +228,70 @@ boot_module_list() {
 }
 
 # ---- 4. root file system -------------------------------------------------------
+# The unpacked packages are kept in $CACHE/pkgroot until a package version or
+# the code between the pkgroot markers changes.
+# >>> pkgroot
+PKGROOT=$CACHE/pkgroot
+pkgroot_key() {
+  { for p in "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}"; do echo "${DEBFILE[$p]}"; done
+    sed -n '/^# >>> pkgroot/,/^# <<< pkgroot/p' "${BASH_SOURCE[0]}"; } | md5sum | cut -d' ' -f1
+}
+PKEY=$(pkgroot_key)
+if [ "$(cat "$PKGROOT.key" 2>/dev/null)" != "$PKEY" ]; then
+  log "unpacking ${#ROOT_PKGS[@]} packages"
+  rm -rf "$PKGROOT" "$PKGROOT.key"
+  # merged /usr, as on bookworm: bin, sbin, lib are links into usr
+  mkdir -p "$PKGROOT"/usr/{bin,sbin,lib}
+  ln -s usr/bin "$PKGROOT/bin"; ln -s usr/sbin "$PKGROOT/sbin"; ln -s usr/lib "$PKGROOT/lib"
+  for p in "${ROOT_PKGS[@]}"; do
+    dpkg-deb --fsys-tarfile "$(deb "$p")" | tar -x -C "$PKGROOT" --keep-directory-symlink
+  done
+  dpkg-deb --fsys-tarfile "$(deb libc-bin)" | tar -x -C "$PKGROOT" --keep-directory-symlink ./usr/bin/getent
+  [ -e "$PKGROOT/usr/lib/sftp-server" ] || ln -s openssh/sftp-server "$PKGROOT/usr/lib/sftp-server"  # dropbear's path
+  rm -rf "$PKGROOT"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion,zsh,common-licenses} \
+         "$PKGROOT"/usr/lib/aarch64-linux-gnu/gconv "$PKGROOT"/usr/lib/aarch64-linux-gnu/tc/q_atm.so \
+         "$PKGROOT"/etc/init.d "$PKGROOT"/etc/default/dropbear "$PKGROOT"/etc/cron.*
+  # every shared library a binary needs must be there
+  find "$PKGROOT" -xdev -type f \( -perm -u+x -o -name '*.so*' \) -print0 |
+    { xargs -0 aarch64-linux-gnu-readelf -d 2>/dev/null || true; } |   # scripts are no ELF files
+    awk '/\(NEEDED\)/ { gsub(/[][]/, "", $NF); print $NF }' | sort -u > "$CACHE/needed"
+  find "$PKGROOT/usr/lib" -maxdepth 2 \( -type f -o -type l \) -name '*.so*' -printf '%f\n' | sort -u > "$CACHE/provided"
+  MISSING=$(comm -23 "$CACHE/needed" "$CACHE/provided" | tr '\n' ' ')
+  rm -f "$CACHE/needed" "$CACHE/provided"
+  [ -z "$MISSING" ] || die "shared libraries missing from the root file system: $MISSING"
+  qemu-aarch64-static "$PKGROOT/usr/bin/busybox" --list-full > "$PKGROOT.applets"
+  echo "$PKEY" > "$PKGROOT.key"
+fi
+# <<< pkgroot
+
 W=$CACHE/work
 R=$W/root
 I=$W/initramfs
-rm -rf "$W"; mkdir -p "$R" "$I" "$W/boot" "$W/out"
-log "unpacking root file system"
-# merged /usr, as on bookworm: bin, sbin, lib are links into usr
-mkdir -p "$R"/usr/{bin,sbin,lib}
-ln -s usr/bin "$R/bin"; ln -s usr/sbin "$R/sbin"; ln -s usr/lib "$R/lib"
-for p in "${ROOT_PKGS[@]}"; do
-  dpkg-deb --fsys-tarfile "$(deb "$p")" | tar -x -C "$R" --keep-directory-symlink
-done
-dpkg-deb --fsys-tarfile "$(deb libc-bin)" | tar -x -C "$R" --keep-directory-symlink ./usr/bin/getent
-[ -e "$R/usr/lib/sftp-server" ] || ln -s openssh/sftp-server "$R/usr/lib/sftp-server"   # dropbear looks here
-rm -rf "$R"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion,zsh,common-licenses} \
-       "$R"/usr/lib/aarch64-linux-gnu/gconv "$R"/usr/lib/aarch64-linux-gnu/tc/q_atm.so "$R"/etc/init.d "$R"/etc/default/dropbear "$R"/etc/cron.*
-
+rm -rf "$W"; mkdir -p "$W/boot" "$W/out"
+log "assembling the root file system"
+cp -a "$PKGROOT" "$R"
 # pifarm's guest files (init scripts, shims, configuration)
 cp -a "$SRC/rootfs/." "$R/"
 # /bin/sh is dash, as on Debian and RaspiOS: a busybox sh would run its own
 # applets (ip, tar, hostname, ...) before the real programs in PATH
 ln -sfn dash "$R/usr/bin/sh"
 # busybox for everything the packages above do not provide
-mapfile -t APPLETS < <(qemu-aarch64-static "$R/usr/bin/busybox" --list-full)
-for a in "${APPLETS[@]}"; do
+while read -r a; do
   n=${a##*/}
   case $n in linuxrc|dpkg|dpkg-deb|rpm|rpm2cpio|busybox) continue ;; esac
   [ -e "$R/usr/bin/$n" ] || [ -L "$R/usr/bin/$n" ] || [ -e "$R/usr/sbin/$n" ] || [ -L "$R/usr/sbin/$n" ] && continue
   case $a in sbin/*|usr/sbin/*) d=usr/sbin ;; *) d=usr/bin ;; esac
   ln -s /usr/bin/busybox "$R/$d/$n"
-done
+done < "$PKGROOT.applets"
 
-# sudo: a small setuid helper (files/sudo.c)
-aarch64-linux-gnu-gcc -static -Os -s -Wall -Wextra -Werror -o "$R/usr/bin/sudo" "$SRC/files/sudo.c"
-chmod 4755 "$R/usr/bin/sudo"
+# sudo: a small setuid helper (files/sudo.c), compiled once per source version
+SUDO_BIN=$CACHE/sudo-$(sha256sum "$SRC/files/sudo.c" | cut -c1-16)
+if [ ! -s "$SUDO_BIN" ]; then
+  rm -f "$CACHE"/sudo-*
+  aarch64-linux-gnu-gcc -static -Os -s -Wall -Wextra -Werror -o "$SUDO_BIN.new" "$SRC/files/sudo.c"
+  mv "$SUDO_BIN.new" "$SUDO_BIN"
+fi
+install -m 4755 "$SUDO_BIN" "$R/usr/bin/sudo"
 
 # accounts: pi (uid 1000) with password "raspberry", or locked with --no-pi-password
 if [ $NOPW = 1 ]; then PI_HASH='*'; else PI_HASH=$(openssl passwd -6 -salt "$PW_SALT" "$PI_PASSWORD"); fi
@@ -257,7 +302,6 @@ awk -F: 'BEGIN{OFS=":"} { print $1, "*", "", $4 }' "$R/etc/group" > "$R/etc/gsha
 chgrp 42 "$R/etc/shadow" "$R/etc/gshadow"; chmod 640 "$R/etc/shadow" "$R/etc/gshadow"
 echo "$HOSTNAME_" > "$R/etc/hostname"
 echo "$SOURCE_DATE_EPOCH" > "$R/etc/fake-hwclock.data"
-sed -i "s/@DISKID@/${DISK_ID#0x}/g" "$R/etc/fstab"
 mkdir -p "$R"/{boot,dev,proc,sys,run,tmp,mnt,media,srv,opt,root,home,var/{tmp,log,cache,lib,spool,mail}} \
          "$R"/etc/{dropbear,sudoers.d,profile.d} "$R"/etc/network/{interfaces.d,if-{pre-up,up,down,post-down}.d} \
          "$R/usr/local/"{bin,sbin,src,etc,lib}
@@ -289,33 +333,35 @@ fi
 install -m 600 "$HK"/dropbear_*_host_key "$R/etc/dropbear/"
 
 # kernel modules: the boot set plus networking and file systems for modprobe
-RM=$R/lib/modules/$KVER
-mkdir -p "$RM"
-cp -a "$KMOD/kernel" "$KMOD"/modules.{order,builtin,builtin.modinfo} "$RM/"
-depmod -b "$R" "$KVER"
-
-# every shared library a binary needs must be in the image
-find "$R" -xdev -type f \( -perm -u+x -o -name '*.so*' \) -print0 |
-  { xargs -0 aarch64-linux-gnu-readelf -d 2>/dev/null || true; } |   # scripts are no ELF files
-  awk '/\(NEEDED\)/ { gsub(/[][]/, "", $NF); print $NF }' | sort -u > "$W/needed"
-find "$R/usr/lib" -maxdepth 2 \( -type f -o -type l \) -name '*.so*' -printf '%f\n' | sort -u > "$W/provided"
-MISSING=$(comm -23 "$W/needed" "$W/provided" | tr '\n' ' ')
-[ -z "$MISSING" ] || die "shared libraries missing from the root file system: $MISSING"
+# (the same tree that depmod indexed in the kernel cache)
+mkdir -p "$R/lib/modules"
+cp -a "$KMOD" "$R/lib/modules/"
 
 # ---- 5. initramfs ---------------------------------------------------------------
-log "initramfs"
-mkdir -p "$I"/{bin,dev,proc,sys,newroot,lib/modules/$KVER}
-cp "$R/usr/bin/busybox" "$I/bin/"
-for a in sh mount umount insmod sleep cat mkdir switch_root echo ls findfs; do ln -s busybox "$I/bin/$a"; done
-install -m 755 "$SRC/initramfs/init" "$I/init"
-boot_module_list > "$I/lib/modules/$KVER/modules.load"
-while read -r f; do
-  install -D -m 644 "$KMOD/$f" "$I/lib/modules/$KVER/$f"
-done < "$I/lib/modules/$KVER/modules.load"
-mknod -m 600 "$I/dev/console" c 5 1     # init's stdin/stdout before devtmpfs is mounted
-find "$I" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-(cd "$I" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --reproducible --quiet |
-   gzip -9 -n) > "$W/out/initrd.img"
+# kept in the cache until its inputs or the code between the markers change
+# >>> initramfs
+INITRD=$CACHE/initrd-$( { sed -n '/^# >>> initramfs/,/^# <<< initramfs/p' "${BASH_SOURCE[0]}"
+  cat "$SRC/initramfs/init"; echo "${DEBFILE[busybox-static]} ${DEBFILE[$KPKG]} $BOOT_MODULES $SOURCE_DATE_EPOCH"
+  } | md5sum | cut -c1-16).img
+if [ ! -s "$INITRD" ]; then
+  log "initramfs"
+  rm -f "$CACHE"/initrd-*.img
+  mkdir -p "$I"/{bin,dev,proc,sys,newroot,lib/modules/$KVER}
+  cp "$R/usr/bin/busybox" "$I/bin/"
+  for a in sh mount umount insmod sleep cat mkdir switch_root echo ls findfs; do ln -s busybox "$I/bin/$a"; done
+  install -m 755 "$SRC/initramfs/init" "$I/init"
+  boot_module_list > "$I/lib/modules/$KVER/modules.load"
+  while read -r f; do
+    install -D -m 644 "$KMOD/$f" "$I/lib/modules/$KVER/$f"
+  done < "$I/lib/modules/$KVER/modules.load"
+  mknod -m 600 "$I/dev/console" c 5 1     # init's stdin/stdout before devtmpfs is mounted
+  find "$I" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$I" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --reproducible --quiet |
+     gzip -9 -n) > "$INITRD.new"
+  mv "$INITRD.new" "$INITRD"
+fi
+# <<< initramfs
+cp "$INITRD" "$W/out/initrd.img"
 
 # ---- 6. kernel8.img and dtb ---------------------------------------------------------
 log "kernel8.img and dtb"
@@ -358,6 +404,10 @@ mkfs.vfat -F 32 -n BOOTFS -i "${DISK_ID#0x}" --invariant -C "$BOOTFS" $((P1_SECT
 (cd "$W/boot" && mcopy -m -i "$BOOTFS" kernel8.img bcm2710-rpi-3-b-plus.dtb cmdline.txt config.txt ::)
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L rootfs -U "$ROOT_UUID" \
   -E "hash_seed=$ROOT_UUID,root_owner=0:0" -d "$R" "$ROOTFS" $(( (TOTAL - P2_START) / 2 ))k >/dev/null
+# mke2fs copies each file's ctime, which touch cannot set: fix it up to SOURCE_DATE_EPOCH
+(cd "$R" && find . -printf '%P\n') | awk -v t="$SOURCE_DATE_EPOCH" '{ printf "sif \"/%s\" ctime @%s\n", $0, t }' > "$W/ctime.cmds"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$W/ctime.cmds" "$ROOTFS" >/dev/null 2>"$W/ctime.err" || die "debugfs: $(tail -n 3 "$W/ctime.err")"
+grep -v '^debugfs ' "$W/ctime.err" | grep -q . && die "debugfs: $(head -n 3 "$W/ctime.err")"
 rm -f "$OUT.tmp"
 truncate -s "${IMG_MIB}M" "$OUT.tmp"
 printf 'label: dos\nlabel-id: %s\nunit: sectors\n\n%s,%s,c\n%s,,83\n' \
