@@ -129,10 +129,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "provide_qboot", Args: "instance=0, image=None", Fn: m.qbootFn,
 				Doc: "Copy kernel8.img and bcm2710-rpi-3-b-plus.dtb out of the FAT32 boot partition of the\n" +
 					"instance's disk (raw, or qcow2 through a pure-Go qcow2 reader; no root, no mount) to\n" +
-					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's SHA-256\n" +
-					"signature with the disk's size/mtime/inode in clone-N.sig. image: read this file instead\n" +
+					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's signature\n" +
+					"in clone-N.sig: the SHA-256 of partition 1 up to its last used cluster (its free tail holds\n" +
+					"no file data), with the disk's size/mtime/inode for a cheap unchanged-check. image: read this file instead\n" +
 					"of the instance's disk (a dry run that registers it in the same recipe).\n" +
-					"Returns struct(kernel, dtb, sig, sum, sizes). Dry run: prints the equivalent\n" +
+					"Returns struct(kernel, dtb, sig, sum, count, sizes) (count: sectors hashed). Dry run: prints the equivalent\n" +
 					"`mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker` lines and the signature."},
 			{Name: "check_boot", Args: "instance=0", Fn: m.checkBootFn,
 				Doc: "Whether the instance's boot files match its disk (a query): struct(state, message, hashed)\n" +
@@ -291,7 +292,7 @@ func (m *mod) qbootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	}
 	return mkstruct("qboot", starlark.StringDict{
 		"kernel": starlark.String(q.Kernel), "dtb": starlark.String(q.DTB), "sig": starlark.String(q.Sig),
-		"sum": starlark.String(q.Sum), "sizes": starlark.NewList(sizes),
+		"sum": starlark.String(q.Sum), "count": starlark.MakeUint64(q.Count), "sizes": starlark.NewList(sizes),
 	}), nil
 }
 

@@ -1,0 +1,139 @@
+package image_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"pifarm/builtins/runtime"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden/*.trace")
+
+func init() {
+	b, err := os.ReadFile("../../config.star")
+	if err != nil {
+		panic(err)
+	}
+	runtime.DefaultConfig = b
+}
+
+// sh runs a fixture-making command.
+func sh(t *testing.T, stdin, name string, args ...string) {
+	t.Helper()
+	c := exec.Command(name, args...)
+	c.Stdin = strings.NewReader(stdin)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// recipeFixture makes a 200 MiB RaspiOS-like image with the real tools.
+func recipeFixture(t *testing.T, dir string) string {
+	img := filepath.Join(dir, "raspios.img")
+	sh(t, "", "truncate", "-s", "200M", img)
+	sh(t, "label: dos\nlabel-id: 0x0badcafe\nstart=8192, size=131072, type=c\nstart=139264, type=83\n", "sfdisk", "-q", img)
+	sh(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", "--offset", "8192", img, "65536")
+	sh(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 139264*512), img, "120M")
+	src := t.TempDir()
+	for name, n := range map[string]int{"kernel8.img": 200_000, "bcm2710-rpi-3-b-plus.dtb": 30_000} {
+		b := bytes.Repeat([]byte(name), n/len(name))
+		os.WriteFile(filepath.Join(src, name), b, 0o644)
+		sh(t, "", "mcopy", "-i", img+"@@4194304", filepath.Join(src, name), "::")
+	}
+	return img
+}
+
+// fileSum is what a write to the image would change: size, mtime, ctime
+// (which no program can set back) and the bytes of the table, the boot
+// partition and the start of the root partition.
+func fileSum(t *testing.T, p string) string {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, io.LimitReader(f, 100<<20))
+	fi, _ := f.Stat()
+	st := fi.Sys().(*syscall.Stat_t)
+	return fmt.Sprintf("%d %d %d.%d %s", fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Sec, st.Ctim.Nsec, hex.EncodeToString(h.Sum(nil)))
+}
+
+var hashRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
+
+// TestRecipe runs the bundled image recipe in-process, dry and live, on a
+// fixture, and compares its output (temp folder and hashes replaced by
+// $DIR and sha256:HASH) with testdata/golden/NAME.trace.
+func TestRecipe(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`cache = %q
+tools = {"guestmount": False}
+nodes = [
+    node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15"),
+    node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15"),
+]
+`, filepath.Join(dir, "cache"))), 0o644)
+	steps := []struct {
+		name    string
+		args    string
+		notRoot bool
+		check   func(t *testing.T)
+	}{
+		{"dry-prepare", "-n run image -i IMG --expand-image --seed-ssh --seed-user pi --seed-password raspberry --provide-qboot", true, nil},
+		{"prepare", "run image -i IMG --expand-image --seed-ssh --seed-user pi --seed-password raspberry --provide-qboot", false, nil},
+		{"status", "run image", false, nil},
+		{"expand-again", "run image --expand-image", false, nil},
+		{"dry-mount-root", "-n run image --mount-root --sudo-mount", true, nil},
+		{"mount-root", "run image --mount-root --sudo-mount", false, func(t *testing.T) {
+			if _, err := os.Stat(filepath.Join(dir, "cache/mnt/root/lost+found")); err != nil {
+				t.Fatalf("root not mounted: %v", err)
+			}
+		}},
+		{"expand-while-mounted", "run image --expand-image", false, nil},
+		{"umount-root", "run image --umount-root", false, nil},
+		{"dry-qboot-clone", "-n run image --provide-qboot 1", true, nil},
+	}
+	for _, st := range steps {
+		var before string
+		if strings.HasPrefix(st.args, "-n ") {
+			before = fileSum(t, img)
+		}
+		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
+		var out, errb bytes.Buffer
+		code := runtime.Main(runtime.Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: st.notRoot})
+		got := out.String()
+		if errb.Len() > 0 {
+			got += "--- stderr\n" + errb.String()
+		}
+		got += fmt.Sprintf("--- exit %d\n", code)
+		got = hashRE.ReplaceAllString(strings.ReplaceAll(got, dir, "$DIR"), "sha256:HASH")
+		if before != "" {
+			if after := fileSum(t, img); after != before {
+				t.Errorf("%s: the dry run changed the image", st.name)
+			}
+		}
+		golden := filepath.Join("testdata", "golden", st.name+".trace")
+		if *update {
+			os.MkdirAll(filepath.Dir(golden), 0o755)
+			os.WriteFile(golden, []byte(got), 0o644)
+		} else if want, err := os.ReadFile(golden); err != nil || string(want) != got {
+			t.Errorf("%s: `pifarm %s`\n--- got\n%s--- want\n%s", st.name, st.args, got, want)
+		}
+		if st.check != nil {
+			st.check(t)
+		}
+	}
+}
