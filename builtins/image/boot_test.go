@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -233,4 +234,83 @@ func TestFATFillsFolderAndDisk(t *testing.T) {
 		t.Errorf("overfull write: %v", err)
 	}
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+}
+
+// TestSignatureIgnoresFreeTail: bytes past the last used cluster are not
+// part of the signature; a new file anywhere changes it (its FAT entries
+// and folder entry are inside the extent).
+func TestSignatureIgnoresFreeTail(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	sig := func() (string, uint64) {
+		d, err := Open(fx.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		s, n, err := d.Signature()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, n
+	}
+	s0, n0 := sig()
+	f, _ := os.OpenFile(fx.path, os.O_RDWR, 0)
+	f.WriteAt([]byte("garbage in a free cluster"), int64(fx.bootStart+fx.bootN-100)*512)
+	f.Close()
+	if s1, _ := sig(); s1 != s0 {
+		t.Fatal("a change in free space changed the signature")
+	}
+	src := filepath.Join(t.TempDir(), "new.txt")
+	os.WriteFile(src, []byte("new"), 0o644)
+	run(t, "", "mcopy", "-i", fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512), src, "::new.txt")
+	if s2, n2 := sig(); s2 == s0 || n2 < n0 {
+		t.Fatalf("a new file: signature %s (%d sectors), before %s (%d)", s2, n2, s0, n0)
+	}
+}
+
+// TestMountPaths: guestmount when present (dry run with a stand-in on
+// PATH), and refusal while the instance runs.
+func TestMountPaths(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	bin := t.TempDir()
+	os.WriteFile(filepath.Join(bin, "guestmount"), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	live, _ := testMod(t, dir, false)
+	live.Register(fx.path)
+	dry, out := testMod(t, dir, true)
+	dry.f.Config.Tools["guestmount"] = true
+	if _, err := dry.Mount("boot", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("mkdir -p %s\nguestmount --format=raw -a %s -m /dev/sda1 --ro %s\n", dry.f.MountDir("boot"), fx.path, dry.f.MountDir("boot"))
+	if out.String() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	}
+	out.Reset()
+	if _, err := dry.Mount("root", 0, true); err != nil {
+		t.Fatal(err)
+	}
+	want = fmt.Sprintf("mkdir -p %s\nmount -o loop,offset=%d,sizelimit=%d %s %s\n", dry.f.MountDir("root"), fx.rootStart*512, fx.rootN*512, fx.path, dry.f.MountDir("root"))
+	if out.String() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	}
+	if _, err := dry.Mount("swap", 0, false); err == nil {
+		t.Fatal("unknown partition accepted")
+	}
+	sleeper := exec.Command("bash", "-c", "exec -a qemu-system-aarch64 sleep 60")
+	sleeper.Start()
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	os.WriteFile(live.f.Pidfile(0), []byte(fmt.Sprint(sleeper.Process.Pid)), 0o644)
+	deadline := time.Now().Add(5 * time.Second)
+	for livePid(live.f.Pidfile(0)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // until exec -a renamed the process
+	}
+	if _, err := live.Mount("root", 0, true); err == nil || !strings.Contains(err.Error(), "instance 0 is running") {
+		t.Fatalf("mount while running: %v", err)
+	}
+	if _, err := live.Seed(live.f.Disk(0), 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "running") {
+		t.Fatalf("seed while running: %v", err)
+	}
 }

@@ -312,3 +312,24 @@ func (m *mod) Clones() ([]int, error) {
 	}
 	return ids, nil
 }
+
+// LinkedClones lists the instances whose linked clone has the file at
+// path (links resolved) as its base.
+func (m *mod) LinkedClones(path string) ([]int, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := m.Clones()
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, id := range ids {
+		st, err := m.CheckClone(id)
+		if err == nil && st.Linked && st.Base == real {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}

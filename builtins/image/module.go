@@ -175,6 +175,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"A linked clone is not ok once its base changed (size, mtime, inode) since it was made."},
 			{Name: "remove_clone", Args: "instance", Fn: m.removeCloneFn,
 				Doc: "Delete instance N's clone, its backups, boot files and base record (rm -f); refuses while\nit runs. Returns the removed paths."},
+			{Name: "linked_clones", Args: "image=0", Fn: m.linkedFn,
+				Doc: "The ids of the linked clones whose base is image (a query): changing the image (expand,\nseed, running instance 0) invalidates them."},
 			{Name: "clones", Args: "", Fn: m.clonesFn,
 				Doc: "The ids of the instances that have a clone (a query)."},
 			{Name: "running", Args: "", Fn: m.runningFn,
@@ -553,6 +555,26 @@ func (m *mod) mountsFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	for i, x := range ms {
 		l[i] = mkstruct("mount", starlark.StringDict{"source": starlark.String(x.Source), "target": starlark.String(x.Target),
 			"fstype": starlark.String(x.FSType), "options": starlark.String(x.Options)})
+	}
+	return starlark.NewList(l), nil
+}
+
+func (m *mod) linkedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value = starlark.MakeInt(0)
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+		return nil, err
+	}
+	p, _, err := m.diskArg(v)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := m.LinkedClones(p)
+	if err != nil {
+		return nil, err
+	}
+	l := make([]starlark.Value, len(ids))
+	for i, id := range ids {
+		l[i] = starlark.MakeInt(id)
 	}
 	return starlark.NewList(l), nil
 }

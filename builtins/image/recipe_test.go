@@ -70,7 +70,10 @@ func fileSum(t *testing.T, p string) string {
 	return fmt.Sprintf("%d %d %d.%d %s", fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Sec, st.Ctim.Nsec, hex.EncodeToString(h.Sum(nil)))
 }
 
-var hashRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
+var (
+	hashRE  = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
+	mtimeRE = regexp.MustCompile(`mtime \d+ -> \d+`)
+)
 
 // TestRecipe runs the bundled image recipe in-process, dry and live, on a
 // fixture, and compares its output (temp folder and hashes replaced by
@@ -104,7 +107,11 @@ nodes = [
 		}},
 		{"expand-while-mounted", "run image --expand-image", false, nil},
 		{"umount-root", "run image --umount-root", false, nil},
+		{"dry-qboot-no-clone", "-n run image --provide-qboot 1", true, nil},
+		{"linked-clone", "run testdata/clone.star --linked 1", false, nil},
 		{"dry-qboot-clone", "-n run image --provide-qboot 1", true, nil},
+		{"seed-under-linked", "run image --seed-user admin --seed-password pw", false, nil},
+		{"check-linked", "run testdata/clone.star --check 1", false, nil},
 	}
 	for _, st := range steps {
 		var before string
@@ -120,6 +127,7 @@ nodes = [
 		}
 		got += fmt.Sprintf("--- exit %d\n", code)
 		got = hashRE.ReplaceAllString(strings.ReplaceAll(got, dir, "$DIR"), "sha256:HASH")
+		got = mtimeRE.ReplaceAllString(got, "mtime M1 -> M2")
 		if before != "" {
 			if after := fileSum(t, img); after != before {
 				t.Errorf("%s: the dry run changed the image", st.name)

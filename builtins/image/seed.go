@@ -78,7 +78,7 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 	if isQ {
 		return nil, fmt.Errorf("%s: seeding writes a raw image; seed instance 0 before cloning", path)
 	}
-	if err := m.refuseBusy("seed", real, id); err != nil {
+	if err := m.refuseBusy("seed", real, -1); err != nil {
 		return nil, err
 	}
 	wasOK := false
