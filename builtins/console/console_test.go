@@ -112,6 +112,7 @@ func TestLoginRunHalt(t *testing.T) {
 		{"cat /nonexistent", "cat: /nonexistent: No such file or directory", 1},
 		{"echo '# not a comment' # a comment", "# not a comment", 0},
 		{"x='$?'; echo \"$x\" done", "$? done", 0},
+		{"(\nset -e\nprintf '100%% a\\\\b\\n'\nfalse\necho not reached\n)", "100% a\\b", 1},
 	} {
 		r, err := s.Run(tc.cmd, 5*time.Second)
 		if err != nil {

@@ -350,8 +350,18 @@ type Result struct {
 func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
 	s.seq++
 	tok := fmt.Sprintf("PF%s%d", s.nonce, s.seq)
-	line := fmt.Sprintf("printf '%%s_B\\n' %s; eval %s; printf '%%s_E%%d\\n' %s $?\r", tok, trace.Quote(cmd), tok)
-	if err := s.d.Do(fmt.Sprintf("# %s: run %s", s.Label, quote(cmd)), func() error { return s.write(line) }); err != nil {
+	arg := trace.Quote(cmd)
+	if strings.Contains(cmd, "\n") {
+		// Typed as one line: a newline would end the line early (or leave
+		// the shell at its continuation prompt). printf (a shell builtin)
+		// turns \n back into newlines.
+		esc := strings.NewReplacer("\\", "\\\\", "%", "%%", "\n", "\\n").Replace(cmd)
+		arg = `"$(printf ` + trace.Quote(esc) + `)"`
+	}
+	line := fmt.Sprintf("printf '%%s_B\\n' %s; eval %s; printf '%%s_E%%d\\n' %s $?\r", tok, arg, tok)
+	// A multi-line command stays one comment: every line starts with "#".
+	shown := strings.ReplaceAll(quote(cmd), "\n", "\n#   ")
+	if err := s.d.Do(fmt.Sprintf("# %s: run %s", s.Label, shown), func() error { return s.write(line) }); err != nil {
 		return Result{}, err
 	}
 	if s.Dry() {

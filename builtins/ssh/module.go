@@ -32,8 +32,24 @@ type module struct {
 	f    *farm.Farm
 	keys Keys
 
-	mu    sync.Mutex
-	conns map[string]*connValue // user@host:port -> open connection
+	mu       sync.Mutex
+	conns    map[string]*connValue // user@host:port -> open connection
+	keyShown bool                  // dry run: the key creation was printed
+}
+
+// ensureKey is Keys.Ensure, printing a dry run's key creation once.
+func (m *module) ensureKey() (string, error) {
+	if m.d.DryRun {
+		m.mu.Lock()
+		shown := m.keyShown
+		m.keyShown = true
+		m.mu.Unlock()
+		if shown {
+			priv, _ := m.keys.Key()
+			return priv + ".pub", nil
+		}
+	}
+	return m.keys.Ensure(m.d)
 }
 
 // New returns the `ssh` module.
@@ -259,7 +275,7 @@ func (m *module) publicKeyFile(_ *starlark.Thread, b *starlark.Builtin, args sta
 	if err := starlark.UnpackArgs(b.Name(), args, kwargs); err != nil {
 		return nil, err
 	}
-	p, err := m.keys.Ensure(m.d)
+	p, err := m.ensureKey()
 	return starlark.String(p), err
 }
 
@@ -267,7 +283,7 @@ func (m *module) publicKey(_ *starlark.Thread, b *starlark.Builtin, args starlar
 	if err := starlark.UnpackArgs(b.Name(), args, kwargs); err != nil {
 		return nil, err
 	}
-	p, err := m.keys.Ensure(m.d)
+	p, err := m.ensureKey()
 	if err != nil {
 		return nil, err
 	}

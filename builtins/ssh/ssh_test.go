@@ -360,6 +360,7 @@ func TestDryRunPrintsSSHLinesAndConnectsNowhere(t *testing.T) {
 	local := t.TempDir()
 	err := runStar(t, d, f, &Keys{Home: t.TempDir(), ConfDir: conf}, fmt.Sprintf(`
 keyfile = ssh.public_key_file()
+assert.eq(ssh.public_key(), "ssh-ed25519 AAAA-created-by-a-live-run pifarm")  # the key creation shows once
 c = ssh.connect(12, user = "pi", password = "raspberry")
 r = c.run("id -u")
 assert.eq((r.stdout, r.stderr, r.exit_code), ("", "", 0))
