@@ -93,7 +93,7 @@ func (g *chrootGuest) mode(rel string) string {
 	return fmt.Sprintf("%04o", fi.Mode().Perm())
 }
 
-func newChrootGuest(t *testing.T) *chrootGuest {
+func newChrootGuest(t *testing.T, root string) *chrootGuest {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the provisioning test runs its guest in a chroot: run it as root (CI does)")
@@ -103,7 +103,10 @@ func newChrootGuest(t *testing.T) *chrootGuest {
 			t.Fatalf("%s is needed: %v", p, err)
 		}
 	}
-	g := &chrootGuest{t: t, root: t.TempDir()}
+	if root == "" {
+		root = t.TempDir()
+	}
+	g := &chrootGuest{t: t, root: root}
 	os.Chmod(g.root, 0o755)
 	bb, _ := exec.LookPath("busybox")
 	g.copyWithLibs(bb, "/bin/busybox")
@@ -115,6 +118,9 @@ func newChrootGuest(t *testing.T) *chrootGuest {
 	}
 	kg, _ := exec.LookPath("ssh-keygen")
 	g.copyWithLibs(kg, "/usr/bin/ssh-keygen")
+	if bash, err := exec.LookPath("bash"); err == nil {
+		g.copyWithLibs(bash, "/bin/bash") // root's login shell under a real sshd
+	}
 	g.write("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\npi:x:1000:1000:,,,:/home/pi:/bin/sh\n", 0o644)
 	g.write("/etc/group", "root:x:0:\nsudo:x:27:pi\npi:x:1000:\n", 0o644)
 	g.write("/etc/shadow", "root:*:19500:0:99999:7:::\npi:$6$x$y:19500:0:99999:7:::\n", 0o640)
@@ -274,8 +280,89 @@ type rig struct {
 func newRig(t *testing.T, sshBase int) *rig {
 	t.Helper()
 	dir := t.TempDir()
-	r := &rig{t: t, g: newChrootGuest(t), userDir: filepath.Join(dir, "guest-software")}
+	r := &rig{t: t, g: newChrootGuest(t, ""), userDir: filepath.Join(dir, "guest-software")}
 	r.srv = newSSHServer(t, r.g, sshBase+1)
+	r.setup(dir, sshBase)
+	return r
+}
+
+// newSshdRig is newRig with a real OpenSSH sshd on loopback whose sessions
+// run chrooted in the guest's root (ChrootDirectory wants root-owned path
+// components nobody else may write, so the root lives under /run).
+func newSshdRig(t *testing.T, sshBase int) *rig {
+	t.Helper()
+	sshd := "/usr/sbin/sshd"
+	if _, err := os.Stat(sshd); err != nil {
+		t.Fatalf("OpenSSH's sshd is needed (apt-get install openssh-server): %v", err)
+	}
+	dir := t.TempDir()
+	root, err := os.MkdirTemp("/run", "pifarm-guest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	os.Chmod(root, 0o755)
+	r := &rig{t: t, g: newChrootGuest(t, root), userDir: filepath.Join(dir, "guest-software")}
+	r.setup(dir, sshBase)
+	os.MkdirAll("/run/sshd", 0o755)
+	hostKey := filepath.Join(dir, "host_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pub, _ := os.ReadFile(filepath.Join(os.Getenv("HOME"), ".ssh/id_ed25519.pub"))
+	ak := filepath.Join(dir, "authorized_keys")
+	os.WriteFile(ak, pub, 0o600)
+	cfg := filepath.Join(dir, "sshd_config")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s
+PidFile none
+AuthorizedKeysFile %s
+PermitRootLogin yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+ChrootDirectory %s
+`, sshBase+1, hostKey, ak, root)), 0o644)
+	// sshd's per-connection children outlive it while pifarm's connection is
+	// open: its log goes to a file, not a pipe Wait would wait for
+	logPath := filepath.Join(dir, "sshd.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sshd, "-D", "-e", "-f", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	log := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", log())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", sshBase+1))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd did not listen within 10 s:\n%s", log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r
+}
+
+func (r *rig) setup(dir string, sshBase int) {
+	t := r.t
 	home := filepath.Join(dir, "home")
 	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tester@host", "-f", filepath.Join(home, ".ssh/id_ed25519")).CombinedOutput(); err != nil {
@@ -303,7 +390,6 @@ nodes = [
 		t.Fatal(err)
 	}
 	r.farm = farm.New(c)
-	return r
 }
 
 func (r *rig) pifarm(args ...string) (string, string, int) {
@@ -494,5 +580,24 @@ echo "Reading package lists..."
 	out = r.mustRun("--local-software", "1")
 	if !strings.Contains(out, "local software: up to date") {
 		t.Errorf("second local-software run:\n%s", out)
+	}
+}
+
+// The same provisioning against a real OpenSSH sshd.
+func TestProvisionWithRealSshd(t *testing.T) {
+	r := newSshdRig(t, 22040)
+	out := r.mustRun("--base-system", "--useradd=carol", "--sudo-user-ok", "1")
+	if r.g.mode("/etc/rc.local") != "0755" || r.g.mode("/usr/local/lib/pifarm/boot-lib.sh") != "0644" || r.g.read("/etc/hosts") != r.farm.Hosts() {
+		t.Errorf("base system did not land:\n%s", out)
+	}
+	out = r.mustRun("--base-system", "--useradd=carol", "--sudo-user-ok", "1")
+	if !strings.Contains(out, "base system: up to date") || !strings.Contains(out, "user carol: up to date") {
+		t.Errorf("second run:\n%s", out)
+	}
+	if ak := strings.Split(strings.TrimSpace(r.g.read("/home/carol/.ssh/authorized_keys")), "\n"); len(ak) != 2 {
+		t.Errorf("authorized_keys:\n%s", strings.Join(ak, "\n"))
+	}
+	if r.g.mode("/etc/sudoers.d/carol") != "0440" {
+		t.Errorf("sudoers mode %s", r.g.mode("/etc/sudoers.d/carol"))
 	}
 }
