@@ -750,3 +750,29 @@ func TestCommasInPathsAreEscaped(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 }
+
+func TestWaitEndsWhenQEMUExits(t *testing.T) {
+	f := testFarm(t)
+	provide(t, f, 3)
+	in, _ := testInstances(t, f, false)
+	defer stopAll(t, in)
+	n, _ := f.Resolve("3")
+	if _, err := in.Start(n, Options{Paused: true, NoTAP: true, Display: DisplayNone}); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() { in.Quit(n, 5*time.Second) })
+	t0 := time.Now()
+	_, err := in.WaitSSH(n, 30*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "QEMU exited") || time.Since(t0) > 10*time.Second {
+		t.Fatalf("ssh wait after QEMU exit: %v after %s", err, time.Since(t0))
+	}
+	if _, err := in.Start(n, Options{Paused: true, NoTAP: true, Display: DisplayNone}); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() { in.Quit(n, 5*time.Second) })
+	t0 = time.Now()
+	_, err = in.WaitConsole(n, regexp.MustCompile("login: "), 30*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "QEMU exited") || time.Since(t0) > 10*time.Second {
+		t.Fatalf("console wait after QEMU exit: %v after %s", err, time.Since(t0))
+	}
+}

@@ -77,6 +77,7 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 	var retry time.Duration
 	connected := false
 	var dialErr error
+	ran := in.alive(n)
 	for {
 		var d net.Dialer
 		dctx, cancel := contextDeadline(ctx, deadline)
@@ -109,12 +110,25 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 			}
 			return WaitResult{Seen: seen.String()}, &TimeoutError{What: what, Timeout: timeout, Seen: s}
 		}
+		if ran && !in.alive(n) {
+			return WaitResult{Seen: seen.String()}, fmt.Errorf("%s: QEMU exited; seen: %q", what, tail(seen.String(), 300))
+		}
 		retry = in.backoff(retry)
 		select {
 		case <-ctx.Done():
 		case <-time.After(retry):
 		}
 	}
+}
+
+// alive reports whether instance n's pidfile names its live QEMU (no QMP).
+func (in *Instances) alive(n *farm.Node) bool {
+	pid, _, err := readPid(in.F.Pidfile(n.ID))
+	if err != nil || pid == 0 {
+		return false
+	}
+	ok, _ := in.Ours(pid, n.ID)
+	return ok
 }
 
 // readUntil sends a carriage return and reads conn until re matches the
@@ -186,6 +200,7 @@ func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, e
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var last string
 	var retry time.Duration
+	ran := in.alive(n)
 	for {
 		var d net.Dialer
 		dctx, cancel := contextDeadline(ctx, deadline)
@@ -222,6 +237,9 @@ func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, e
 		}
 		if time.Now().After(deadline) {
 			return WaitResult{Seen: last}, &TimeoutError{What: what, Timeout: timeout, Seen: last}
+		}
+		if ran && !in.alive(n) {
+			return WaitResult{Seen: last}, fmt.Errorf("%s: QEMU exited; last seen: %s", what, last)
 		}
 		retry = in.backoff(retry)
 		select {
