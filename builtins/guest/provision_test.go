@@ -475,7 +475,7 @@ func TestUseraddTwiceOneKeyLine(t *testing.T) {
 		t.Errorf("second run:\n%s", out)
 	}
 	passwd := r.g.read("/etc/passwd")
-	if strings.Count(passwd, "\nbob:") != 1 || !strings.Contains(passwd, "bob:x:1001:1001::/home/bob:/bin/sh\n") {
+	if strings.Count(passwd, "\nbob:") != 1 || !strings.Contains(passwd, "bob:x:1001:1001::/home/bob:/bin/bash\n") {
 		t.Errorf("passwd:\n%s", passwd)
 	}
 	if sh := r.g.read("/etc/shadow"); !strings.Contains(sh, "\nbob:*:") {
