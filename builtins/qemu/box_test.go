@@ -164,6 +164,9 @@ func TestBoxRecipe(t *testing.T) {
 	b.want(out, code, 0, "2   entwo    192.168.66.8   yes    "+pid)
 	out, code = b.pifarm("run", "box", "--run", "2")
 	b.want(out, code, 0, "<2> entwo is already running", "QEMU pid "+pid)
+	// --wait on a running instance waits; this guest never prints a thing.
+	out, code = b.pifarm("run", "box", "--run", "--wait", "--timeout", "1", "2")
+	b.want(out, code, 1, "<2> entwo is already running", "console 127.0.0.1:20602 waiting for /login: /: no success within 1s")
 
 	// Unsafe clone operations are refused while instance 2 runs.
 	for _, args := range [][]string{{"--flush-clone", "2"}, {"--force-clone", "2"}, {"--remove-all-clones"}} {
