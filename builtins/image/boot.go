@@ -83,7 +83,7 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 			return nil, err
 		}
 	}
-	d, err := Open(path)
+	d, err := m.open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +191,7 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 			return BootState{State: "ok", Message: fmt.Sprintf("instance %d: boot files match %s", id, path)}, nil
 		}
 	}
-	d, err := Open(path)
+	d, err := m.open(path)
 	if err != nil {
 		return BootState{}, err
 	}

@@ -314,3 +314,35 @@ func TestMountPaths(t *testing.T) {
 		t.Fatalf("seed while running: %v", err)
 	}
 }
+
+func TestSeedCloudInit(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey pifarm@host"
+	// no user-data: keys cannot be seeded
+	if _, err := m.Seed(fx.path, -1, SeedOptions{User: "pi", Password: "pw", Keys: []string{key}}); err == nil || !strings.Contains(err.Error(), "no cloud-init user-data") {
+		t.Fatalf("keys without cloud-init: %v", err)
+	}
+	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
+	src := filepath.Join(t.TempDir(), "user-data")
+	os.WriteFile(src, []byte("#cloud-config\n# the image's own\n"), 0o644)
+	run(t, "", "mcopy", "-i", img, src, "::user-data")
+	if _, err := m.Seed(fx.path, -1, SeedOptions{SSH: true, User: "pi", Password: "pw", Salt: "saltsalt", Keys: []string{key}}); err != nil {
+		t.Fatal(err)
+	}
+	hash, _ := SHA512Crypt("pw", "saltsalt", 0)
+	got := run(t, "", "mtype", "-i", img, "::user-data")
+	for _, want := range []string{"#cloud-config\n", "  - name: \"pi\"\n", "    passwd: \"" + hash + "\"\n", "      - \"" + key + "\"\n", "ssh_pwauth: true\n", "  - [systemctl, enable, --now, ssh]\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("user-data lacks %q:\n%s", want, got)
+		}
+	}
+	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "pi:"+hash+"\n" {
+		t.Errorf("userconf.txt %q", got)
+	}
+	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	if _, err := m.Seed(fx.path, -1, SeedOptions{User: "pi", Password: "pw", Keys: []string{"not a key\nx"}}); err == nil {
+		t.Error("a bad key was accepted")
+	}
+}

@@ -41,7 +41,7 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", base0, err)
 	}
-	d, err := Open(base)
+	d, err := m.open(base)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 	line := fmt.Sprintf("# record the boot partition signature %s (that of instance 0) in %s", rec.Sum, sig)
 	return m.d.Do(line, func() error {
 		ids := []fileID{}
-		d, err := Open(dst)
+		d, err := m.open(dst)
 		if err != nil {
 			return err
 		}

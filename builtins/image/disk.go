@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -20,6 +21,8 @@ type Disk struct {
 	r      io.ReaderAt
 	f      *os.File // raw images
 	q      *Qcow2
+	// Ctx, when set, stops long reads (the signature) on cancellation.
+	Ctx context.Context
 }
 
 // Open opens and verifies the image at path read-only.
@@ -130,7 +133,11 @@ func (d *Disk) Signature() (string, uint64, error) {
 	if n > int64(b.Sectors) {
 		n = int64(b.Sectors)
 	}
-	sum, err := hashRange(d.r, b.Offset(), n*SectorSize)
+	ctx := d.Ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	sum, err := hashRange(ctx, d.r, b.Offset(), n*SectorSize)
 	if err != nil {
 		return "", 0, fmt.Errorf("%s: signature of partition 1: %w", d.Path, err)
 	}
@@ -139,7 +146,7 @@ func (d *Disk) Signature() (string, uint64, error) {
 
 // hashRange is the SHA-256 of n bytes at off, read in 1 MiB blocks by one
 // goroutine while another hashes (two cores: reading and hashing overlap).
-func hashRange(r io.ReaderAt, off, n int64) (string, error) {
+func hashRange(ctx context.Context, r io.ReaderAt, off, n int64) (string, error) {
 	const bs = 1 << 20
 	type blk struct {
 		b   []byte
@@ -159,6 +166,9 @@ func hashRange(r io.ReaderAt, off, n int64) (string, error) {
 			select {
 			case b = <-free:
 			case <-done:
+				return
+			case <-ctx.Done():
+				full <- blk{err: ctx.Err()}
 				return
 			}
 			m := int64(bs)
@@ -230,4 +240,13 @@ func (d *Disk) chainIDs() ([]fileID, error) {
 		q = next
 	}
 	return ids, nil
+}
+
+// open opens an image for a builtin: long reads stop on Ctrl-C.
+func (m *mod) open(path string) (*Disk, error) {
+	d, err := Open(path)
+	if d != nil {
+		d.Ctx = m.d.Context()
+	}
+	return d, err
 }

@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -105,7 +106,7 @@ func sha256File(t testing.TB, p string, off, n int64) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	s, err := hashRange(f, off, n)
+	s, err := hashRange(context.Background(), f, off, n)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,10 +140,13 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"with state \"ok\", \"missing\" or \"outdated\" (the boot partition changed, e.g. after an OS\n" +
 					"upgrade). Cheap when nothing changed: the disk's size, mtime, inode and device (and those\n" +
 					"of a qcow2's backing chain) are compared first; only a change re-hashes the partition."},
-			{Name: "seed", Args: "image=0, ssh=True, user=None, password=None, password_hash=None, files={}, salt=None", Fn: m.seedFn,
+			{Name: "seed", Args: "image=0, ssh=True, user=None, password=None, password_hash=None, keys=[], files={}, salt=None", Fn: m.seedFn,
 				Doc: "Write files into the FAT32 boot partition of a raw image so that a fresh RaspiOS (Bullseye\n" +
 					"2022-04 and later, Bookworm) boots with SSH on and a user account: an empty `ssh` file, and\n" +
 					"`userconf.txt` = user + \":\" + SHA-512 crypt of password (or password_hash as given).\n" +
+					"On images with cloud-init (RaspiOS Trixie and later: a user-data file on the boot\n" +
+					"partition) user-data is rewritten too: the user with the hash, keys (public key lines)\n" +
+					"authorised, SSH password logins on, sshd enabled; keys on an older image are an error.\n" +
 					"files adds more (name -> text). Refuses while an instance runs or a partition is mounted.\n" +
 					"If the instance's boot files were current, their signature is re-recorded. Returns\n" +
 					"struct(written, resigned). Dry run: prints `printf %s 'pi:****' | mcopy -n -o -i IMG@@OFF - ::userconf.txt`\n" +
@@ -196,7 +199,7 @@ func (m *mod) verifyFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	if err != nil {
 		return nil, err
 	}
-	d, err := Open(p)
+	d, err := m.open(p)
 	if err != nil {
 		return nil, err
 	}
@@ -335,12 +338,22 @@ func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 	var v starlark.Value = starlark.MakeInt(0)
 	var user, pw, hash, salt starlark.Value
 	var files *starlark.Dict
+	var keys *starlark.List
 	ssh := true
 	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v, "ssh?", &ssh, "user?", &user,
-		"password?", &pw, "password_hash?", &hash, "files?", &files, "salt?", &salt); err != nil {
+		"password?", &pw, "password_hash?", &hash, "keys?", &keys, "files?", &files, "salt?", &salt); err != nil {
 		return nil, err
 	}
 	o := SeedOptions{SSH: ssh, Files: map[string]string{}}
+	if keys != nil {
+		for i := 0; i < keys.Len(); i++ {
+			k, ok := starlark.AsString(keys.Index(i))
+			if !ok {
+				return nil, fmt.Errorf("keys[%d]: want a string, got %s", i, keys.Index(i).Type())
+			}
+			o.Keys = append(o.Keys, k)
+		}
+	}
 	var err error
 	for _, x := range []struct {
 		v    starlark.Value

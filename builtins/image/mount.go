@@ -31,7 +31,7 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := Open(real)
+	d, err := m.open(real)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 
 // layoutPart is partition pn of an image already verified by the caller.
 func (m *mod) layoutPart(path string, pn int) Part {
-	d, err := Open(path)
+	d, err := m.open(path)
 	if err != nil {
 		return Part{}
 	}

@@ -73,7 +73,7 @@ func (m *mod) moveAside(paths ...string) error {
 // are moved aside as NAME~.
 func (m *mod) Register(path string) (string, error) {
 	abs := farm.ExpandPath(path)
-	d, err := Open(abs)
+	d, err := m.open(abs)
 	if err != nil {
 		return "", err
 	}
@@ -127,7 +127,7 @@ type ExpandPlan struct {
 
 // PlanExpand computes the expansion of the raw image at path.
 func (m *mod) PlanExpand(path string) (*ExpandPlan, error) {
-	d, err := Open(path)
+	d, err := m.open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -1,9 +1,11 @@
 package image
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"pifarm/builtins/trace"
@@ -16,9 +18,36 @@ type SeedOptions struct {
 	Password string // plain password, hashed with SHA512Crypt
 	Hash     string // or a ready crypt hash ("$6$...")
 	Salt     string // fixed salt (tests); random when empty
-	// Files are further files to write (name -> content), e.g. a key file
-	// a first-boot script reads.
+	// Keys are public keys (authorized_keys lines) for User; only images
+	// with cloud-init (RaspiOS Trixie and later: a user-data file on the
+	// boot partition) can take them offline.
+	Keys []string
+	// Files are further files to write (name -> content).
 	Files map[string]string
+}
+
+// cloudUserData is a cloud-init user-data document (RaspiOS Trixie reads
+// it from the boot partition on first boot) that creates user with the
+// crypt hash, authorises keys, allows password logins over SSH and turns
+// sshd on. Strings are JSON-quoted, which YAML reads as they are.
+func cloudUserData(user, hash string, keys []string) string {
+	q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
+	var b strings.Builder
+	b.WriteString("#cloud-config\n# written by pifarm (image.seed)\n")
+	b.WriteString("users:\n")
+	fmt.Fprintf(&b, "  - name: %s\n", q(user))
+	b.WriteString("    groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo\n")
+	b.WriteString("    shell: /bin/bash\n    lock_passwd: false\n")
+	fmt.Fprintf(&b, "    passwd: %s\n", q(hash))
+	b.WriteString("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n")
+	if len(keys) > 0 {
+		b.WriteString("    ssh_authorized_keys:\n")
+		for _, k := range keys {
+			fmt.Fprintf(&b, "      - %s\n", q(k))
+		}
+	}
+	b.WriteString("ssh_pwauth: true\nruncmd:\n  - [systemctl, enable, --now, ssh]\n")
+	return b.String()
 }
 
 // SeedResult names what was written.
@@ -37,6 +66,7 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 	}
 	type file struct{ name, content string }
 	var files []file
+	hash := ""
 	if o.SSH {
 		files = append(files, file{"ssh", ""})
 	}
@@ -59,24 +89,49 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 			}
 		}
 		m.d.Secret(h)
+		hash = h
 		files = append(files, file{"userconf.txt", o.User + ":" + h + "\n"})
 	} else if o.Password != "" || o.Hash != "" {
 		return nil, trace.Usagef("seed: a password needs a user name")
 	}
-	for name, c := range o.Files {
-		files = append(files, file{name, c})
+	names := make([]string, 0, len(o.Files))
+	for name := range o.Files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		files = append(files, file{name, o.Files[name]})
+	}
+	for _, k := range o.Keys {
+		if fl := strings.Fields(k); len(fl) < 2 || strings.ContainsAny(k, "\n\r") || !strings.Contains(fl[0], "ssh-") && !strings.Contains(fl[0], "ecdsa-") {
+			return nil, trace.Usagef("seed: %.40q is not a public key line (type base64 [comment])", k)
+		}
+	}
+	if len(o.Keys) > 0 && o.User == "" {
+		return nil, trace.Usagef("seed: keys need a user name")
 	}
 	if len(files) == 0 {
 		return nil, trace.Usagef("seed: nothing to write (want ssh, user/password or files)")
 	}
-	d, err := Open(real)
+	d, err := m.open(real)
 	if err != nil {
 		return nil, err
 	}
 	isQ, boot := d.Qcow2, d.Layout.Boot()
+	cloudInit := false
+	if bfs, err := d.Boot(); err == nil {
+		_, err := bfs.Stat("user-data")
+		cloudInit = err == nil
+	}
 	d.Close()
 	if isQ {
 		return nil, fmt.Errorf("%s: seeding writes a raw image; seed instance 0 before cloning", path)
+	}
+	switch {
+	case cloudInit && o.User != "":
+		files = append(files, file{"user-data", cloudUserData(o.User, hash, o.Keys)})
+	case len(o.Keys) > 0:
+		return nil, fmt.Errorf("%s: no cloud-init user-data on the boot partition (RaspiOS before Trixie): keys cannot be seeded offline; boot with the seeded password and install them over SSH (pifarm run guest --ssh-authkeys)", path)
 	}
 	if err := m.refuseBusy("seed", real, -1); err != nil {
 		return nil, err
@@ -124,7 +179,7 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 	}
 	if wasOK {
 		// the kernel and dtb did not change: keep the boot files current
-		d, err := Open(real)
+		d, err := m.open(real)
 		if err != nil {
 			return nil, err
 		}

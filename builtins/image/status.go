@@ -48,7 +48,7 @@ func (m *mod) Status(id int) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := Open(path)
+	d, err := m.open(path)
 	if err != nil {
 		return nil, err
 	}
