@@ -105,6 +105,10 @@ Methods of a connection c:
 Dry run: every command prints as "ssh -p 5701 root@localhost '...'" (stdin as
 a here-document or "< file", uploads as "tar ... | ssh ..."), passwords
 masked; run returns exit_code 0 and empty output.`},
+			{Name: "login_error", Args: `instance, port=None, user="root", password=None, key=None, timeout=10`, Fn: m.loginError,
+				Doc: `Try to log in (as ssh.connect does) and return None when it works, else why
+not (refused port, timeout, authentication failure, changed host key) as text.
+The connection is kept for reuse. Dry run: connects to nothing, returns None.`},
 			{Name: "public_key", Args: "", Fn: m.publicKey,
 				Doc: `The user's public key as an authorized_keys line.
 
@@ -269,6 +273,29 @@ func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 	m.conns[id] = cv
 	m.mu.Unlock()
 	return cv, nil
+}
+
+func (m *module) loginError(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	hasTimeout := len(args) >= 6
+	for _, kv := range kwargs {
+		switch k, _ := starlark.AsString(kv[0]); k {
+		case "fail":
+			return nil, fmt.Errorf("%s: unexpected keyword argument fail", b.Name())
+		case "timeout":
+			hasTimeout = true
+		}
+	}
+	if !hasTimeout {
+		kwargs = append(kwargs, starlark.Tuple{starlark.String("timeout"), starlark.MakeInt(10)})
+	}
+	_, err := m.connect(th, b, args, kwargs)
+	if err != nil {
+		if trace.IsUsage(err) {
+			return nil, err
+		}
+		return starlark.String(err.Error()), nil
+	}
+	return starlark.None, nil
 }
 
 func (m *module) publicKeyFile(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

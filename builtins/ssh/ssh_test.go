@@ -410,3 +410,17 @@ assert.eq(c.run("echo ok").stdout, "ok\n")
 		t.Fatal(err)
 	}
 }
+
+func TestLoginError(t *testing.T) {
+	f := testFarm(t)
+	fakeguest.NewSSHServer(t, addr(14))
+	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+assert.eq(ssh.login_error(14, user = "pi", password = "raspberry"), None)
+assert.true("authentication failed" in ssh.login_error(14, password = "wrong"))
+assert.true("connection refused" in ssh.login_error(37, password = "x", timeout = 0.2))
+assert.fails(lambda: ssh.login_error("nosuchnode"), "unknown instance")
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
