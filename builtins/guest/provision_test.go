@@ -570,7 +570,7 @@ echo "Reading package lists..."
 	if r.g.read("/etc/pifarm/packages") != "hostapd\ni2c-tools\nrfkill\ngit\nbuild-essential\nautoconf\nautomake\nlibtool\npkg-config\nrsync\n" {
 		t.Errorf("/etc/pifarm/packages:\n%s", r.g.read("/etc/pifarm/packages"))
 	}
-	if !strings.Contains(out, "the upgrade replaced the kernel or the dtb") || !strings.Contains(out, "pifarm run guest --shutdown 1 && pifarm run image --provide-qboot 1") {
+	if !strings.Contains(out, "the upgrade replaced the kernel or the dtb") || !strings.Contains(out, "pifarm run shutdown 1 && pifarm run image --provide-qboot 1") {
 		t.Errorf("no kernel refresh advice:\n%s", out)
 	}
 	out = r.mustRun("--apt-upgrade", "1")
