@@ -181,6 +181,11 @@ func TestBoxRecipe(t *testing.T) {
 	out, code = b.pifarm("run", "box", "--terminate", "0")
 	b.want(out, code, 0, "<0> loner terminated")
 
+	out, code = b.pifarm("-n", "run", "box", "--terminate", "2")
+	b.want(out, code, 0, "printf '%s\\n' '{\"execute\":\"qmp_capabilities\"}' '{\"execute\":\"quit\"}' | socat - UNIX-CONNECT:$CACHE/clones/raspi-clone-2/qmp.sock\n",
+		"# wait until pid "+pid+" has exited")
+	out, code = b.pifarm("run", "box")
+	b.want(out, code, 0, "2   entwo    192.168.66.8   yes    "+pid)
 	out, code = b.pifarm("run", "box", "--terminate", "2")
 	b.want(out, code, 0, "<2> entwo terminated")
 	out, code = b.pifarm("run", "box", "--terminate", "2")

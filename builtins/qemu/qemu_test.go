@@ -776,3 +776,32 @@ func TestWaitEndsWhenQEMUExits(t *testing.T) {
 		t.Fatalf("console wait after QEMU exit: %v after %s", err, time.Since(t0))
 	}
 }
+
+func TestDryRunViewerAndQMPActions(t *testing.T) {
+	f := testFarm(t)
+	in, out := testInstances(t, f, true)
+	thread := &starlark.Thread{Name: "dry"}
+	m := in.Module().Struct()
+	v, err := starlark.Call(thread, mustAttr(t, m, "viewer"), starlark.Tuple{starlark.MakeInt(2)}, nil)
+	if err != nil || v != starlark.None {
+		t.Fatalf("viewer: %v %v", v, err)
+	}
+	if got := out.String(); got != "remote-viewer vnc://localhost:20302 &\n" {
+		t.Fatalf("viewer trace %q", got)
+	}
+	// Not running: a QMP command is refused, nothing printed.
+	out.Reset()
+	if _, err := starlark.Call(thread, mustAttr(t, m, "qmp"), starlark.Tuple{starlark.MakeInt(2), starlark.String("stop")}, nil); err == nil || !strings.Contains(err.Error(), "instance 2 is not running") {
+		t.Fatalf("qmp on a stopped instance: %v", err)
+	}
+}
+
+func mustAttr(t *testing.T, m interface {
+	Attr(string) (starlark.Value, error)
+}, name string) starlark.Value {
+	v, err := m.Attr(name)
+	if err != nil || v == nil {
+		t.Fatalf("no %s: %v", name, err)
+	}
+	return v
+}
