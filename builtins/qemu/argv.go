@@ -16,7 +16,7 @@ type Display string
 const (
 	// DisplayVNC serves the framebuffer as VNC display N (port - 5900).
 	DisplayVNC Display = "vnc"
-	// DisplayGUI opens QEMU's own window.
+	// DisplayGUI opens QEMU's own window (-display gtk).
 	DisplayGUI Display = "gui"
 	// DisplayNone shows the screen nowhere.
 	DisplayNone Display = "none"
@@ -142,6 +142,10 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 		}
 		a = append(a, "-display", "none", "-vnc", fmt.Sprintf("%s:%d", bind, vnc-5900))
 	case DisplayGUI:
+		// Named explicitly: without a GUI module (Debian's qemu-system-gui)
+		// QEMU's default display would silently be VNC on 127.0.0.1:5900,
+		// instance 0's port.
+		a = append(a, "-display", "gtk")
 	case DisplayNone:
 		a = append(a, "-display", "none")
 	default:

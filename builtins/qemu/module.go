@@ -147,10 +147,11 @@ const startArgs = "node, console=False, gui=False, vnc=True, global_bind=False, 
 
 const startOptionsDoc = `node is an instance id, alias or farm.node(...) struct. console: serial console on
 this terminal (-serial mon:stdio, QEMU in the foreground; Ctrl-A X quits) instead of
-TCP 5800+N. gui: QEMU's own window instead of VNC. vnc: VNC display N (port 5900+N)
-on 127.0.0.1; False shows the screen nowhere. global_bind: console, VNC and the SSH
-forward listen on all addresses. paused: CPUs stopped (-S). taps=False leaves out the
-LAN/WLAN NICs. extra: more QEMU arguments.
+TCP 5800+N. gui: QEMU's own window (-display gtk; Debian package qemu-system-gui)
+instead of VNC. vnc: VNC display N (port 5900+N) on 127.0.0.1; False shows the screen
+nowhere. global_bind: console, VNC and the SSH forward listen on all addresses.
+paused: CPUs stopped (-S). taps=False leaves out the LAN/WLAN NICs. extra: more QEMU
+arguments.
 
 -vga std of the original is not passed: QEMU 7's raspi3b ignores it (its framebuffer
 is the board's own, and that is what VNC shows). The LAN (q0tapN) and WLAN (q1tapN)

@@ -52,7 +52,7 @@ func TestCommandLine(t *testing.T) {
 				" -netdev user,id=wan,ipv6=off,net=100.65.5.0/24,hostfwd=tcp:127.0.0.1:20102-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:02 " +
 				tail(2) + " -daemonize"},
 		{"primary, global bind, gui", n0, Options{NoTAP: true, GlobalBind: true, Display: DisplayGUI},
-			head("loner", 0, "raw") + " -serial tcp:0.0.0.0:20200,server=on,wait=off " + usb +
+			head("loner", 0, "raw") + " -display gtk -serial tcp:0.0.0.0:20200,server=on,wait=off " + usb +
 				" -netdev user,id=wan,ipv6=off,net=100.65.63.0/24,hostfwd=tcp:0.0.0.0:20100-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:00 " +
 				tail(0) + " -daemonize"},
 		{"console in the foreground, no screen, paused", n2, Options{NoTAP: true, Console: true, Display: DisplayNone, Paused: true},
