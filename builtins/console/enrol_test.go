@@ -40,7 +40,7 @@ exec "$@"
 -- systemctl
 #!/bin/sh
 case "$*" in
-"enable --now ssh") touch "$FAKEGUEST/ssh-enabled" ;;
+"enable --now ssh"|"enable ssh") touch "$FAKEGUEST/ssh-enabled" ;;
 "is-enabled ssh") if [ -e "$FAKEGUEST/ssh-enabled" ]; then echo enabled; else echo disabled; exit 1; fi ;;
 *) echo "systemctl $*: not in the fake" >&2; exit 1 ;;
 esac
@@ -222,4 +222,36 @@ func TestEnrolWithoutAPiUserPointsToSeeding(t *testing.T) {
 	if len(g.sshCommands()) != 0 {
 		t.Fatal("ran commands over SSH")
 	}
+}
+
+func TestEnrolASeededGuestOverSSH(t *testing.T) {
+	cfg := guestConfig(t)
+	g := newFakeGuest(t, "127.0.0.1:21022", "127.0.0.1:21322")
+	delete(g.con.Users, "pi") // the console refuses pi; SSH runs (seeded `ssh` file)
+	g.startSSH()
+	os.WriteFile(cfg, append(mustRead(t, cfg), []byte(`nodes = [node(id = 22, alias = "seeded", lan = "192.168.66.22", wan = "100.65.22.15")]`+"\n")...), 0o644)
+	out, code := pifarmRun(t, cfg, "run", "enrol", "seeded")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if g.con.Connections() != 0 {
+		t.Error("used the console although SSH answers")
+	}
+	if _, err := os.Stat(filepath.Join(g.root, "state", "ssh-enabled")); err != nil {
+		t.Error("SSH not enabled for the next boots")
+	}
+	for _, p := range []string{"home/pi/.ssh/authorized_keys", "root/.ssh/authorized_keys"} {
+		if b, err := os.ReadFile(filepath.Join(g.root, p)); err != nil || !strings.Contains(string(b), "ssh-ed25519 ") {
+			t.Errorf("%s: %q %v", p, b, err)
+		}
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
