@@ -101,6 +101,10 @@ func TestRegisterProvideCheck(t *testing.T) {
 	if m.Registered() != other {
 		t.Fatal("a refused image replaced the registration")
 	}
+	// registering through a link registers the file behind it
+	if _, err := m.Register(m.f.Disk(0)); err != nil || m.Registered() != other {
+		t.Fatalf("register the link itself: %v, now %q", err, m.Registered())
+	}
 	_ = out
 }
 
@@ -221,10 +225,18 @@ func TestFATFillsFolderAndDisk(t *testing.T) {
 	if err := fs.WriteFile("overlays/new-overlay.dtbo", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
+	// a 255-character name needs 20 entries: more than one 512-byte cluster
+	longest := strings.Repeat("n", 251) + ".txt"
+	if err := fs.WriteFile(longest, []byte("longest")); err != nil {
+		t.Fatal(err)
+	}
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
 	if got := run(t, "", "mtype", "-i", img, "::seeded file number 59 with a long name.conf"); got != "seeded file number 59 with a long name.conf" {
 		t.Errorf("mtype: %q", got)
+	}
+	if got := run(t, "", "mtype", "-i", img, "::"+longest); got != "longest" {
+		t.Errorf("mtype longest: %q", got)
 	}
 	if got := run(t, "", "mtype", "-i", img, "::overlays/new-overlay.dtbo"); got != "x" {
 		t.Errorf("mtype: %q", got)

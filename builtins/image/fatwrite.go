@@ -73,7 +73,10 @@ func (f *FAT32) WriteFile(path string, data []byte) error {
 		set = f.newEntries(name, entries, first, len(data), now)
 		k := len(set) / 32
 		slot = freeRun(raw, k)
-		if slot < 0 {
+		for tries := 0; slot < 0; tries++ {
+			if tries == 8 {
+				return fmt.Errorf("folder %q: no room for %d entries", dir, k)
+			}
 			// extend the directory by one zeroed cluster
 			nc, err := f.alloc(1, dirty)
 			if err != nil {
@@ -245,7 +248,11 @@ func (f *FAT32) writeFSInfo(allocated []uint32) error {
 	}
 	binary.LittleEndian.PutUint32(b[488:], free)
 	if len(allocated) > 0 {
-		binary.LittleEndian.PutUint32(b[492:], allocated[len(allocated)-1]+1)
+		hint := allocated[len(allocated)-1] + 1
+		if hint >= f.nClusters+2 {
+			hint = 0xffffffff // unknown
+		}
+		binary.LittleEndian.PutUint32(b[492:], hint)
 	}
 	_, err := f.w.WriteAt(b[480:500], at+480)
 	return err

@@ -72,7 +72,10 @@ func (m *mod) moveAside(paths ...string) error {
 // (clone-0.raw links to it). Boot files of a previously registered image
 // are moved aside as NAME~.
 func (m *mod) Register(path string) (string, error) {
-	abs := farm.ExpandPath(path)
+	abs, err := filepath.EvalSymlinks(farm.ExpandPath(path))
+	if err != nil {
+		return "", fmt.Errorf("register %s: %w", path, err)
+	}
 	d, err := m.open(abs)
 	if err != nil {
 		return "", err

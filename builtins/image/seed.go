@@ -177,7 +177,10 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		}
 		res.Written = append(res.Written, fl.name)
 	}
-	if wasOK {
+	if wasOK && m.d.DryRun {
+		m.d.Note("re-record the boot partition signature in %s (kernel8.img and the dtb are unchanged)", m.f.Sig(id))
+		res.Resign = true
+	} else if wasOK {
 		// the kernel and dtb did not change: keep the boot files current
 		d, err := m.open(real)
 		if err != nil {
@@ -188,11 +191,9 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		sum, count := "sha256:(new)", d.Layout.Boot().Sectors
-		if !m.d.DryRun {
-			if sum, count, err = d.Signature(); err != nil {
-				return nil, err
-			}
+		sum, count, err := d.Signature()
+		if err != nil {
+			return nil, err
 		}
 		if err := m.writeSig(id, d, sum, count, ids); err != nil {
 			return nil, err
