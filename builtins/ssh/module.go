@@ -92,7 +92,8 @@ Methods of a connection c:
       stdin is a string or bytes, stdin_file a host file; stream copies the
       output to the terminal as it arrives; check makes a non-zero exit an
       error quoting stderr's tail; exit_code is -1 when the connection
-      closed first (poweroff).
+      closed first (poweroff) or, with check=False, when timeout (seconds)
+      ran out (the reason then ends stderr).
   c.put(content, path, mode=None, owner=None)
       write content (string or bytes) to path; mode like "644" or 0o644,
       owner like "pi" or "pi:pi".

@@ -203,8 +203,14 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 	case <-timeout:
 		sess.Signal(xssh.SIGTERM)
 		sess.Close()
-		return Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: -1},
-			fmt.Errorf("%s %s: timeout after %s%s", c.label(), trace.Quote(cmd), o.Timeout, lastOutput(stdout.Bytes(), stderr.Bytes()))
+		msg := fmt.Sprintf("%s %s: timeout after %s%s", c.label(), trace.Quote(cmd), o.Timeout, lastOutput(stdout.Bytes(), stderr.Bytes()))
+		res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: -1}
+		if !o.Check {
+			// The caller looks at the exit code: -1, the reason in stderr.
+			res.Stderr = append(res.Stderr, []byte(msg+"\n")...)
+			return res, nil
+		}
+		return res, errors.New(msg)
 	case <-ctx.Done():
 		sess.Signal(xssh.SIGINT)
 		sess.Close()

@@ -78,7 +78,7 @@ func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 		{"stdin text", "tr a-z A-Z", RunOpts{Stdin: []byte("hello\n"), Check: true}, "HELLO\n", "", 0, ""},
 		{"stdin binary", "wc -c", RunOpts{Stdin: []byte{0, 1, 2, 3}, Check: true}, "4\n", "", 0, ""},
 		{"pty", "echo tty", RunOpts{Pty: true, Check: true}, "tty\n", "", 0, ""},
-		{"timeout quotes output", "echo begun; sleep 10", RunOpts{Timeout: 300 * time.Millisecond}, "begun\n", "", -1, "timeout after 300ms; last output:\nbegun"},
+		{"timeout quotes output", "echo begun; sleep 10", RunOpts{Timeout: 300 * time.Millisecond, Check: true}, "begun\n", "", -1, "timeout after 300ms; last output:\nbegun"},
 	} {
 		r, err := c.Run(tc.cmd, tc.o)
 		if tc.errHas != "" {
