@@ -424,3 +424,48 @@ assert.fails(lambda: ssh.login_error("nosuchnode"), "unknown instance")
 		t.Fatal(err)
 	}
 }
+
+func TestTargets(t *testing.T) {
+	src := fmt.Sprintf(`
+cache = %q
+ports = {"ssh": 5700, "console": 5800, "vnc": 5900}
+nodes = [
+    node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15"),
+    node(id = 5, alias = "enfive", lan = "192.168.66.12", wan = "100.65.10.15", lan_mac = "b8:27:eb:00:00:05"),
+]
+`, t.TempDir())
+	c, err := farm.Load("t.star", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := farm.New(c)
+	m := &module{d: live(), f: f}
+	conf := filepath.Join(f.ConfDir(), "known_hosts")
+	for _, tc := range []struct {
+		in   starlark.Value
+		port int
+		want Target
+		err  string
+	}{
+		{starlark.MakeInt(1), 0, Target{Host: "127.0.0.1", Port: 5701, KnownHosts: f.KnownHosts(1)}, ""},
+		{starlark.String("enone"), 0, Target{Host: "127.0.0.1", Port: 5701, KnownHosts: f.KnownHosts(1)}, ""},
+		{f.NodeStruct(f.Nodes()[0]), 2222, Target{Host: "127.0.0.1", Port: 2222, KnownHosts: f.KnownHosts(1)}, ""},
+		{starlark.String("enfive"), 0, Target{Host: "192.168.66.12", Port: 22, KnownHosts: f.KnownHosts(5)}, ""},
+		{starlark.String("10.1.2.3"), 0, Target{Host: "10.1.2.3", Port: 22, KnownHosts: conf, Shared: true}, ""},
+		{starlark.String("localhost:2022"), 0, Target{Host: "127.0.0.1", Port: 2022, KnownHosts: conf, Shared: true}, ""},
+		{starlark.String("nosuch"), 0, Target{}, "unknown instance"},
+		{starlark.MakeInt(9), 0, Target{}, "unknown instance"},
+		{starlark.String("host:port"), 0, Target{}, "bad port"},
+	} {
+		got, err := m.target(tc.in, tc.port)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %+v %v, want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
