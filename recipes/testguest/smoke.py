@@ -356,6 +356,18 @@ def scenario_boot(image, logdir):
         if "rc=0" not in out:
             note("   output: %r" % out[-800:])
 
+        # userconf.txt naming another user: uid 1000 (pi) is renamed first
+        h = subprocess.run(["openssl", "passwd", "-6", "wonderland"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+        rc, out = ssh("root", "mkdir -p /tmp/seed && echo 'alice:%s' > /tmp/seed/userconf.txt && "
+                      "/usr/lib/pifarm-testguest/firstboot /tmp/seed && ls /tmp/seed && getent passwd 1000 && "
+                      "id alice && ls -d /home/* && cat /etc/sudoers.d/010_pi-nopasswd" % h, key=key)
+        check(rc == 0 and "alice:x:1000:1000:,,,:/home/alice:/bin/bash" in out and "/home/alice" in out
+              and "/home/pi" not in out and "gid=1000(alice)" in out and "alice ALL=(ALL) NOPASSWD: ALL" in out,
+              "userconf.txt alice:HASH renames pi to alice (rc=%s) %r" % (rc, out[-300:]))
+        rc, out = ssh("alice", "id -un; sudo id -u", password="wonderland")
+        check(rc == 0 and out.split() == ["alice", "0"], "ssh alice with the userconf password, sudo (%r)" % out)
+
         # power off from the console: QEMU must exit by itself
         con.buf = ""
         con.send("sudo poweroff\n")
