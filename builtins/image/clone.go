@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,6 +58,9 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 	}
 	if mnts, _ := m.mounts(base); len(mnts) > 0 {
 		return nil, fmt.Errorf("clone %d: %s is mounted (%s on %s); unmount first", id, base, mnts[0].Source, mnts[0].Target)
+	}
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		return nil, fmt.Errorf("clone %d: qemu-img is not installed (Debian: apt install qemu-utils)", id)
 	}
 	dst := m.f.Disk(id)
 	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")

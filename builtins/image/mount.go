@@ -41,9 +41,18 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	var linked []int
+	if id == 0 && !ro {
+		linked, _ = m.LinkedClones(real)
+	}
 	for _, r := range run {
 		if r.ID == id {
 			return nil, fmt.Errorf("mount %s of %s: instance %d is running (pid %d); stop it first", part, path, id, r.Pid)
+		}
+		for _, l := range linked {
+			if r.ID == l {
+				return nil, fmt.Errorf("mount %s of %s read-write: instance %d runs on a linked clone of it (pid %d); stop it first", part, path, l, r.Pid)
+			}
 		}
 	}
 	mnt := m.f.MountDir(part)
