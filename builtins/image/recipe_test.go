@@ -82,6 +82,8 @@ var (
 func TestRecipe(t *testing.T) {
 	dir := t.TempDir()
 	img := recipeFixture(t, dir)
+	// a failed step must not leave the loop mount behind the temp folder
+	t.Cleanup(func() { exec.Command("umount", filepath.Join(dir, "cache/mnt/root")).Run() })
 	cfg := filepath.Join(dir, "config.star")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`cache = %q
 tools = {"guestmount": False}
