@@ -47,6 +47,11 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		return nil, err
 	}
 	d.Close()
+	release, err := m.lockInstances(fmt.Sprintf("clone %d", id))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	run, err := m.running()
 	if err != nil {
 		return nil, err
@@ -251,6 +256,11 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 	if id <= 0 {
 		return nil, trace.Usagef("remove clone: instance %d: clones are instances 1 and up", id)
 	}
+	release, err := m.lockInstances(fmt.Sprintf("remove clone %d", id))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	run, err := m.running()
 	if err != nil {
 		return nil, err

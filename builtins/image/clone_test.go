@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -176,5 +177,43 @@ func TestStatus(t *testing.T) {
 		if !strings.Contains(txt, want) {
 			t.Errorf("status text lacks %q:\n%s", want, txt)
 		}
+	}
+}
+
+// TestLockedInstanceRefuses: while another pifarm holds an instance lock
+// (a QEMU start under way), changing the image is refused.
+func TestLockedInstanceRefuses(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	os.MkdirAll(m.f.InstanceDir(3), 0o755)
+	holder := exec.Command("flock", m.f.Lock(3), "sleep", "60")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rel, err := m.lockInstances("probe")
+		if err != nil {
+			break
+		}
+		rel()
+		if time.Now().After(deadline) {
+			t.Fatal("flock never took the lock")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := m.Expand(fx.path); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
+		t.Fatalf("expand under a held lock: %v", err)
+	}
+	if _, err := m.Seed(fx.path, 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
+		t.Fatalf("seed under a held lock: %v", err)
+	}
+	// a dry run takes no lock and so is not refused
+	dry, _ := testMod(t, dir, true)
+	if _, err := dry.Expand(fx.path); err != nil {
+		t.Fatalf("dry expand: %v", err)
 	}
 }

@@ -37,6 +37,11 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 	}
 	isQ := d.Qcow2
 	d.Close()
+	release, err := m.lockInstances(fmt.Sprintf("mount %s of %s", part, path))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	run, err := m.running()
 	if err != nil {
 		return nil, err

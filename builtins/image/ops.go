@@ -187,6 +187,21 @@ func rootEnd(size int64, pct float64) uint64 {
 	return uint64(end / SectorSize)
 }
 
+// guard takes the instance locks (see lockInstances) and then refuses
+// when an instance runs (any when instance < 0) or a partition of the
+// image is mounted. The caller releases the locks when done.
+func (m *mod) guard(op, path string, instance int) (func(), error) {
+	release, err := m.lockInstances(op + " " + path)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.refuseBusy(op, path, instance); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
 // refuseBusy fails when any instance runs or a partition of the image is
 // mounted.
 func (m *mod) refuseBusy(op, path string, instance int) error {
@@ -230,9 +245,11 @@ func (m *mod) Expand(path string) (*ExpandPlan, error) {
 	if pl.NoNeed {
 		return pl, nil
 	}
-	if err := m.refuseBusy("expand", real, -1); err != nil {
+	release, err := m.guard("expand", real, -1)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if pl.Size > pl.SizeBefore {
 		line := "truncate -s " + sizeArg(pl.Size) + " " + trace.Quote(real)
 		if err := m.d.Do(line, func() error { return growFile(real, pl.Size) }); err != nil {

@@ -3,6 +3,7 @@ package image
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Running is one live QEMU instance found in the cache.
@@ -162,4 +165,51 @@ func loopDevices(images ...string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// lockInstances takes the instance locks (the qemu module holds one while
+// it starts an instance) of every instance folder in the cache, without
+// waiting, so that no QEMU starts while an image is being changed. A held
+// lock is an error naming the instance. Dry runs take no locks (a lock
+// file is a change). release frees them.
+func (m *mod) lockInstances(op string) (release func(), err error) {
+	var held []*os.File
+	release = func() {
+		for _, f := range held {
+			f.Close()
+		}
+	}
+	if m.d.DryRun {
+		return release, nil
+	}
+	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return release, nil
+		}
+		return nil, err
+	}
+	for _, e := range ents {
+		sm := instanceDirRE.FindStringSubmatch(e.Name())
+		if sm == nil || !e.IsDir() {
+			continue
+		}
+		id, _ := strconv.Atoi(sm[1])
+		path := m.f.Lock(id)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("%s: lock %s: %w", op, path, err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			release()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("%s: instance %d is being started by another pifarm (%s is locked); try again when it runs, after stopping it", op, id, path)
+			}
+			return nil, fmt.Errorf("%s: lock %s: %w", op, path, err)
+		}
+		held = append(held, f)
+	}
+	return release, nil
 }

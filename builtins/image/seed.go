@@ -133,9 +133,11 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 	case len(o.Keys) > 0:
 		return nil, fmt.Errorf("%s: no cloud-init user-data on the boot partition (RaspiOS before Trixie): keys cannot be seeded offline; boot with the seeded password and install them over SSH (pifarm run guest --ssh-authkeys)", path)
 	}
-	if err := m.refuseBusy("seed", real, -1); err != nil {
+	release, err := m.guard("seed", real, -1)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	wasOK := false
 	if id >= 0 {
 		if st, err := m.CheckBoot(id); err == nil && st.State == "ok" {
