@@ -190,8 +190,7 @@ func TestTimeoutQuotesLastLines(t *testing.T) {
 }
 
 func TestNothingReceivedNamesTheLikelyCause(t *testing.T) {
-	fc := fakeguest.NewConsole(t, addr(8))
-	fc.Silent = true
+	fakeguest.NewConsole(t, addr(8), func(c *fakeguest.Console) { c.Silent = true })
 	s := dial(t, liveDoor(nil), 8)
 	_, err := s.Login("pi", []string{"raspberry"}, 300*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "nothing was received") || !strings.Contains(err.Error(), "one console client at a time") {
@@ -223,8 +222,7 @@ func TestPoweroffClosesConsole(t *testing.T) {
 }
 
 func TestInterruptStopsExpect(t *testing.T) {
-	fc := fakeguest.NewConsole(t, addr(10))
-	fc.Silent = true
+	fakeguest.NewConsole(t, addr(10), func(c *fakeguest.Console) { c.Silent = true })
 	ctx, cancel := context.WithCancel(context.Background())
 	d := trace.New(ctx, false, false, nil)
 	s := dial(t, d, 10)

@@ -51,7 +51,7 @@ echo "The filesystem is already 1234567 (4k) blocks long.  Nothing to do!"
 echo "$*" >> "$FAKEGUEST/resize2fs"
 `
 
-func newFakeGuest(t *testing.T, consoleAddr, sshAddr string) *fakeGuest {
+func newFakeGuest(t *testing.T, consoleAddr, sshAddr string, noPi bool) *fakeGuest {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the fake guest binds its folders over /root and /home in a private mount namespace: run as root (as CI does)")
@@ -65,15 +65,19 @@ func newFakeGuest(t *testing.T, consoleAddr, sshAddr string) *fakeGuest {
 		name, body, _ := strings.Cut(part, "\n")
 		os.WriteFile(filepath.Join(g.root, "bin", name), []byte(body), 0o755)
 	}
-	g.con = fakeguest.NewConsole(t, consoleAddr)
-	g.con.FailDelay = 100 * time.Millisecond
-	g.con.Noise = true
-	g.con.Command = g.command
-	g.con.AfterCommand = func(string) {
-		if _, err := os.Stat(filepath.Join(g.root, "state", "ssh-enabled")); err == nil {
-			g.startSSH()
+	g.con = fakeguest.NewConsole(t, consoleAddr, func(c *fakeguest.Console) {
+		c.FailDelay = 100 * time.Millisecond
+		c.Noise = true
+		c.Command = g.command
+		c.AfterCommand = func(string) {
+			if _, err := os.Stat(filepath.Join(g.root, "state", "ssh-enabled")); err == nil {
+				g.startSSH()
+			}
 		}
-	}
+		if noPi {
+			delete(c.Users, "pi")
+		}
+	})
 	return g
 }
 
@@ -97,16 +101,17 @@ func (g *fakeGuest) startSSH() {
 	if g.ssh != nil {
 		return
 	}
-	g.ssh = fakeguest.NewSSHServer(g.t, g.sshAddr)
-	g.ssh.Command = g.command
-	g.ssh.AuthorizedKeys = func(user string) []byte {
-		p := filepath.Join(g.root, "home", user, ".ssh", "authorized_keys")
-		if user == "root" {
-			p = filepath.Join(g.root, "root", ".ssh", "authorized_keys")
+	g.ssh = fakeguest.NewSSHServerWith(g.t, g.sshAddr, func(s *fakeguest.SSHServer) {
+		s.Command = g.command
+		s.AuthorizedKeys = func(user string) []byte {
+			p := filepath.Join(g.root, "home", user, ".ssh", "authorized_keys")
+			if user == "root" {
+				p = filepath.Join(g.root, "root", ".ssh", "authorized_keys")
+			}
+			b, _ := os.ReadFile(p)
+			return b
 		}
-		b, _ := os.ReadFile(p)
-		return b
-	}
+	})
 }
 
 func (g *fakeGuest) sshCommands() []string {
@@ -154,7 +159,7 @@ nodes = [
 
 func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 	cfg := guestConfig(t)
-	g := newFakeGuest(t, "127.0.0.1:21020", "127.0.0.1:21320")
+	g := newFakeGuest(t, "127.0.0.1:21020", "127.0.0.1:21320", false)
 	start := time.Now()
 	out, code := pifarmRun(t, cfg, "run", "enrol", "twenty")
 	t.Logf("enrol took %s:\n%s", time.Since(start), out)
@@ -209,8 +214,7 @@ func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 
 func TestEnrolWithoutAPiUserPointsToSeeding(t *testing.T) {
 	cfg := guestConfig(t)
-	g := newFakeGuest(t, "127.0.0.1:21021", "127.0.0.1:21321")
-	delete(g.con.Users, "pi")
+	g := newFakeGuest(t, "127.0.0.1:21021", "127.0.0.1:21321", true)
 	out, code := pifarmRun(t, cfg, "run", "guest", "--ssh-authkeys", "21")
 	if code != 1 || !strings.Contains(out, "refused user pi with every password") ||
 		!strings.Contains(out, "pifarm run image --seed-ssh --seed-user pi") {
@@ -226,8 +230,8 @@ func TestEnrolWithoutAPiUserPointsToSeeding(t *testing.T) {
 
 func TestEnrolASeededGuestOverSSH(t *testing.T) {
 	cfg := guestConfig(t)
-	g := newFakeGuest(t, "127.0.0.1:21022", "127.0.0.1:21322")
-	delete(g.con.Users, "pi") // the console refuses pi; SSH runs (seeded `ssh` file)
+	g := newFakeGuest(t, "127.0.0.1:21022", "127.0.0.1:21322", true) // the console refuses pi
+	// SSH runs from the start (a seeded `ssh` file)
 	g.startSSH()
 	os.WriteFile(cfg, append(mustRead(t, cfg), []byte(`nodes = [node(id = 22, alias = "seeded", lan = "192.168.66.22", wan = "100.65.22.15")]`+"\n")...), 0o644)
 	out, code := pifarmRun(t, cfg, "run", "enrol", "seeded")

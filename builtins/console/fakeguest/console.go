@@ -53,8 +53,8 @@ const (
 )
 
 // NewConsole listens on addr (closed when the test ends) with user pi,
-// password raspberry.
-func NewConsole(t *testing.T, addr string) *Console {
+// password raspberry; configure, when given, adjusts it before it serves.
+func NewConsole(t *testing.T, addr string, configure ...func(*Console)) *Console {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -62,6 +62,9 @@ func NewConsole(t *testing.T, addr string) *Console {
 	}
 	fc := &Console{Listener: ln, Users: map[string]string{"pi": "raspberry"},
 		Dir: t.TempDir(), FailDelay: 300 * time.Millisecond}
+	for _, c := range configure {
+		c(fc)
+	}
 	t.Cleanup(func() { ln.Close() })
 	go fc.serve()
 	return fc

@@ -66,6 +66,12 @@ func NewHostKey(t *testing.T, rsaKey bool) xssh.Signer {
 // host keys (a fresh ed25519 key when none); user pi logs in with password
 // raspberry.
 func NewSSHServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *SSHServer {
+	return NewSSHServerWith(t, addr, nil, hostKeys...)
+}
+
+// NewSSHServerWith is NewSSHServer with configure adjusting the server
+// before it serves.
+func NewSSHServerWith(t *testing.T, addr string, configure func(*SSHServer), hostKeys ...xssh.Signer) *SSHServer {
 	t.Helper()
 	if len(hostKeys) == 0 {
 		hostKeys = []xssh.Signer{NewHostKey(t, false)}
@@ -112,6 +118,9 @@ func NewSSHServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *SSHServer
 	}
 	s.Listener = ln
 	t.Cleanup(func() { ln.Close() })
+	if configure != nil {
+		configure(s)
+	}
 	go s.serve()
 	return s
 }
