@@ -23,10 +23,12 @@ func TestQcow2ReaderMatchesQemuImg(t *testing.T) {
 	run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", q)
 	full := filepath.Join(dir, "full.qcow2")
 	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
+	packed := filepath.Join(dir, "compressed.qcow2")
+	run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
 	want := filepath.Join(dir, "want.raw")
 	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
 	wb, _ := os.ReadFile(want)
-	for _, p := range []string{q, full} {
+	for _, p := range []string{q, full, packed} {
 		r, err := OpenQcow2(p)
 		if err != nil {
 			t.Fatal(err)

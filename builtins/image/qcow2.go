@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,8 +18,9 @@ var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
 // Qcow2 reads the guest view of a qcow2 image: allocated clusters from the
 // file, unallocated ones from the backing file (raw or qcow2) or as zeros.
 // It handles what `qemu-img create`/`convert` produce (versions 2 and 3,
-// standard L2 entries, zero clusters); compressed clusters, encryption,
-// external data files and extended L2 entries are refused by name. A
+// standard L2 entries, zero clusters, deflate-compressed clusters);
+// encryption, zstd compression, external data files and extended L2
+// entries are refused by name. A
 // pure-Go reader needs no temporary copy and no root (qemu-nbd).
 type Qcow2 struct {
 	f           *os.File
@@ -32,6 +34,8 @@ type Qcow2 struct {
 	l1          []uint64
 	mu          sync.Mutex
 	l2          map[uint64][]uint64
+	zEntry      uint64 // the cached compressed cluster
+	zData       []byte
 }
 
 // IsQcow2 reports whether the file at path starts with the qcow2 magic.
@@ -96,7 +100,7 @@ func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
 			return nil, errors.New("truncated v3 header")
 		}
 		incompat := be64(72)
-		for bit, what := range map[uint64]string{1: "marked corrupt", 2: "external data file", 3: "non-zlib compression", 4: "extended L2 entries"} {
+		for bit, what := range map[uint64]string{1: "marked corrupt", 2: "external data file", 3: "zstd compression", 4: "extended L2 entries"} {
 			if incompat&(1<<bit) != 0 {
 				return nil, fmt.Errorf("%s is not supported (use qemu-img convert)", what)
 			}
@@ -198,6 +202,34 @@ func (q *Qcow2) l2Table(off uint64) ([]uint64, error) {
 	return t, nil
 }
 
+// compressed inflates a compressed cluster (raw deflate, as QEMU writes
+// with `qemu-img convert -c`); the last one is cached.
+func (q *Qcow2) compressed(entry uint64) ([]byte, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.zEntry == entry && q.zData != nil {
+		return q.zData, nil
+	}
+	cb := q.clusterBits
+	x := 62 - (cb - 8)
+	off := entry & (1<<x - 1)
+	sectors := (entry>>x)&(1<<(cb-8)-1) + 1
+	n := int64(sectors)*512 - int64(off&511)
+	raw := make([]byte, n)
+	m, err := q.f.ReadAt(raw, int64(off))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	out := make([]byte, 1<<cb)
+	zr := flate.NewReader(bytes.NewReader(raw[:m]))
+	defer zr.Close()
+	if _, err := io.ReadFull(zr, out); err != nil {
+		return nil, fmt.Errorf("inflate: %w", err)
+	}
+	q.zEntry, q.zData = entry, out
+	return out, nil
+}
+
 // ReadAt reads guest bytes; io.EOF past the virtual size.
 func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
 	if off >= q.Size {
@@ -230,7 +262,11 @@ func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
 		}
 		switch {
 		case entry&qCompressed != 0:
-			return done, fmt.Errorf("qcow2: compressed cluster at guest byte %d is not supported (use qemu-img convert)", pos)
+			c, err := q.compressed(entry)
+			if err != nil {
+				return done, fmt.Errorf("qcow2: compressed cluster at guest byte %d: %w", pos, err)
+			}
+			copy(buf, c[in:])
 		case entry&1 != 0: // reads as zeros
 			clear(buf)
 		case entry&qOffMask != 0:
