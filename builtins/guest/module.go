@@ -45,9 +45,10 @@ Errors (before anything is sent): a permissions line that is not
 
 The tree has: sources (list of names), files (sorted guest paths), packages (united
 names), permissions (list of struct(path, owner, group, mode "0755", where "file:line")),
-post_install (list of struct(source, script)), tar() -> bytes (the files as a tar stream:
-paths relative to /, uid/gid 0, modes from permissions or the source: for bundled trees
-0755 when the file starts with "#!", else 0644), perm_script() -> the permissions as
+post_install (list of struct(source, script)), tar(extra={}) -> bytes (the files as a tar
+stream: paths relative to /, uid/gid 0, modes from permissions or the source: for bundled
+trees 0755 when the file starts with "#!", else 0644; extra adds {"/abs/path": text} files
+with mode 0644, e.g. rendered tables), perm_script() -> the permissions as
 "chown u:g path && chmod mode path" lines, and mode(path) -> "0644" for a file of the tree.`,
 				Fn: builtin("tree", func(args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 					if len(kwargs) > 0 {
@@ -230,10 +231,22 @@ func (v *treeValue) Attr(name string) (starlark.Value, error) {
 		return starlark.NewList(l), nil
 	case "tar":
 		return method(func(args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-			if err := starlark.UnpackPositionalArgs("tar", args, kwargs, 0); err != nil {
+			var extra *starlark.Dict
+			if err := starlark.UnpackArgs("tar", args, kwargs, "extra?", &extra); err != nil {
 				return nil, err
 			}
-			b, err := v.t.Tar(time.Now().Truncate(time.Second))
+			ex := map[string]string{}
+			if extra != nil {
+				for _, it := range extra.Items() {
+					k, ok1 := starlark.AsString(it[0])
+					val, ok2 := starlark.AsString(it[1])
+					if !ok1 || !ok2 {
+						return nil, fmt.Errorf("tar: extra wants {path: text} strings, got %s: %s", it[0].Type(), it[1].Type())
+					}
+					ex[k] = val
+				}
+			}
+			b, err := v.t.Tar(time.Now().Truncate(time.Second), ex)
 			if err != nil {
 				return nil, err
 			}

@@ -407,10 +407,32 @@ func (t *Tree) PostInstall() []Script {
 // guest's existing folders keep their owners and modes; missing ones are
 // created by tar), uid/gid 0 (root), modes from the permissions file or the
 // source, modification time mtime.
-func (t *Tree) Tar(mtime time.Time) ([]byte, error) {
+//
+// extra adds files that are not part of the tree (rendered tables, staged
+// scripts) with mode 0644; an extra file replaces a tree file of the same
+// path. Extra paths must be absolute and clean.
+func (t *Tree) Tar(mtime time.Time, extra map[string]string) ([]byte, error) {
+	files := t.Files()
+	if len(extra) > 0 {
+		byPath := map[string]*File{}
+		for _, f := range files {
+			byPath[f.Path] = f
+		}
+		for p, text := range extra {
+			if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
+				return nil, fmt.Errorf("tar: extra file path %q is not absolute and clean", p)
+			}
+			byPath[p] = &File{Path: p, Data: []byte(text), Mode: 0o644, From: "extra " + p}
+		}
+		files = files[:0:0]
+		for _, f := range byPath {
+			files = append(files, f)
+		}
+		sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for _, f := range t.Files() {
+	for _, f := range files {
 		h := &tar.Header{
 			Name: strings.TrimPrefix(f.Path, "/"), Mode: int64(uint32(f.Mode.Perm()) | specialBits(f.Mode)),
 			Uid: 0, Gid: 0, Uname: "root", Gname: "root", ModTime: mtime, Format: tar.FormatUSTAR,

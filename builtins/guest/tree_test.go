@@ -143,7 +143,7 @@ func TestMergeAndTar(t *testing.T) {
 	if ps := tr.PermScript(); ps != "chown root:adm /etc/rc.local && chmod 0750 /etc/rc.local\nchown root:root /etc/secret && chmod 0600 /etc/secret\n" {
 		t.Errorf("perm script:\n%s", ps)
 	}
-	b, err := tr.Tar(time.Unix(1700000000, 0))
+	b, err := tr.Tar(time.Unix(1700000000, 0), map[string]string{"/etc/hosts": "127.0.0.1 localhost\n"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +159,7 @@ func TestMergeAndTar(t *testing.T) {
 		"etc/secret":             {0o600, "s3cret\n", ""}, // permissions file wins over the host mode
 		"usr/local/bin/hello":    {0o750, "#!/bin/sh\necho hello\n", ""},
 		"usr/local/bin/hi":       {0o777, "", "hello"},
+		"etc/hosts":              {0o644, "127.0.0.1 localhost\n", ""}, // an extra file
 	}
 	rd := tar.NewReader(bytes.NewReader(b))
 	seen := 0
@@ -180,6 +181,9 @@ func TestMergeAndTar(t *testing.T) {
 		if h.Mode != w.mode || string(data) != w.data || h.Linkname != w.link || h.Uid != 0 || h.Gid != 0 || h.Uname != "root" {
 			t.Errorf("%s: mode %o uid %d gid %d link %q data %q", h.Name, h.Mode, h.Uid, h.Gid, h.Linkname, data)
 		}
+	}
+	if _, err := tr.Tar(time.Now(), map[string]string{"etc/x": ""}); err == nil {
+		t.Error("a relative extra path was accepted")
 	}
 	if seen != len(want) {
 		t.Errorf("saw %d of %d entries", seen, len(want))
