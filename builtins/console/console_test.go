@@ -324,3 +324,40 @@ s.close()
 		t.Fatalf("dry run connected %d times", n)
 	}
 }
+
+// BenchmarkRun times one command round trip on a logged-in console (the
+// fake guest answers at once: this is pifarm's own overhead).
+func BenchmarkRun(b *testing.B) {
+	fakeguest.NewConsole(b, addr(13))
+	s, err := Dial(liveDoor(nil), "console", addr(13), time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(false)
+	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
+		b.Fatal(ok, err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r, err := s.Run("true", 5*time.Second); err != nil || r.ExitCode != 0 {
+			b.Fatal(r, err)
+		}
+	}
+}
+
+// BenchmarkLogin times a log-in with one wrong password first (the fake's
+// fail delay is set to zero: this is pifarm's own overhead).
+func BenchmarkLogin(b *testing.B) {
+	fakeguest.NewConsole(b, addr(14), func(c *fakeguest.Console) { c.FailDelay = 0 })
+	s, err := Dial(liveDoor(nil), "console", addr(14), time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(false)
+	for i := 0; i < b.N; i++ {
+		if ok, err := s.Login("pi", []string{"wrong", "raspberry"}, 5*time.Second); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		s.Logout()
+	}
+}

@@ -27,7 +27,9 @@ const sshBase = 21100
 
 func addr(id int) string { return fmt.Sprintf("127.0.0.1:%d", sshBase+id) }
 
-func testFarm(t *testing.T) *farm.Farm {
+func testFarm(t *testing.T) *farm.Farm { return testFarmB(t) }
+
+func testFarmB(t testing.TB) *farm.Farm {
 	t.Helper()
 	src := fmt.Sprintf(`
 cache = %q
@@ -466,6 +468,37 @@ nodes = [
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("%s: %+v %v, want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// BenchmarkConnect times a connection with password log-in to the
+// in-process server (pifarm's side of a handshake).
+func BenchmarkConnect(b *testing.B) {
+	f := testFarmB(b)
+	fakeguest.NewSSHServer(b, addr(15))
+	for i := 0; i < b.N; i++ {
+		c, err := Dial(live(), target(f, 15), Auth{User: "pi", Passwords: []string{"raspberry"}}, Keys{Home: b.TempDir(), ConfDir: b.TempDir()}, 5*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
+// BenchmarkRun times one command on an open connection.
+func BenchmarkRun(b *testing.B) {
+	f := testFarmB(b)
+	fakeguest.NewSSHServer(b, addr(16))
+	c, err := Dial(live(), target(f, 16), Auth{User: "pi", Passwords: []string{"raspberry"}}, Keys{Home: b.TempDir(), ConfDir: b.TempDir()}, 5*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Run("true", RunOpts{Check: true}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -54,7 +54,7 @@ const (
 
 // NewConsole listens on addr (closed when the test ends) with user pi,
 // password raspberry; configure, when given, adjusts it before it serves.
-func NewConsole(t *testing.T, addr string, configure ...func(*Console)) *Console {
+func NewConsole(t testing.TB, addr string, configure ...func(*Console)) *Console {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

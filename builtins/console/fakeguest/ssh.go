@@ -39,7 +39,7 @@ type SSHServer struct {
 }
 
 // NewHostKey makes an ed25519 (or with rsaKey an RSA) host key.
-func NewHostKey(t *testing.T, rsaKey bool) xssh.Signer {
+func NewHostKey(t testing.TB, rsaKey bool) xssh.Signer {
 	t.Helper()
 	var priv any
 	if rsaKey {
@@ -65,13 +65,13 @@ func NewHostKey(t *testing.T, rsaKey bool) xssh.Signer {
 // NewSSHServer listens on addr (closed when the test ends) with the given
 // host keys (a fresh ed25519 key when none); user pi logs in with password
 // raspberry.
-func NewSSHServer(t *testing.T, addr string, hostKeys ...xssh.Signer) *SSHServer {
+func NewSSHServer(t testing.TB, addr string, hostKeys ...xssh.Signer) *SSHServer {
 	return NewSSHServerWith(t, addr, nil, hostKeys...)
 }
 
 // NewSSHServerWith is NewSSHServer with configure adjusting the server
 // before it serves.
-func NewSSHServerWith(t *testing.T, addr string, configure func(*SSHServer), hostKeys ...xssh.Signer) *SSHServer {
+func NewSSHServerWith(t testing.TB, addr string, configure func(*SSHServer), hostKeys ...xssh.Signer) *SSHServer {
 	t.Helper()
 	if len(hostKeys) == 0 {
 		hostKeys = []xssh.Signer{NewHostKey(t, false)}
