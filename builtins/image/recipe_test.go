@@ -115,6 +115,7 @@ nodes = [
 		{"dry-qboot-clone", "-n run image --provide-qboot 1", true, nil},
 		{"seed-under-linked", "run image --seed-user admin --seed-password pw", false, nil},
 		{"check-linked", "run testdata/clone.star --check 1", false, nil},
+		{"status-linked", "run image 1", false, nil},
 		{"seed-key-old-image", "run image --seed-user pi --seed-password pw --seed-key testdata/id_test.pub", false, nil},
 	}
 	for _, st := range steps {
