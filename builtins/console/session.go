@@ -233,6 +233,7 @@ var (
 	reShell     = regexp.MustCompile(`(?m)[$#] $`)
 	reIncorrect = regexp.MustCompile(`Login incorrect`)
 	reWizard    = regexp.MustCompile(`(?i)(enter new username|create a new user)`)
+	reLogout    = regexp.MustCompile(`(?m)^logout$`)
 	reHalted    = regexp.MustCompile(`reboot: (System halted|Power down)|System halted`)
 )
 
@@ -430,7 +431,21 @@ func (s *Session) Logout() error {
 		return nil
 	}
 	s.user = ""
-	return s.Send("exit\r")
+	if err := s.Send("exit\r"); err != nil {
+		return err
+	}
+	if s.Dry() {
+		return nil
+	}
+	// Wait until the shell took the line: bytes still queued in QEMU's
+	// socket when the client disconnects are lost (a lone "e" would reach
+	// the shell). bash says "logout"; other shells go back to the login
+	// prompt.
+	_, err := s.Expect([]*regexp.Regexp{reLogout, reLogin}, 5*time.Second)
+	if ctxErr := s.d.Context().Err(); ctxErr != nil {
+		return err
+	}
+	return nil // a slow or closed console: the log-out was sent, go on
 }
 
 // Close logs out (when logout is set and this session logged in) and
