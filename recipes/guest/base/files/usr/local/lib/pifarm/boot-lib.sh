@@ -200,6 +200,28 @@ pf_set_hostname() {
 	return 0
 }
 
+# pf_unit_enabled UNIT: whether systemd starts UNIT at boot, read from the
+# /etc/systemd/system/*.wants links (no systemctl: it is slow on an emulated CPU).
+pf_unit_enabled() {
+	for pf_ue in "$ROOT"/etc/systemd/system/*.wants/"$1".service; do
+		[ -e "$pf_ue" ] || [ -L "$pf_ue" ] && return 0
+	done
+	return 1
+}
+
+# pf_disable UNIT...: systemctl disable --now for the units that are enabled,
+# in one call; nothing when none is (the usual case after the first boot).
+pf_disable() {
+	pf_have systemctl || return 0
+	pf_di=
+	for pf_d in "$@"; do
+		pf_unit_enabled "$pf_d" && pf_di="$pf_di $pf_d"
+	done
+	[ -n "$pf_di" ] || return 0
+	# shellcheck disable=SC2086
+	pf_runq systemctl disable --now $pf_di || true
+}
+
 # pf_service "ACTION [FLAGS]" UNIT...: systemctl ACTION for each unit, quietly
 # (units that do not exist are no error).
 pf_service() {
