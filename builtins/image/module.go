@@ -120,8 +120,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "expand", Args: "image=0", Fn: m.expandFn,
 				Doc: "Pad a raw image to the smallest configured size (image_sizes_gib) that holds it and grow\n" +
 					"partition 2 to end margin_percent before the end.\n\n" +
-					"Refuses images over the largest size, while any instance runs, or while a partition is\n" +
-					"mounted. The file grows first (truncate, fsync), then the table is rewritten (go-diskfs;\n" +
+					"Refuses images over the largest size, while any instance runs or another pifarm starts one\n" +
+					"(the instance locks are held meanwhile), or while a partition is mounted. The file grows first (truncate, fsync), then the table is rewritten (go-diskfs;\n" +
 					"disk id and boot code kept), so no table ever points past the end of the file. Returns\n" +
 					"the plan (see plan_expand); no_need=True when the image is already right.\n" +
 					"Dry run: prints `truncate -s 4G IMG` and `sfdisk --no-reread -q IMG <<'EOF' ... EOF`\n" +
@@ -129,12 +129,13 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "provide_qboot", Args: "instance=0, image=None", Fn: m.qbootFn,
 				Doc: "Copy kernel8.img and bcm2710-rpi-3-b-plus.dtb out of the FAT32 boot partition of the\n" +
 					"instance's disk (raw, or qcow2 through a pure-Go qcow2 reader; no root, no mount) to\n" +
-					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's signature\n" +
-					"in clone-N.sig: the SHA-256 of partition 1 up to its last used cluster (its free tail holds\n" +
-					"no file data), with the disk's size/mtime/inode for a cheap unchanged-check. image: read this file instead\n" +
-					"of the instance's disk (a dry run that registers it in the same recipe).\n" +
-					"Returns struct(kernel, dtb, sig, sum, count, sizes) (count: sectors hashed). Dry run: prints the equivalent\n" +
-					"`mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker` lines and the signature."},
+					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's\n" +
+					"signature in clone-N.sig: the SHA-256 of partition 1 up to its last used cluster (its free\n" +
+					"tail holds no file data), with the disk's size/mtime/inode for a cheap unchanged-check.\n" +
+					"image: read this file instead of the instance's disk (a dry run that registers it in the\n" +
+					"same recipe). Returns struct(kernel, dtb, sig, sum, count, sizes) (count: sectors hashed).\n" +
+					"Dry run: prints the equivalent `mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker`\n" +
+					"lines and the signature (as `dd ... | sha256sum`)."},
 			{Name: "check_boot", Args: "instance=0", Fn: m.checkBootFn,
 				Doc: "Whether the instance's boot files match its disk (a query): struct(state, message, hashed)\n" +
 					"with state \"ok\", \"missing\" or \"outdated\" (the boot partition changed, e.g. after an OS\n" +
@@ -147,10 +148,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"On images with cloud-init (RaspiOS Trixie and later: a user-data file on the boot\n" +
 					"partition) user-data is rewritten too: the user with the hash, keys (public key lines)\n" +
 					"authorised, SSH password logins on, sshd enabled; keys on an older image are an error.\n" +
-					"files adds more (name -> text). Refuses while an instance runs or a partition is mounted.\n" +
+					"files adds more (name -> text). Refuses while any instance runs or a partition is mounted.\n" +
 					"If the instance's boot files were current, their signature is re-recorded. Returns\n" +
-					"struct(written, resigned). Dry run: prints `printf %s 'pi:****' | mcopy -n -o -i IMG@@OFF - ::userconf.txt`\n" +
-					"(password and hash masked). The FAT writer keeps both FATs and FSInfo right (fsck.vfat -n clean)."},
+					"struct(written, resigned). Dry run: prints\n" +
+					"`printf '%s\\n' 'pi:****' | mcopy -n -o -i IMG@@OFFSET - ::userconf.txt` (password and hash\n" +
+					"masked). The FAT writer keeps both FATs and FSInfo right (fsck.vfat -n finds nothing)."},
 			{Name: "hash_password", Args: "password, salt=None", Fn: m.hashFn,
 				Doc: "The SHA-512 crypt (\"$6$salt$...\") of password, as /etc/shadow and userconf.txt hold it;\nsalt random when not given."},
 			{Name: "mount", Args: "part, instance=0, sudo=False", Fn: m.mountFn,
@@ -171,7 +173,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"whose absolute backing file is the base (`qemu-img create -f qcow2 -b BASE -F raw`) plus\n" +
 					"a record of the base's identity (clone-N.base). Written to a temporary name and renamed;\n" +
 					"a replaced clone is kept as NAME~. Refuses while instance 0 or N runs or the base is\n" +
-					"mounted. Instance 0's boot files are copied along when current.\n" +
+					"mounted. Instance 0's boot files are hard-linked along when current (no re-hash).\n" +
 					"Returns struct(path, base, linked)."},
 			{Name: "check_clone", Args: "instance", Fn: m.checkCloneFn,
 				Doc: "Whether instance N's clone may be used (a query): struct(exists, linked, ok, base, reason).\n" +
