@@ -237,10 +237,6 @@ var (
 	reHalted    = regexp.MustCompile(`reboot: (System halted|Power down)|System halted`)
 )
 
-// ErrNoUser reports that no password logged the user in (or that the guest
-// asks to create a first user): the image has no such user.
-var ErrNoUser = errors.New("login refused with every password")
-
 // Login logs user in, trying passwords in turn. A console that already
 // shows a shell is logged out first; a pending Password: prompt is
 // answered empty. `Login incorrect` moves on to the next password at once.
