@@ -260,6 +260,8 @@ func TestStarlarkSession(t *testing.T) {
 	err := runStar(t, d, f, `
 assert.true(console.probe("n11"))
 assert.true(not console.probe(38))
+assert.fails(lambda: console.open(38, timeout = 1), "console 21038: connect to 127.0.0.1:21038: .*connection refused \\(is the instance running\\?\\)")
+assert.fails(lambda: console.open("nosuch"), "unknown instance")
 s = console.open("n11")
 assert.eq(s.label, "console 21011")
 assert.true(console.open(11) == s)   # one client per console: the session is reused
