@@ -41,6 +41,7 @@ type Console struct {
 	state int
 	user  string
 	conns int
+	typed int      // bytes received from clients
 	lines []string // shell lines received
 	conn  net.Conn
 }
@@ -111,6 +112,9 @@ func (fc *Console) handle(c net.Conn) {
 		if err != nil {
 			return
 		}
+		fc.mu.Lock()
+		fc.typed += n
+		fc.mu.Unlock()
 		for _, b := range buf[:n] {
 			if b == '\n' && lastCR {
 				lastCR = false
@@ -263,6 +267,13 @@ func (fc *Console) Lines() []string {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	return append([]string(nil), fc.lines...)
+}
+
+// Typed counts the bytes clients sent so far.
+func (fc *Console) Typed() int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.typed
 }
 
 // Connections counts the clients accepted so far.
