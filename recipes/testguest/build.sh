@@ -234,7 +234,8 @@ boot_module_list() {
 PKGROOT=$CACHE/pkgroot
 pkgroot_key() {
   { for p in "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}"; do echo "${DEBFILE[$p]}"; done
-    sed -n '/^# >>> pkgroot/,/^# <<< pkgroot/p' "${BASH_SOURCE[0]}"; } | md5sum | cut -d' ' -f1
+    sed -n '/^# >>> pkgroot/,/^# <<< pkgroot/p' "${BASH_SOURCE[0]}"
+    (cd "$SRC/rootfs" && ls usr/bin usr/sbin); } | md5sum | cut -d' ' -f1
 }
 PKEY=$(pkgroot_key)
 if [ "$(cat "$PKGROOT.key" 2>/dev/null)" != "$PKEY" ]; then
@@ -259,7 +260,19 @@ if [ "$(cat "$PKGROOT.key" 2>/dev/null)" != "$PKEY" ]; then
   MISSING=$(comm -23 "$CACHE/needed" "$CACHE/provided" | tr '\n' ' ')
   rm -f "$CACHE/needed" "$CACHE/provided"
   [ -z "$MISSING" ] || die "shared libraries missing from the root file system: $MISSING"
-  qemu-aarch64-static "$PKGROOT/usr/bin/busybox" --list-full > "$PKGROOT.applets"
+  # /bin/sh is dash, as on Debian and RaspiOS: a busybox sh would run its own
+  # applets (ip, tar, hostname, ...) before the real programs in PATH
+  ln -sfn dash "$PKGROOT/usr/bin/sh"
+  # busybox for every command that neither the packages nor pifarm's files provide
+  qemu-aarch64-static "$PKGROOT/usr/bin/busybox" --list-full | while read -r a; do
+    n=${a##*/}
+    case $n in linuxrc|dpkg|dpkg-deb|rpm|rpm2cpio|busybox) continue ;; esac
+    for d in usr/bin usr/sbin; do
+      [ -e "$PKGROOT/$d/$n" ] || [ -L "$PKGROOT/$d/$n" ] || [ -e "$SRC/rootfs/$d/$n" ] && continue 2
+    done
+    case $a in sbin/*|usr/sbin/*) d=usr/sbin ;; *) d=usr/bin ;; esac
+    ln -s /usr/bin/busybox "$PKGROOT/$d/$n"
+  done
   echo "$PKEY" > "$PKGROOT.key"
 fi
 # <<< pkgroot
@@ -269,20 +282,11 @@ R=$W/root
 I=$W/initramfs
 rm -rf "$W"; mkdir -p "$W/boot" "$W/out"
 log "assembling the root file system"
-cp -a "$PKGROOT" "$R"
+# R shares file inodes with the caches (hard links): files in R are replaced,
+# never changed in place
+cp -al "$PKGROOT" "$R"
 # pifarm's guest files (init scripts, shims, configuration)
-cp -a "$SRC/rootfs/." "$R/"
-# /bin/sh is dash, as on Debian and RaspiOS: a busybox sh would run its own
-# applets (ip, tar, hostname, ...) before the real programs in PATH
-ln -sfn dash "$R/usr/bin/sh"
-# busybox for everything the packages above do not provide
-while read -r a; do
-  n=${a##*/}
-  case $n in linuxrc|dpkg|dpkg-deb|rpm|rpm2cpio|busybox) continue ;; esac
-  [ -e "$R/usr/bin/$n" ] || [ -L "$R/usr/bin/$n" ] || [ -e "$R/usr/sbin/$n" ] || [ -L "$R/usr/sbin/$n" ] && continue
-  case $a in sbin/*|usr/sbin/*) d=usr/sbin ;; *) d=usr/bin ;; esac
-  ln -s /usr/bin/busybox "$R/$d/$n"
-done < "$PKGROOT.applets"
+cp -a --remove-destination "$SRC/rootfs/." "$R/"
 
 # sudo: a small setuid helper (files/sudo.c), compiled once per source version
 SUDO_BIN=$CACHE/sudo-$(sha256sum "$SRC/files/sudo.c" | cut -c1-16)
@@ -309,7 +313,6 @@ ln -sfn /proc/self/mounts "$R/etc/mtab"
 ln -sfn /run "$R/var/run"; ln -sfn /run/lock "$R/var/lock"
 chmod 1777 "$R/tmp" "$R/var/tmp"; chmod 700 "$R/root"; chmod 750 "$R/etc/sudoers.d"
 chmod 440 "$R/etc/sudoers" "$R"/etc/sudoers.d/*
-cp -a "$R/etc/skel/." "$R/root/"
 mkdir -p "$R/home/pi"; cp -a "$R/etc/skel/." "$R/home/pi/"; chown -R 1000:1000 "$R/home/pi"
 
 # systemd-style unit state that the systemctl shim reads and writes (enabled =
@@ -335,7 +338,7 @@ install -m 600 "$HK"/dropbear_*_host_key "$R/etc/dropbear/"
 # kernel modules: the boot set plus networking and file systems for modprobe
 # (the same tree that depmod indexed in the kernel cache)
 mkdir -p "$R/lib/modules"
-cp -a "$KMOD" "$R/lib/modules/"
+cp -al "$KMOD" "$R/lib/modules/"
 
 # ---- 5. initramfs ---------------------------------------------------------------
 # kept in the cache until its inputs or the code between the markers change
