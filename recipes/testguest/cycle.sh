@@ -61,6 +61,18 @@ IMG=$W/raspios-test.img
 cp --sparse=always "$W/build-pi.img" "$IMG"
 
 pf() { echo "+ pifarm $*"; "$PIFARM" "$@"; }
+cleanup() { # on any exit: no QEMU of this cycle outlives it
+  local f p
+  for f in "$W"/cache/clones/raspi-clone-*/qemu.pid; do
+    [ -f "$f" ] || continue
+    p=$(cat "$f")
+    if [ -d "/proc/$p" ] && tr '\0' ' ' < "/proc/$p/cmdline" | grep -q -- "$W/cache"; then
+      echo "cycle: cleaning up QEMU $p ($f)" >&2
+      kill "$p" 2>/dev/null || true
+    fi
+  done
+}
+trap cleanup EXIT
 stage_t=$(date +%s.%N)
 stage() { # stage NAME: closes the previous stage's clock
   local now; now=$(date +%s.%N)
