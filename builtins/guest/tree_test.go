@@ -305,3 +305,24 @@ q = guest.quote("it's")
 		}
 	}
 }
+
+// The sudoers drop-in passes sudo's own check (Debian package sudo).
+func TestSudoersPassesVisudo(t *testing.T) {
+	visudo, err := exec.LookPath("visudo")
+	if err != nil {
+		t.Fatalf("visudo is needed (apt-get install sudo): %v", err)
+	}
+	m := NewFS(bundledFS()).Struct()
+	for _, name := range []string{"bob", "first.last", "_svc", "a-b_c9"} {
+		v, err := starlark.Call(&starlark.Thread{}, m.Members["sudoers"], starlark.Tuple{starlark.String(name)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := v.(starlark.HasAttrs).Attr("text")
+		p := filepath.Join(t.TempDir(), "drop-in")
+		os.WriteFile(p, []byte(string(text.(starlark.String))), 0o440)
+		if out, err := exec.Command(visudo, "-c", "-q", "-f", p).CombinedOutput(); err != nil {
+			t.Errorf("%s: visudo: %v\n%s", name, err, out)
+		}
+	}
+}
