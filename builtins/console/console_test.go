@@ -134,6 +134,34 @@ func TestLoginRunHalt(t *testing.T) {
 	}
 }
 
+func TestLongOutputAndFloods(t *testing.T) {
+	fakeguest.NewConsole(t, addr(15))
+	s := dial(t, liveDoor(nil), 15)
+	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	start := time.Now()
+	// ~290 KB of output, far more than the rescan window: the end marker
+	// is still found, and the output is whole.
+	r, err := s.Run("seq 1 50000", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(r.Output, "\n")
+	if len(lines) != 50000 || lines[0] != "1" || lines[49999] != "50000" {
+		t.Fatalf("output: %d lines, first %q, last %q", len(lines), lines[0], lines[len(lines)-1])
+	}
+	// A flood of kernel messages before a prompt-like line.
+	s.Send("seq 1 30000 | sed 's/^/[    1.000000] usb 1-1: message /'; echo 'ready> '\r")
+	if _, err := s.Expect([]*regexp.Regexp{regexp.MustCompile(`(?m)^ready> $`)}, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("%s for 0.6 MB of console output", el)
+	}
+	t.Logf("0.6 MB of console output in %s", time.Since(start))
+}
+
 func TestLoginEveryPasswordRefused(t *testing.T) {
 	fc := fakeguest.NewConsole(t, addr(2))
 	fc.FailDelay = 50 * time.Millisecond

@@ -23,6 +23,11 @@ var ErrClosed = errors.New("console closed")
 const (
 	maxBuf  = 1 << 20 // unconsumed text kept for expect
 	maxHist = 8 << 10 // text kept for error messages
+	// lookback bounds rescanning: text that was searched without a match is
+	// searched again only in its last lookback bytes (aligned to a line
+	// start), so a long boot log does not cost a full scan per chunk. A
+	// match may span at most this much text that had already arrived.
+	lookback = 2 << 10
 )
 
 // Session is one client connection to a serial console. QEMU's socket
@@ -39,6 +44,7 @@ type Session struct {
 	conn   net.Conn
 	mu     sync.Mutex
 	buf    []byte // cleaned text not yet consumed by an expect
+	cut    int    // bytes dropped from the front of buf so far (absolute offsets)
 	hist   []byte // the last maxHist bytes received, for error messages
 	notify chan struct{}
 	rerr   error // why the reader stopped
@@ -98,7 +104,9 @@ func (s *Session) read() {
 				s.hist = append(s.hist[:0], s.hist[len(s.hist)-maxHist/2:]...)
 			}
 			if len(s.buf) > maxBuf {
-				s.buf = append(s.buf[:0], s.buf[len(s.buf)-maxBuf/2:]...)
+				drop := len(s.buf) - maxBuf/2
+				s.buf = append(s.buf[:0], s.buf[drop:]...)
+				s.cut += drop
 			}
 		}
 		if err != nil {
@@ -126,44 +134,80 @@ func (s *Session) Expect(pats []*regexp.Regexp, timeout time.Duration) (Match, e
 		m := Match{Groups: make([]string, pats[0].NumSubexp())}
 		return m, nil
 	}
+	return s.expect(pats, timeout, showPats(pats), timeout)
+}
+
+// expect is Expect with the awaited thing described as what, and shown as
+// the timeout in the error (a part of a longer wait).
+func (s *Session) expect(pats []*regexp.Regexp, timeout time.Duration, what string, shown time.Duration) (Match, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	ctx := s.d.Context()
+	from := -1 // absolute offset where the next search starts; -1: everything
 	for {
 		s.mu.Lock()
-		if m, ok := s.find(pats); ok {
+		start := 0
+		if from >= 0 {
+			start = s.lineStart(from - s.cut)
+		}
+		if m, ok := s.find(pats, start); ok {
 			s.mu.Unlock()
 			return m, nil
 		}
+		from = s.cut + len(s.buf) - lookback
 		if s.rerr != nil {
 			err := s.rerr
 			s.mu.Unlock()
-			return Match{}, s.failf(fmt.Errorf("%w (%v)", ErrClosed, err), "the console closed while waiting for %s", showPats(pats))
+			return Match{}, s.failf(fmt.Errorf("%w (%v)", ErrClosed, err), "the console closed while waiting for %s", what)
 		}
 		ch := s.notify
 		s.mu.Unlock()
 		select {
 		case <-ch:
 		case <-timer.C:
-			return Match{}, s.failf(nil, "timeout after %s waiting for %s", timeout, showPats(pats))
+			return Match{}, s.failf(nil, "timeout after %s waiting for %s", shown, what)
 		case <-ctx.Done():
-			return Match{}, s.failf(ctx.Err(), "interrupted while waiting for %s", showPats(pats))
+			return Match{}, s.failf(ctx.Err(), "interrupted while waiting for %s", what)
 		}
 	}
 }
 
-// find looks for the earliest match of any pattern; s.mu is held.
-func (s *Session) find(pats []*regexp.Regexp) (Match, bool) {
+// lineStart returns the start of the line holding buf[i] (looking back at
+// most lookback bytes more), so that ^ in a pattern means a line start.
+func (s *Session) lineStart(i int) int {
+	if i <= 0 {
+		return 0
+	}
+	if i > len(s.buf) {
+		i = len(s.buf)
+	}
+	stop := max(0, i-lookback)
+	for j := i - 1; j >= stop; j-- {
+		if s.buf[j] == '\n' {
+			return j + 1
+		}
+	}
+	return stop
+}
+
+// find looks for the earliest match of any pattern in buf[start:]; s.mu is
+// held.
+func (s *Session) find(pats []*regexp.Regexp, start int) (Match, bool) {
 	best, bestAt := -1, 0
 	var loc []int
 	for i, re := range pats {
-		l := re.FindSubmatchIndex(s.buf)
+		l := re.FindSubmatchIndex(s.buf[start:])
 		if l != nil && (best < 0 || l[0] < bestAt) {
 			best, bestAt, loc = i, l[0], l
 		}
 	}
 	if best < 0 {
 		return Match{}, false
+	}
+	for k := range loc {
+		if loc[k] >= 0 {
+			loc[k] += start
+		}
 	}
 	m := Match{Index: best, Text: string(s.buf[loc[0]:loc[1]]), Before: string(s.buf[:loc[0]])}
 	for g := 1; g < len(loc)/2; g++ {
@@ -364,13 +408,19 @@ func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
 	if s.Dry() {
 		return Result{}, nil
 	}
-	re := regexp.MustCompile(`(?s)` + tok + `_B\n(.*?)` + tok + `_E(\d+)\n`)
-	m, err := s.Expect([]*regexp.Regexp{re}, timeout)
+	// Two short matches: the output between them may be long.
+	deadline := time.Now().Add(timeout)
+	if _, err := s.expect([]*regexp.Regexp{regexp.MustCompile(tok + `_B\n`)}, timeout,
+		"the command to start (marker "+tok+"_B)", timeout); err != nil {
+		return Result{}, fmt.Errorf("run %s: %w", quote(cmd), err)
+	}
+	m, err := s.expect([]*regexp.Regexp{regexp.MustCompile(tok + `_E(\d+)\n`)}, max(time.Until(deadline), time.Millisecond),
+		"the command to finish (marker "+tok+"_E<status>)", timeout)
 	if err != nil {
 		return Result{}, fmt.Errorf("run %s: %w", quote(cmd), err)
 	}
-	code, _ := strconv.Atoi(m.Groups[1])
-	out := strings.TrimSuffix(dropKernelLines(m.Groups[0]), "\n")
+	code, _ := strconv.Atoi(m.Groups[0])
+	out := strings.TrimSuffix(dropKernelLines(m.Before), "\n")
 	return Result{Output: out, ExitCode: code}, nil
 }
 
