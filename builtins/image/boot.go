@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"pifarm/builtins/trace"
 )
@@ -83,6 +84,17 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 			return nil, err
 		}
 	}
+	if id >= 0 {
+		run, err := m.running()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range run {
+			if r.ID == id {
+				return nil, fmt.Errorf("provide boot files of instance %d: it is running (pid %d) and may be writing its boot partition; shut it down first (pifarm run guest --shutdown %d)", id, r.Pid, id)
+			}
+		}
+	}
 	d, err := m.open(path)
 	if err != nil {
 		return nil, err
@@ -146,6 +158,13 @@ func (m *mod) writeSig(id int, d *Disk, sum string, count uint64, ids []fileID) 
 	return m.d.Do(line, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, true) })
 }
 
+// racyWindow is how close to the writing of a .sig record a recorded mtime
+// may be before the record no longer proves "unchanged": file system
+// timestamps come from a clock that ticks every few milliseconds, so a
+// write just after the record may keep the same mtime (git's "racily
+// clean" entries). Such records are re-hashed, and refreshed when equal.
+const racyWindow = 100 * time.Millisecond
+
 // BootState says whether an instance's boot files match its disk.
 type BootState struct {
 	State   string // "ok", "missing", "outdated"
@@ -180,9 +199,16 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 	}
 	if len(rec.Files) > 0 && rec.Files[0].Path == real {
 		same := true
+		sigFi, err := os.Stat(m.f.Sig(id))
+		if err != nil {
+			return BootState{}, err
+		}
 		for _, want := range rec.Files {
 			got, err := statID(want.Path)
-			if err != nil || got != want {
+			// A file modified within racyWindow before the record was
+			// written may change again without a new mtime (coarse
+			// file system clocks): such a record proves nothing.
+			if err != nil || got != want || want.MTime > sigFi.ModTime().UnixNano()-racyWindow.Nanoseconds() {
 				same = false
 				break
 			}

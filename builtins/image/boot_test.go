@@ -14,6 +14,7 @@ import (
 func TestRegisterProvideCheck(t *testing.T) {
 	dir := t.TempDir()
 	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
+	age(t, fx.path, time.Hour)
 	m, out := testMod(t, dir, false)
 	if _, err := m.CheckBoot(0); err == nil || !strings.Contains(err.Error(), "no registered image") {
 		t.Fatalf("check without image: %v", err)
@@ -48,14 +49,20 @@ func TestRegisterProvideCheck(t *testing.T) {
 		t.Fatalf("re-check: %+v %v in %v", st, err, el)
 	}
 	// touched but the same content: re-hashed, still ok, record refreshed
-	later := time.Now().Add(time.Minute)
-	os.Chtimes(fx.path, later, later)
+	age(t, fx.path, time.Minute)
 	st, err = m.CheckBoot(0)
 	if err != nil || st.State != "ok" || !st.Hashed {
 		t.Fatalf("after touch: %+v %v", st, err)
 	}
 	if st, _ = m.CheckBoot(0); st.Hashed {
 		t.Fatal("record not refreshed after a re-hash")
+	}
+	// a record written right after the image changed is racy: re-hashed
+	now := time.Now()
+	os.Chtimes(fx.path, now, now)
+	m.CheckBoot(0) // refreshes the record, which is racy now
+	if st, _ = m.CheckBoot(0); !st.Hashed || st.State != "ok" {
+		t.Fatalf("racy record trusted: %+v", st)
 	}
 	// the boot partition changes (an OS upgrade): outdated
 	src := filepath.Join(t.TempDir(), "kernel8.img")
@@ -324,6 +331,9 @@ func TestMountPaths(t *testing.T) {
 	}
 	if _, err := live.Seed(live.f.Disk(0), 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "running") {
 		t.Fatalf("seed while running: %v", err)
+	}
+	if _, err := live.ProvideQboot(0, ""); err == nil || !strings.Contains(err.Error(), "shut it down first") {
+		t.Fatalf("provide while running: %v", err)
 	}
 }
 

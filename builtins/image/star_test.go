@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
@@ -16,6 +17,7 @@ import (
 func TestStarlark(t *testing.T) {
 	dir := t.TempDir()
 	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	age(t, fx.path, time.Hour)
 	m, _ := testMod(t, dir, false)
 	mod := New(m.d, m.f)
 	assert, err := starlarktest.LoadAssertModule()
