@@ -343,3 +343,29 @@ func TestExpandRefusesMountedRoot(t *testing.T) {
 		t.Fatal("second umount found a mount")
 	}
 }
+
+// TestExpandPicksTheNextSizeForTheMargin: a file system that would reach
+// into 4 GiB's margin makes the image 8 GiB; a full 4 GiB image whose ext4
+// fits the margin gets its partition shrunk to the margin, never the
+// file system.
+func TestExpandPicksTheNextSizeForTheMargin(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 4000 << 20, bootMiB: 64, clusterSectrs: 1})
+	m, _ := testMod(t, dir, true)
+	pl, err := m.PlanExpand(fx.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.Size != 8<<30 || pl.Root != rootEnd(8<<30, 6)-fx.rootStart {
+		t.Fatalf("plan %+v", pl)
+	}
+	dir2 := t.TempDir()
+	fx2 := makeFixture(t, dir2, fixtureOpts{size: 4 << 30, bootMiB: 64, ext4MiB: 3000, clusterSectrs: 1})
+	pl, err = m.PlanExpand(fx2.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl.Size != 4<<30 || pl.Root >= pl.RootBefore || pl.NoNeed {
+		t.Fatalf("plan %+v", pl)
+	}
+}
