@@ -56,6 +56,9 @@ type Plan struct {
 func tapUsable(name string) (bool, string) {
 	base := "/sys/class/net/" + name
 	if _, err := os.Stat(base); err != nil {
+		if inNetDev(name) {
+			return false, fmt.Sprintf("TAP device %s exists in this network namespace, but /sys shows another one (mount sysfs for this namespace, as `ip netns exec` does)", name)
+		}
 		return false, fmt.Sprintf("TAP device %s does not exist", name)
 	}
 	flags, err := os.ReadFile(base + "/tun_flags")
@@ -86,6 +89,21 @@ func tapUsable(name string) (bool, string) {
 		who = fmt.Sprintf("owned by uid %d", owner)
 	}
 	return false, fmt.Sprintf("TAP device %s is %s, not usable by uid %d", name, who, os.Getuid())
+}
+
+// inNetDev reports whether /proc/self/net/dev, which always shows this
+// process's network namespace, lists the interface.
+func inNetDev(name string) bool {
+	b, err := os.ReadFile("/proc/self/net/dev")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if n, _, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(n) == name {
+			return true
+		}
+	}
+	return false
 }
 
 func readInt(path string) int {

@@ -41,12 +41,13 @@ if [ -z "${PIFARM_CYCLE_INNER:-}" ]; then
   "$SRC/build.sh" --no-pi-password "$W/build-seed.img"
   awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "stage %-28s %6.1fs\n", "build guests", a - b }' | tee "$W/times"
   echo "== entering a private network namespace"
-  PIFARM_CYCLE_INNER=1 exec unshare --net --fork "${BASH_SOURCE[0]}"
+  PIFARM_CYCLE_INNER=1 exec unshare --net --mount --fork "${BASH_SOURCE[0]}"
 fi
 
 # ---------------------------------------------------------------- inner part
 W=$PIFARM_CYCLE_WORK
 ip link set lo up
+mount -t sysfs sysfs /sys           # /sys/class/net of this namespace, as `ip netns exec` does
 export HOME=$W/home                 # the user's key lives here, not in ~root
 rm -rf "$HOME" "$W/cache"
 mkdir -p "$HOME/.ssh"
