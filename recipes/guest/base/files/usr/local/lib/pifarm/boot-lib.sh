@@ -191,6 +191,13 @@ pf_rename() {
 		pf_run ip link set dev "$2" up
 }
 
+# pf_unmanaged IFACE: keep NetworkManager (RaspiOS Bookworm) off an interface
+# that gets a static address here; nothing where NetworkManager is absent.
+pf_unmanaged() {
+	pf_have nmcli || return 0
+	pf_runq nmcli device set "$1" managed no || true
+}
+
 # pf_set_hostname NAME: the running host name and /etc/hostname.
 pf_set_hostname() {
 	if [ "$(hostname 2>/dev/null)" != "$1" ]; then
