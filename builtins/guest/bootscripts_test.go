@@ -185,6 +185,9 @@ func (g *guestRoot) nic(name, mac string, ifindex int, usb bool) {
 	}
 	n := filepath.Join(g.sysfs, "class/net", name)
 	os.MkdirAll(dev, 0o755)
+	if usb {
+		os.WriteFile(filepath.Join(dev, "../idVendor"), []byte("0525\n"), 0o644)
+	}
 	os.MkdirAll(n, 0o755)
 	os.WriteFile(filepath.Join(n, "address"), []byte(mac+"\n"), 0o644)
 	os.WriteFile(filepath.Join(n, "ifindex"), []byte(fmt.Sprintf("%d\n", ifindex)), 0o644)
@@ -232,6 +235,10 @@ func TestBootLibLookups(t *testing.T) {
 				{`pf_node_of_wan 100.65.10.15`, "5"},
 				{`pf_node_of_wan 100.65.5.1`, ""},
 				{`pf_node_of_wan 100.65.5.15X`, ""},
+				{`pf_node_info 100.65.5.15`, "2 192.168.66.8 entwo"},
+				{`pf_node_info 100.65.10.15`, "5 192.168.66.12 enfive"},
+				{`pf_node_info 100.66.1.15`, "300 192.168.66.200 big"},
+				{`pf_node_info 100.65.5.16`, ""},
 				{`pf_lan_of_node 2`, "192.168.66.8"},
 				{`pf_lan_of_node 20`, ""},
 				{`pf_alias_of_node 5`, "enfive"},

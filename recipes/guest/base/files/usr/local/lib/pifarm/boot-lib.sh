@@ -43,15 +43,29 @@ pf_runq() {
 	fi
 }
 
+# pf_read FILE: its first line in PF_LINE (the shell's read: no process;
+# boot scripts fork as little as they can, each fork is slow on an emulated
+# CPU and the login prompt waits for rc.local). Fails when FILE is unreadable.
+pf_read() {
+	PF_LINE=
+	[ -r "$1" ] && read -r PF_LINE <"$1" 2>/dev/null
+	[ -r "$1" ]
+}
+
 # pf_have PROG: whether PROG is on PATH.
 pf_have() { command -v "$1" >/dev/null 2>&1; }
 
 # pf_write FILE TEXT: write TEXT (plus a newline) to $ROOT/FILE when it differs;
 # the old file is kept as FILE~. Returns 0 when it wrote, 1 when unchanged.
+# One-line texts are compared without a process.
 pf_write() {
 	pf_w_file=$ROOT$1
-	if [ -f "$pf_w_file" ] && [ "$(cat "$pf_w_file")" = "$2" ]; then
-		return 1
+	if [ -f "$pf_w_file" ]; then
+		case $2 in
+		*"
+"*) [ "$(cat "$pf_w_file")" = "$2" ] && return 1 ;;
+		*) pf_read "$pf_w_file" && [ "$PF_LINE" = "$2" ] && [ "$(wc -l <"$pf_w_file")" -le 1 ] && return 1 ;;
+		esac
 	fi
 	if [ -n "${PIFARM_BOOT_DRY:-}" ]; then
 		echo "+ write $1"
@@ -69,6 +83,22 @@ pf_node_of_wan() {
 	pf_table /etc/hosts | awk -v ip="$1" '$1 == ip {
 		for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.wan$/) { s = $i; sub(/^n/, "", s); sub(/\.wan$/, "", s); print s; exit }
 	}'
+}
+
+# pf_node_info WAN-IP: "N LAN-IP ALIAS" of the node whose "nN.wan" line holds
+# WAN-IP, read from /etc/hosts in one pass (nothing when it has none; LAN-IP
+# and ALIAS are "-" when the node has no LAN line).
+pf_node_info() {
+	awk -v ip="$1" '
+		{ sub(/#.*/, "") }
+		$1 == ip { for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.wan$/) { n = $i; sub(/^n/, "", n); sub(/\.wan$/, "", n) } }
+		{ for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.lan$/) {
+			k = $i; sub(/\.lan$/, "", k); lan[k] = $1; a = ""
+			for (j = 2; j <= NF; j++) if ($j != $i) { a = $j; break }
+			alias[k] = a == "" ? k : a
+		} }
+		END { if (n != "") print n, ("n" n in lan ? lan["n" n] : "-"), ("n" n in alias ? alias["n" n] : "-") }
+	' "$ROOT/etc/hosts" 2>/dev/null
 }
 
 # pf_lan_of_node N: the LAN address of node N ("<ip> nN.lan ...").
@@ -120,27 +150,28 @@ pf_render_hostapd() {
 
 # pf_is_qemu: whether a USB device's manufacturer says QEMU.
 pf_is_qemu() {
-	for pf_q in "$SYSFS"/bus/usb/devices/*/manufacturer; do
-		[ -r "$pf_q" ] && grep -q QEMU "$pf_q" && return 0
-	done
-	return 1
+	grep -qs QEMU "$SYSFS"/bus/usb/devices/*/manufacturer
 }
 
 # pf_netifs [usb]: network interfaces backed by a device (no lo, bridges,
 # TAPs), in device order (ifindex: the order the kernel found them); with
-# "usb", only those on USB (QEMU's usb-net).
+# "usb", only those on USB (QEMU's usb-net: the interface's device is a USB
+# interface, whose parent holds idVendor).
 pf_netifs() {
 	for pf_n in "$SYSFS"/class/net/*; do
 		[ -e "$pf_n/device" ] || continue
-		if [ "$1" = usb ]; then
-			case $(readlink -f "$pf_n/device" 2>/dev/null) in */usb*) ;; *) continue ;; esac
-		fi
-		echo "$(cat "$pf_n/ifindex" 2>/dev/null || echo 0) ${pf_n##*/}"
-	done | sort -n | awk '{ print $2 }'
+		[ "$1" = usb ] && ! [ -e "$pf_n/device/../idVendor" ] && continue
+		pf_read "$pf_n/ifindex" || PF_LINE=0
+		echo "$PF_LINE ${pf_n##*/}"
+	done | sort -n | while read -r _ pf_n; do echo "$pf_n"; done
 }
 
-# pf_mac IFACE: the interface's MAC address.
-pf_mac() { cat "$SYSFS/class/net/$1/address" 2>/dev/null; }
+# pf_mac IFACE: the interface's MAC address (pf_mac_v: in PF_MAC, no process).
+pf_mac() { pf_mac_v "$1" && echo "$PF_MAC"; }
+pf_mac_v() {
+	pf_read "$SYSFS/class/net/$1/address"
+	PF_MAC=$PF_LINE
+}
 
 # pf_guest_mac N NIC: the MAC pifarm's QEMU gives NIC (0 WAN, 1 LAN, 2 WLAN)
 # of instance N: 52:54:5<NIC>:<id as three bytes>.
@@ -148,13 +179,20 @@ pf_guest_mac() {
 	printf '52:54:%02x:%02x:%02x:%02x\n' $((80 + $2)) $((($1 >> 16) & 255)) $((($1 >> 8) & 255)) $(($1 & 255))
 }
 
-# pf_role_of_mac MAC: wan0, lan0 or wlan0 for a pifarm guest MAC, else nothing.
+# pf_role_of_mac MAC: wan0, lan0 or wlan0 for a pifarm guest MAC, else
+# nothing (pf_role_v: in PF_ROLE, no process).
 pf_role_of_mac() {
+	pf_role_v "$1"
+	echo "$PF_ROLE"
+}
+pf_role_v() {
 	case $1 in
-	52:54:50:*) echo wan0 ;;
-	52:54:51:*) echo lan0 ;;
-	52:54:52:*) echo wlan0 ;;
+	52:54:50:*) PF_ROLE=wan0 ;;
+	52:54:51:*) PF_ROLE=lan0 ;;
+	52:54:52:*) PF_ROLE=wlan0 ;;
+	*) PF_ROLE= ;;
 	esac
+	[ -n "$PF_ROLE" ]
 }
 
 # pf_if_addr IFACE: its first IPv4 address with prefix (1.2.3.4/24).
@@ -200,7 +238,8 @@ pf_unmanaged() {
 
 # pf_set_hostname NAME: the running host name and /etc/hostname.
 pf_set_hostname() {
-	if [ "$(hostname 2>/dev/null)" != "$1" ]; then
+	pf_read "$ROOT/proc/sys/kernel/hostname" || PF_LINE=$(hostname 2>/dev/null)
+	if [ "$PF_LINE" != "$1" ]; then
 		pf_run hostname "$1"
 	fi
 	pf_write /etc/hostname "$1" && pf_say "host name $1"
