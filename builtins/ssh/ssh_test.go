@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -500,5 +501,25 @@ func BenchmarkRun(b *testing.B) {
 		if _, err := c.Run("true", RunOpts{Check: true}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestStreamCopiesOutputToTheTerminal(t *testing.T) {
+	f := testFarm(t)
+	fakeguest.NewSSHServer(t, addr(17))
+	c, err := Dial(live(), target(f, 17), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, w, _ := os.Pipe()
+	old := os.Stdout
+	os.Stdout = w
+	res, err := c.Run("echo streamed; echo to-stderr >&2", RunOpts{Stream: true, Check: true})
+	os.Stdout = old
+	w.Close()
+	got, _ := io.ReadAll(r)
+	if err != nil || string(got) != "streamed\n" || string(res.Stdout) != "streamed\n" || string(res.Stderr) != "to-stderr\n" {
+		t.Fatalf("terminal %q, result %q %q, %v", got, res.Stdout, res.Stderr, err)
 	}
 }
