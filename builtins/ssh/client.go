@@ -96,7 +96,8 @@ type Keys struct {
 }
 
 // UserKey returns the private key path of the first ~/.ssh/id_*.pub with a
-// private key, or "".
+// private key pifarm can use (no passphrase, or an ssh-agent running), or
+// "".
 func (k Keys) UserKey() string {
 	pubs, _ := filepath.Glob(filepath.Join(k.Home, ".ssh", "id_*.pub"))
 	sort.Strings(pubs)
@@ -105,11 +106,27 @@ func (k Keys) UserKey() string {
 			continue
 		}
 		priv := strings.TrimSuffix(p, ".pub")
-		if fi, err := os.Stat(priv); err == nil && fi.Mode().IsRegular() {
+		if usable(priv) {
 			return priv
 		}
 	}
 	return ""
+}
+
+// usable reports whether pifarm can sign with the private key at path: it
+// parses without a passphrase, or it has one and an ssh-agent runs (which
+// may hold it).
+func usable(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	_, err = xssh.ParseRawPrivateKey(data)
+	var pm *xssh.PassphraseMissingError
+	if errors.As(err, &pm) {
+		return os.Getenv("SSH_AUTH_SOCK") != ""
+	}
+	return err == nil
 }
 
 // PifarmKey is the path of pifarm's own private key.

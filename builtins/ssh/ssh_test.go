@@ -3,6 +3,9 @@ package ssh
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -238,6 +241,23 @@ func TestKeys(t *testing.T) {
 	}
 	if p, own := k.Key(); own || p != filepath.Join(home, ".ssh", "id_rsa") {
 		t.Fatalf("user key: %s %v", p, own)
+	}
+	// A key with a passphrase counts only when an agent may hold it.
+	pass := filepath.Join(home, ".ssh", "id_ecdsa")
+	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := xssh.MarshalPrivateKeyWithPassphrase(edPriv, "pass", []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(pass, pem.EncodeToMemory(block), 0o600)
+	os.WriteFile(pass+".pub", first, 0o644)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	if p, _ := k.Key(); p != filepath.Join(home, ".ssh", "id_rsa") {
+		t.Fatalf("passphrase key without agent: %s", p)
+	}
+	t.Setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+	if p, _ := k.Key(); p != pass {
+		t.Fatalf("passphrase key with agent: %s", p)
 	}
 	// Dry, creating a key is only printed.
 	var out bytes.Buffer
