@@ -160,8 +160,12 @@ nodes = [
 func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 	cfg := guestConfig(t)
 	g := newFakeGuest(t, "127.0.0.1:21020", "127.0.0.1:21320", false)
+	out, code := pifarmRun(t, cfg, "run", "guest", "--expand-filesys", "twenty")
+	if code != 1 || !strings.Contains(out, "SSH does not answer on port 21320; enable it: pifarm run guest --enrol 20") {
+		t.Fatalf("expand-filesys before enrolment: exit %d\n%s", code, out)
+	}
 	start := time.Now()
-	out, code := pifarmRun(t, cfg, "run", "enrol", "twenty")
+	out, code = pifarmRun(t, cfg, "run", "enrol", "twenty")
 	t.Logf("enrol took %s:\n%s", time.Since(start), out)
 	if code != 0 {
 		t.Fatalf("enrol exit %d:\n%s", code, out)
@@ -234,7 +238,12 @@ func TestEnrolASeededGuestOverSSH(t *testing.T) {
 	// SSH runs from the start (a seeded `ssh` file)
 	g.startSSH()
 	os.WriteFile(cfg, append(mustRead(t, cfg), []byte(`nodes = [node(id = 22, alias = "seeded", lan = "192.168.66.22", wan = "100.65.22.15")]`+"\n")...), 0o644)
-	out, code := pifarmRun(t, cfg, "run", "enrol", "seeded")
+	out, code := pifarmRun(t, cfg, "run", "guest", "--expand-filesys", "seeded")
+	if code != 1 || !strings.Contains(out, "no key log-in as root: root@127.0.0.1:21322: no key and no password") ||
+		!strings.Contains(out, "Authorise your key first: pifarm run guest --ssh-authkeys 22") {
+		t.Fatalf("expand-filesys without a key: exit %d\n%s", code, out)
+	}
+	out, code = pifarmRun(t, cfg, "run", "enrol", "seeded")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}

@@ -385,7 +385,7 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 		}
 	}
 	if len(methods) == 0 {
-		return nil, fmt.Errorf("%s@%s: no key and no password to log in with (no ~/.ssh/id_*.pub with its private key, no pifarm key in %s: ssh.public_key() creates one)", a.User, t.Addr(), keys.ConfDir)
+		return nil, fmt.Errorf("%s@%s: no key and no password to log in with (no ~/.ssh/id_*.pub with its private key, and no pifarm key in %s yet: authorising your key for the guest creates one)", a.User, t.Addr(), keys.ConfDir)
 	}
 	cfg := &xssh.ClientConfig{
 		User:            a.User,
