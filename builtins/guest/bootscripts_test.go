@@ -239,6 +239,11 @@ func TestBootLibLookups(t *testing.T) {
 				{`pf_node_info 100.65.10.15`, "5 192.168.66.12 enfive"},
 				{`pf_node_info 100.66.1.15`, "300 192.168.66.200 big"},
 				{`pf_node_info 100.65.5.16`, ""},
+				{`pf_node_info -n 5`, "5 192.168.66.12 enfive"},
+				{`pf_node_info -n 7`, ""},
+				{`pf_id_of_mac 52:54:50:00:00:05 && echo $PF_ID`, "5"},
+				{`pf_id_of_mac 52:54:52:01:00:2c && echo $PF_ID`, "65580"},
+				{`pf_id_of_mac 52:54:53:00:00:05 || echo no`, "no"},
 				{`pf_lan_of_node 2`, "192.168.66.8"},
 				{`pf_lan_of_node 20`, ""},
 				{`pf_alias_of_node 5`, "enfive"},
@@ -354,6 +359,17 @@ func TestNetworkUnderQEMU(t *testing.T) {
 			}
 			if !strings.Contains(out, "qemu node 2 (entwo)") {
 				t.Errorf("second run:\n%s", out)
+			}
+
+			// No lease yet (a later boot: no DHCP client ran): pifarm's WAN MAC
+			// names the node, the lease comes in the background.
+			g = newGuestRoot(t)
+			g.usbManufacturer("QEMU")
+			g.nic("usb0", "52:54:50:00:00:02", 3, true)
+			g.nic("usb1", "52:54:51:00:00:02", 4, true)
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1")
+			if !strings.Contains(out, "+ ip addr replace 192.168.66.8/24 dev lan0\n") || !strings.Contains(out, "qemu node 2 (entwo)") {
+				t.Errorf("node from the MAC:\n%s", out)
 			}
 
 			// No address at all: rename, start a client, say the node id is unknown.

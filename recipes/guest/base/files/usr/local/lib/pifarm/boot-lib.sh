@@ -87,9 +87,12 @@ pf_node_of_wan() {
 
 # pf_node_info WAN-IP: "N LAN-IP ALIAS" of the node whose "nN.wan" line holds
 # WAN-IP, read from /etc/hosts in one pass (nothing when it has none; LAN-IP
-# and ALIAS are "-" when the node has no LAN line).
+# and ALIAS are "-" when the node has no LAN line). pf_node_info -n N: the
+# same for node N (nothing when /etc/hosts has no line for it).
 pf_node_info() {
-	awk -v ip="$1" '
+	pf_ni_ip=$1 pf_ni_id=
+	[ "$1" = -n ] && pf_ni_ip= pf_ni_id=$2
+	awk -v ip="$pf_ni_ip" -v id="$pf_ni_id" '
 		{ sub(/#.*/, "") }
 		$1 == ip { for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.wan$/) { n = $i; sub(/^n/, "", n); sub(/\.wan$/, "", n) } }
 		{ for (i = 2; i <= NF; i++) if ($i ~ /^n[0-9]+\.lan$/) {
@@ -97,7 +100,11 @@ pf_node_info() {
 			for (j = 2; j <= NF; j++) if ($j != $i) { a = $j; break }
 			alias[k] = a == "" ? k : a
 		} }
-		END { if (n != "") print n, ("n" n in lan ? lan["n" n] : "-"), ("n" n in alias ? alias["n" n] : "-") }
+		$1 == ip || id != "" { for (i = 2; i <= NF; i++) if ($i == "n" id ".wan") n = id }
+		END {
+			if (id != "" && !(("n" id) in lan)) n = ""
+			if (n != "") print n, ("n" n in lan ? lan["n" n] : "-"), ("n" n in alias ? alias["n" n] : "-")
+		}
 	' "$ROOT/etc/hosts" 2>/dev/null
 }
 
@@ -119,7 +126,7 @@ pf_alias_of_node() {
 }
 
 # pf_wifi ALIAS: "<channel> <ssid>" of ALIAS from /etc/wifitab.
-pf_wifi() { pf_table /etc/wifitab | awk -v a="$1" '$1 == a && NF >= 3 { print $2, $3; exit }'; }
+pf_wifi() { awk -v a="$1" '{ sub(/#.*/, "") } $1 == a && NF >= 3 { print $2, $3; exit }' "$ROOT/etc/wifitab" 2>/dev/null; }
 
 # pf_iftab_name MAC: the interface name /etc/iftab gives to MAC ("lan3").
 pf_iftab_name() {
@@ -193,6 +200,17 @@ pf_role_v() {
 	*) PF_ROLE= ;;
 	esac
 	[ -n "$PF_ROLE" ]
+}
+
+# pf_id_of_mac MAC: the instance id a pifarm guest MAC carries (its last
+# three bytes), in PF_ID; fails for other MACs.
+pf_id_of_mac() {
+	PF_ID=
+	case $1 in 52:54:5[0-2]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]) ;; *) return 1 ;; esac
+	pf_im=${1#52:54:5?:}
+	pf_im1=${pf_im%%:*}
+	pf_im=${pf_im#*:}
+	PF_ID=$((0x$pf_im1${pf_im%%:*}${pf_im#*:}))
 }
 
 # pf_if_addr IFACE: its first IPv4 address with prefix (1.2.3.4/24).
