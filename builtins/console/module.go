@@ -50,9 +50,10 @@ instance is a node (farm.node), an id, an alias, or "host:port" for any TCP
 console. The session stays open for the rest of the run: opening the same
 console again returns it. Its methods:
 
-  s.expect(regex, timeout=30)  wait for a regex (or any of a list of regexes)
-      in what arrived since the last match; returns
-      struct(text, groups, before, index). A timeout quotes the last lines.
+  s.expect(regex, timeout=30, fail=True)  wait for a regex (or any of a list
+      of regexes) in what arrived since the last match; returns
+      struct(text, groups, before, index). A timeout (or the console
+      closing) is an error quoting the last lines, or None with fail=False.
   s.send(text)                 type text as is ("\r" is Enter)
   s.sendline(line)             type line and Enter
   s.login(user="pi", passwords=config pi_passwords, timeout=60)
@@ -264,7 +265,8 @@ func (v *sessionValue) Attr(name string) (starlark.Value, error) {
 
 func (v *sessionValue) expect(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	var pv, tv starlark.Value
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "regex", &pv, "timeout?", &tv); err != nil {
+	fail := true
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "regex", &pv, "timeout?", &tv, "fail?", &fail); err != nil {
 		return nil, err
 	}
 	timeout, err := seconds(tv, 30*time.Second)
@@ -298,6 +300,9 @@ func (v *sessionValue) expect(_ *starlark.Thread, b *starlark.Builtin, args star
 		pats = append(pats, re)
 	}
 	mt, err := v.s.Expect(pats, timeout)
+	if err != nil && !fail && v.m.d.Context().Err() == nil {
+		return starlark.None, nil
+	}
 	if err != nil {
 		return nil, err
 	}
