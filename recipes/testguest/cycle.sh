@@ -144,8 +144,8 @@ ip -br link show master q0br
 echo "== run clones 1 and 2"
 pf run box --run --no-start-vnc 1
 pf run box --run --no-start-vnc 2
-pf run status --wait 1
-pf run status --wait 2
+pf run status --wait --wait-console 1   # the login prompt comes after rc.local
+pf run status --wait --wait-console 2
 stage "boot clones"
 pf run bridge --add-bridge          # enslave the TAPs QEMU now holds open
 gssh 5701 root 'ip -4 addr show lan0' | grep -q 'inet 192.168.66.7/' || fail "guest 1 lan0 lacks 192.168.66.7"
