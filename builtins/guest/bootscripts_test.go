@@ -311,9 +311,9 @@ func TestNetworkUnderQEMU(t *testing.T) {
 			env := []string{"PIFARM_BOOT_DRY=1", "FAKE_ADDR_usb1=100.65.5.15/24", "FAKE_GW=100.65.5.2"}
 			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, env...)
 			for _, want := range []string{
-				"+ ip link set dev usb1 down\n+ ip link set dev usb1 name wan0\n+ ip link set dev wan0 up\n",
-				"+ ip link set dev usb0 name lan0\n",
-				"+ ip link set dev usb2 name wlan0\n",
+				"+ ip link set dev usb1 down\n+ ip link set dev usb1 name wan0 up\n",
+				"+ ip link set dev usb0 name lan0 up\n",
+				"+ ip link set dev usb2 name wlan0 up\n",
 				"+ ip addr replace 100.65.5.15/24 dev wan0\n+ ip route replace default via 100.65.5.2 dev wan0\n",
 				"+ udhcpc -i wan0 -b",
 				"+ nmcli device set lan0 managed no\n+ ip addr replace 192.168.66.8/24 dev lan0\n+ ip link set dev lan0 up\n",
@@ -404,7 +404,7 @@ func TestNetworkOnHardware(t *testing.T) {
 			g.nic("wlan0", "b8:27:eb:aa:bb:cc", 4, false)
 			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1")
 			for _, want := range []string{
-				"+ ip link set dev eth0 name lan5\n", "+ ip link set dev eth1 name wan5\n",
+				"+ ip link set dev eth0 name lan5 up\n", "+ ip link set dev eth1 name wan5 up\n",
 				"+ ip addr replace 192.168.66.12/24 dev lan5\n", "+ hostname enfive\n",
 				"hardware node 5 (enfive)",
 			} {

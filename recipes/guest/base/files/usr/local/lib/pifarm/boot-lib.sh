@@ -234,7 +234,7 @@ pf_wait_addr() {
 	done
 }
 
-# pf_rename FROM TO: rename an interface (down, rename, up); no-op when equal.
+# pf_rename FROM TO: rename an interface (down; rename and up); no-op when equal.
 pf_rename() {
 	[ "$1" = "$2" ] && return 0
 	if [ -e "$SYSFS/class/net/$2" ]; then
@@ -242,9 +242,9 @@ pf_rename() {
 		return 1
 	fi
 	pf_say "rename $1 -> $2"
+	# the new name applies before the up flag within one ip call
 	pf_run ip link set dev "$1" down &&
-		pf_run ip link set dev "$1" name "$2" &&
-		pf_run ip link set dev "$2" up
+		pf_run ip link set dev "$1" name "$2" up
 }
 
 # pf_unmanaged IFACE: keep NetworkManager (RaspiOS Bookworm) off an interface
