@@ -521,7 +521,7 @@ func TestPackagesAndServices(t *testing.T) {
 			if _, err := exec.LookPath("dpkg-query"); sh == "busybox" && !strings.Contains(out, "no dpkg-query on this system") || err != nil && sh == "dash" {
 				t.Errorf("without dpkg: %q", out)
 			}
-			g.fake("dpkg-query", `for p; do :; done; case $p in hostapd) printf 'ii ';; git) printf 'rc ';; *) echo "dpkg-query: no packages found matching $p" >&2; exit 1;; esac`)
+			g.fake("dpkg-query", `shift 2; rc=0; for p; do case $p in hostapd) echo "hostapd ii ";; git) echo "git rc ";; *) echo "dpkg-query: no packages found matching $p" >&2; rc=1;; esac; done; exit $rc`)
 			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/10-packages"`)
 			if !strings.Contains(out, "missing packages: rfkill git (install them with") {
 				t.Errorf("missing: %q", out)
