@@ -575,3 +575,65 @@ func TestLogClean(t *testing.T) {
 		})
 	}
 }
+
+// The installer scripts' update-lib rebuilds only when the source changed
+// (a local git repository stands in for GitHub).
+func TestUpdateLibRebuildsOnlyOnChange(t *testing.T) {
+	needShells(t)
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Fatalf("git is needed: %v", err)
+	}
+	lib, _ := filepath.Abs(filepath.Join(treesDir, "local/files/usr/local/src/update-lib.sh"))
+	up := t.TempDir()
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", up, "-c", "user.name=t", "-c", "user.email=t@t"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	git("init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(up, "src.c"), []byte("int main(){return 0;}\n"), 0o644)
+	git("add", "src.c")
+	git("commit", "-q", "-m", "one")
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			src := t.TempDir()
+			run := func(url string, args ...string) (string, error) {
+				script := `. "$LIB"; src_fetch proj "$URL" main; if [ -n "$SRC_BUILD" ]; then echo BUILD; src_built proj; fi`
+				argv := append([]string{"-c", script, "proj-update.sh"}, args...)
+				if sh == "busybox" {
+					argv = append([]string{"sh"}, argv...)
+				}
+				cmd := exec.Command(sh, argv...)
+				cmd.Env = append(os.Environ(), "LIB="+lib, "SRC="+src, "URL="+url)
+				out, err := cmd.CombinedOutput()
+				return string(out), err
+			}
+			url := "file://" + up
+			for i, want := range []struct {
+				args  []string
+				build bool
+				say   string
+			}{
+				{nil, true, "building proj at "},
+				{nil, false, "proj is up to date at "},
+				{[]string{"--force"}, true, "building proj at "},
+			} {
+				out, err := run(url, want.args...)
+				if err != nil || strings.Contains(out, "BUILD") != want.build || !strings.Contains(out, want.say) {
+					t.Fatalf("run %d %v: %v\n%s", i+1, want.args, err, out)
+				}
+			}
+			os.WriteFile(filepath.Join(up, "src.c"), []byte("int main(){return 1;}\n"), 0o644)
+			git("commit", "-q", "-a", "-m", "two")
+			if out, err := run(url); err != nil || !strings.Contains(out, "BUILD") {
+				t.Fatalf("after a new commit: %v\n%s", err, out)
+			}
+			git("reset", "-q", "--hard", "HEAD~1") // leave the repository as the next shell expects
+			if out, err := run("file://" + up + "-gone"); err == nil || !strings.Contains(out, "failed") || strings.Contains(out, "BUILD") {
+				t.Fatalf("a bad URL: %v\n%s", err, out)
+			}
+		})
+	}
+}

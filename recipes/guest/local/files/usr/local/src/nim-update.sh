@@ -3,7 +3,8 @@
 # (build_all.sh fetches its C sources) when the source changed, and link nim
 # and nimble into /usr/local/bin.
 . /usr/local/src/update-lib.sh
-if src_fetch Nim https://github.com/nim-lang/Nim.git "${NIM_BRANCH:-devel}"; then
+src_fetch Nim https://github.com/nim-lang/Nim.git "${NIM_BRANCH:-devel}"
+if [ -n "$SRC_BUILD" ]; then
 	cd "$SRC/Nim"
 	sh build_all.sh
 	for b in nim nimble; do

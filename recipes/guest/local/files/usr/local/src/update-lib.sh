@@ -4,7 +4,9 @@
 # built (recorded in /usr/local/src/NAME.built) or with --force.
 #
 #   . /usr/local/src/update-lib.sh
-#   if src_fetch NAME URL BRANCH; then build...; src_built NAME; fi
+#   src_fetch NAME URL BRANCH
+#   if [ -n "$SRC_BUILD" ]; then build...; src_built NAME; fi
+# (set -e holds in the build: a failing step stops the script unrecorded)
 set -e
 SRC=${SRC:-/usr/local/src}
 FORCE=
@@ -24,26 +26,29 @@ done
 
 say() { echo "${0##*/}: $*"; }
 
-# src_fetch NAME URL BRANCH: clone or update $SRC/NAME (shallow); returns 0
-# when a build is due.
+# src_fetch NAME URL BRANCH: clone or update $SRC/NAME (shallow), exiting
+# with a message when that fails; sets SRC_BUILD=yes when a build is due
+# (the commit differs from the one last built, or --force), else empty.
 src_fetch() {
+	SRC_BUILD=
 	command -v git >/dev/null 2>&1 || {
 		say "git is missing (pifarm run guest --apt-install N installs it)"
 		exit 1
 	}
 	if [ -d "$SRC/$1/.git" ]; then
-		git -C "$SRC/$1" fetch -q --depth 1 origin "$3"
-		git -C "$SRC/$1" reset -q --hard FETCH_HEAD
+		git -C "$SRC/$1" remote set-url origin "$2"
+		git -C "$SRC/$1" fetch -q --depth 1 origin "$3" || { say "fetching $2 failed"; exit 1; }
+		git -C "$SRC/$1" reset -q --hard FETCH_HEAD || exit 1
 	else
-		git clone -q --depth 1 --branch "$3" "$2" "$SRC/$1"
+		git clone -q --depth 1 --branch "$3" "$2" "$SRC/$1" || { say "cloning $2 failed"; exit 1; }
 	fi
-	src_rev=$(git -C "$SRC/$1" rev-parse HEAD)
+	src_rev=$(git -C "$SRC/$1" rev-parse HEAD) || exit 1
 	if [ -z "$FORCE" ] && [ "$src_rev" = "$(cat "$SRC/$1.built" 2>/dev/null)" ]; then
 		say "$1 is up to date at $src_rev: nothing to build"
-		return 1
+		return 0
 	fi
 	say "building $1 at $src_rev"
-	return 0
+	SRC_BUILD=yes
 }
 
 # src_built NAME: record the commit just built.
