@@ -88,7 +88,7 @@ pf_node_of_wan() {
 # pf_node_info WAN-IP: "N LAN-IP ALIAS" of the node whose "nN.wan" line holds
 # WAN-IP, read from /etc/hosts in one pass (nothing when it has none; LAN-IP
 # and ALIAS are "-" when the node has no LAN line). pf_node_info -n N: the
-# same for node N (nothing when /etc/hosts has no line for it).
+# same for node N (nothing when /etc/hosts has no "nN.lan" line).
 pf_node_info() {
 	pf_ni_ip=$1 pf_ni_id=
 	[ "$1" = -n ] && pf_ni_ip= pf_ni_id=$2
@@ -100,9 +100,8 @@ pf_node_info() {
 			for (j = 2; j <= NF; j++) if ($j != $i) { a = $j; break }
 			alias[k] = a == "" ? k : a
 		} }
-		$1 == ip || id != "" { for (i = 2; i <= NF; i++) if ($i == "n" id ".wan") n = id }
 		END {
-			if (id != "" && !(("n" id) in lan)) n = ""
+			if (id != "") n = (("n" id) in lan) ? id : ""
 			if (n != "") print n, ("n" n in lan ? lan["n" n] : "-"), ("n" n in alias ? alias["n" n] : "-")
 		}
 	' "$ROOT/etc/hosts" 2>/dev/null
