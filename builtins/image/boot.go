@@ -1,67 +1,110 @@
 package image
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"pifarm/builtins/trace"
 )
 
-// BootFiles are the files QEMU boots from, read from partition 1.
+// BootFiles are the files QEMU boots from, read from partition 1, in the
+// order the boot signature covers them.
 var BootFiles = []struct{ Name, Ext string }{
 	{"kernel8.img", "ker"},
 	{"bcm2710-rpi-3-b-plus.dtb", "dtb"},
 }
 
-// sigRecord is the content of an instance's .sig file: the signature of
-// the boot partition and the identities of the files it was computed from.
+// sigComment is the comment line of a .sig record.
+const sigComment = `# sha256 over, for each boot-file below in order, "NAME\nLENGTH\n" and the file's content, read from partition 1: what QEMU boots from (other files there, the FAT's dirty flags and free-space hints do not count)`
+
+// sigRecord is the content of an instance's .sig file: the boot files'
+// signature (see Disk.BootSignature), their names and sizes, and the
+// identities of the files the disk's content came from (the cheap
+// unchanged-check).
 type sigRecord struct {
 	Sum   string // "sha256:HEX"
-	Start uint64
-	Count uint64
+	Names []string
+	Sizes []int64
 	Files []fileID
 }
 
 func (s sigRecord) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", s.Sum)
-	fmt.Fprintf(&b, "# sha256 of 512-byte sectors %d..%d: partition 1 up to its last used cluster\n", s.Start, s.Start+s.Count-1)
+	fmt.Fprintf(&b, "%s\n%s\n", s.Sum, sigComment)
+	for i, n := range s.Names {
+		fmt.Fprintf(&b, "boot-file %s %d\n", n, s.Sizes[i])
+	}
 	for _, f := range s.Files {
 		fmt.Fprintf(&b, "file %s\n", f)
 	}
 	return b.String()
 }
 
+var (
+	sha256RE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	md5RE    = regexp.MustCompile(`^[0-9a-fA-F]{32}\b`)
+)
+
+// older says what an outdated record holds ("" when it is of the current
+// kind): the signatures of earlier versions hashed the boot partition's
+// bytes (sha256, or md5 in pibox), which change when anything in the
+// partition is written.
+func (s sigRecord) older() string {
+	current := sha256RE.MatchString(s.Sum) && len(s.Names) == len(BootFiles)
+	for i := 0; current && i < len(BootFiles); i++ {
+		current = s.Names[i] == BootFiles[i].Name
+	}
+	switch {
+	case current:
+		return ""
+	case len(s.Names) > 0:
+		return "the signature of other boot files (" + strings.Join(s.Names, ", ") + ")"
+	case strings.HasPrefix(s.Sum, "sha256:"):
+		return "a signature of the boot partition's bytes (an earlier pifarm)"
+	case md5RE.MatchString(s.Sum):
+		return "an md5 of the boot partition (pibox)"
+	}
+	return "no signature pifarm knows"
+}
+
+// readSig reads a .sig record. Records of older kinds read without error
+// (see older); only a file that cannot be opened is an error.
 func readSig(path string) (sigRecord, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return sigRecord{}, err
 	}
-	defer f.Close()
 	var s sigRecord
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
+	for i, line := range strings.Split(string(b), "\n") {
 		switch {
-		case s.Sum == "":
+		case i == 0:
 			s.Sum = strings.TrimSpace(line)
+		case strings.HasPrefix(line, "boot-file "):
+			fl := strings.Fields(line[len("boot-file "):])
+			if len(fl) != 2 {
+				return sigRecord{Sum: s.Sum}, nil // not a record this pifarm wrote: outdated
+			}
+			n, err := strconv.ParseInt(fl[1], 10, 64)
+			if err != nil {
+				return sigRecord{Sum: s.Sum}, nil
+			}
+			s.Names, s.Sizes = append(s.Names, fl[0]), append(s.Sizes, n)
 		case strings.HasPrefix(line, "file "):
-			id := parseFileID(line[5:])
-			s.Files = append(s.Files, id)
+			s.Files = append(s.Files, parseFileID(line[5:]))
 		}
 	}
-	return s, sc.Err()
+	return s, nil
 }
 
 // Qboot is the result of ProvideQboot.
 type Qboot struct {
 	Kernel, DTB, Sig string
-	Sum              string
-	Count            uint64 // sectors hashed
+	Sum              string // the boot files' signature
 	Sizes            []int
 }
 
@@ -71,9 +114,30 @@ func mcopyLine(img string, off int64, args ...string) string {
 	return "mcopy -n -o -i " + trace.Quote(fmt.Sprintf("%s@@%d", img, off)) + " " + trace.Join(args)
 }
 
+// sumLine says how to compute the boot files' signature of disk d with
+// shell tools (raw) or in words (qcow2).
+func sumLine(d *Disk, sizes []int64) string {
+	if d.Qcow2 {
+		var names []string
+		for _, bf := range BootFiles {
+			names = append(names, bf.Name)
+		}
+		return fmt.Sprintf(`sha256 over "NAME\nLENGTH\n" and the content of %s, read from partition 1 of the guest view of %s`, strings.Join(names, ", then "), trace.Quote(d.Path))
+	}
+	img := trace.Quote(fmt.Sprintf("%s@@%d", d.Real, d.Layout.Boot().Offset()))
+	var b strings.Builder
+	b.WriteString("{ ")
+	for i, bf := range BootFiles {
+		fmt.Fprintf(&b, `printf '%s\n%d\n'; mcopy -n -i %s ::%s -; `, bf.Name, sizes[i], img, bf.Name)
+	}
+	b.WriteString("} | sha256sum")
+	return b.String()
+}
+
 // ProvideQboot copies kernel8.img and the dtb out of partition 1 of
 // instance id's disk next to it (.ker, .dtb; old ones kept as NAME~) and
-// records the boot partition's signature (.sig).
+// records the boot files' signature (.sig), computed from the bytes
+// copied.
 //
 // path, when not empty, names the disk to read instead of the instance's
 // (a dry run that registers an image reads it from where it is).
@@ -106,6 +170,7 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 	}
 	q := &Qboot{Kernel: m.f.Kernel(id), DTB: m.f.DTB(id), Sig: m.f.Sig(id)}
 	var data [][]byte
+	var sizes []int64
 	for _, bf := range BootFiles {
 		b, err := fs.ReadFile(bf.Name)
 		if err != nil {
@@ -113,16 +178,13 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 		}
 		data = append(data, b)
 		q.Sizes = append(q.Sizes, len(b))
+		sizes = append(sizes, int64(len(b)))
 	}
 	ids, err := d.chainIDs()
 	if err != nil {
 		return nil, err
 	}
-	sum, count, err := d.Signature()
-	if err != nil {
-		return nil, err
-	}
-	q.Sum, q.Count = sum, count
+	q.Sum = bootSum(data)
 	for i, dst := range []string{q.Kernel, q.DTB} {
 		b, name := data[i], BootFiles[i].Name
 		var line string
@@ -138,43 +200,45 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 			return nil, err
 		}
 	}
-	if err := m.writeSig(id, d, sum, count, ids); err != nil {
+	rec := newSigRecord(q.Sum, sizes, ids)
+	dst := m.f.Sig(id)
+	line := fmt.Sprintf("# record the boot files' signature %s (as %s) in %s", q.Sum, sumLine(d, sizes), dst)
+	if err := m.d.Do(line, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, true) }); err != nil {
 		return nil, err
 	}
 	return q, nil
 }
 
-func (m *mod) writeSig(id int, d *Disk, sum string, count uint64, ids []fileID) error {
-	b := d.Layout.Boot()
-	rec := sigRecord{Sum: sum, Start: b.Start, Count: count, Files: ids}
-	dst := m.f.Sig(id)
-	var how string
-	if d.Qcow2 {
-		how = fmt.Sprintf("sha256sum of sectors %d..%d of the guest view of %s", b.Start, b.Start+count-1, trace.Quote(d.Path))
-	} else {
-		how = fmt.Sprintf("dd if=%s bs=512 skip=%d count=%d status=none | sha256sum", trace.Quote(d.Real), b.Start, count)
+func newSigRecord(sum string, sizes []int64, ids []fileID) sigRecord {
+	rec := sigRecord{Sum: sum, Sizes: sizes, Files: ids}
+	for _, bf := range BootFiles {
+		rec.Names = append(rec.Names, bf.Name)
 	}
-	line := fmt.Sprintf("# record the boot partition signature %s (as %s) in %s", sum, how, dst)
-	return m.d.Do(line, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, true) })
+	return rec
 }
 
 // racyWindow is how close to the writing of a .sig record a recorded mtime
 // may be before the record no longer proves "unchanged": file system
 // timestamps come from a clock that ticks every few milliseconds, so a
 // write just after the record may keep the same mtime (git's "racily
-// clean" entries). Such records are re-hashed, and refreshed when equal.
+// clean" entries). Such records are re-checked, and refreshed when equal.
 const racyWindow = 100 * time.Millisecond
 
 // BootState says whether an instance's boot files match its disk.
 type BootState struct {
 	State   string // "ok", "missing", "outdated"
 	Message string
-	Hashed  bool // the partition had to be hashed (the cheap check failed)
+	Hashed  bool // the boot files were read and hashed (the cheap check failed)
 }
 
-// CheckBoot compares the recorded signature with the disk. When the disk
-// and its backing files have the recorded size, mtime, inode and device,
-// nothing is read; otherwise partition 1 is hashed again.
+// CheckBoot compares the recorded signature of the boot files with the
+// disk. When the disk and its backing files have the recorded size, mtime,
+// inode and device, nothing is read; otherwise kernel8.img and the dtb are
+// read from partition 1 and hashed again. Only their content counts: a
+// FAT left dirty by a killed guest, files RaspiOS deletes or writes in
+// /boot, or seeded files keep the state "ok". A record of an older kind
+// (a hash of the partition's bytes) is "outdated"; a boot file missing
+// from partition 1 is an error.
 func (m *mod) CheckBoot(id int) (BootState, error) {
 	path, err := m.diskPath(id)
 	if err != nil {
@@ -192,6 +256,9 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 	rec, err := readSig(m.f.Sig(id))
 	if err != nil {
 		return BootState{}, err
+	}
+	if old := rec.older(); old != "" {
+		return BootState{State: "outdated", Message: fmt.Sprintf("instance %d: %s holds %s, not the signature of the boot files; run: pifarm run image --provide-qboot %d", id, m.f.Sig(id), old, id)}, nil
 	}
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
@@ -226,17 +293,26 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 	if err != nil {
 		return BootState{}, err
 	}
-	sum, count, err := d.Signature()
+	sum, sizes, err := d.BootSignature()
 	if err != nil {
-		return BootState{}, err
+		return BootState{}, fmt.Errorf("boot files of instance %d: %w", id, err)
 	}
 	if sum != rec.Sum {
-		return BootState{State: "outdated", Hashed: true, Message: fmt.Sprintf("instance %d: the boot partition of %s changed since its boot files were copied (an OS upgrade?); run: pifarm run image --provide-qboot %d", id, path, id)}, nil
+		var changed []string
+		for i, bf := range BootFiles {
+			if sizes[i] != rec.Sizes[i] {
+				changed = append(changed, fmt.Sprintf("%s %d -> %d bytes", bf.Name, rec.Sizes[i], sizes[i]))
+			}
+		}
+		detail := ""
+		if len(changed) > 0 {
+			detail = " (" + strings.Join(changed, ", ") + ")"
+		}
+		return BootState{State: "outdated", Hashed: true, Message: fmt.Sprintf("instance %d: %s or %s in partition 1 of %s changed since its boot files were copied%s (an OS upgrade?); run: pifarm run image --provide-qboot %d", id, BootFiles[0].Name, BootFiles[1].Name, path, detail, id)}, nil
 	}
 	if !m.d.DryRun {
-		// same content, new mtime: refresh the cheap-check record
-		b := d.Layout.Boot()
-		rec = sigRecord{Sum: sum, Start: b.Start, Count: count, Files: ids}
+		// same content, new identity: refresh the cheap-check record
+		rec = newSigRecord(sum, sizes, ids)
 		dst := m.f.Sig(id)
 		if err := m.d.Do("# refresh the unchanged-check record of "+dst, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, false) }); err != nil {
 			return BootState{}, err

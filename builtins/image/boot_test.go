@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,8 +40,12 @@ func TestRegisterProvideCheck(t *testing.T) {
 	if b, _ := os.ReadFile(q.DTB); !bytes.Equal(b, fx.dtb) {
 		t.Error(".dtb differs")
 	}
-	if want := "sha256:" + sha256File(t, fx.path, int64(fx.bootStart)*512, int64(q.Count)*512); q.Sum != want {
-		t.Errorf("sum %s want %s", q.Sum, want)
+	if want := mtoolsBootSum(t, fx.path, int64(fx.bootStart)*512); q.Sum != want {
+		t.Errorf("sum %s, from mcopy %s", q.Sum, want)
+	}
+	if rec, _ := os.ReadFile(q.Sig); !strings.HasPrefix(string(rec), q.Sum+"\n"+sigComment+"\n"+
+		fmt.Sprintf("boot-file kernel8.img %d\nboot-file bcm2710-rpi-3-b-plus.dtb %d\nfile %s size=", len(fx.kernel), len(fx.dtb), fx.path)) {
+		t.Errorf(".sig record:\n%s", rec)
 	}
 	// unchanged: no hashing, fast
 	t0 := time.Now()
@@ -129,10 +134,16 @@ func TestProvideQbootDryRun(t *testing.T) {
 		t.Fatal("dry run wrote the kernel")
 	}
 	off := fx.bootStart * 512
-	want := fmt.Sprintf("mcopy -n -o -i %s@@%d ::kernel8.img %s\nmcopy -n -o -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb %s\n# record the boot partition signature %s (as dd if=%s bs=512 skip=%d count=%d status=none | sha256sum) in %s\n",
-		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, fx.path, fx.bootStart, q.Count, q.Sig)
+	sumSh := fmt.Sprintf(`{ printf 'kernel8.img\n%d\n'; mcopy -n -i %s@@%d ::kernel8.img -; printf 'bcm2710-rpi-3-b-plus.dtb\n%d\n'; mcopy -n -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb -; } | sha256sum`,
+		len(fx.kernel), fx.path, off, len(fx.dtb), fx.path, off)
+	want := fmt.Sprintf("mcopy -n -o -i %s@@%d ::kernel8.img %s\nmcopy -n -o -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb %s\n# record the boot files' signature %s (as %s) in %s\n",
+		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, sumSh, q.Sig)
 	if out.String() != want {
 		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	}
+	// the printed computation gives the printed signature
+	if got := "sha256:" + strings.Fields(run(t, "", "sh", "-c", sumSh))[0]; got != q.Sum {
+		t.Fatalf("%s gives %s, the trace says %s", sumSh, got, q.Sum)
 	}
 }
 
@@ -147,7 +158,7 @@ func TestSeed(t *testing.T) {
 	// dry run: masked lines, nothing written
 	dry, out := testMod(t, dir, true)
 	before := fileState(t, fx.path)
-	if _, err := dry.Seed(m.f.Disk(0), 0, SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh"}); err != nil {
+	if _, err := dry.Seed(m.f.Disk(0), SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh"}); err != nil {
 		t.Fatal(err)
 	}
 	if fileState(t, fx.path) != before {
@@ -158,16 +169,22 @@ func TestSeed(t *testing.T) {
 	if !strings.HasPrefix(out.String(), want) || strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "$6$") {
 		t.Fatalf("dry trace\n%s\nwant prefix\n%s", out.String(), want)
 	}
+	if strings.Contains(out.String(), "signature") {
+		t.Errorf("seeding touches the boot signature:\n%s", out.String())
+	}
 	long := strings.Repeat("x", 300) + "\n"
-	res, err := m.Seed(m.f.Disk(0), 0, SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh",
-		Files: map[string]string{"pifarm authorized_keys.txt": long}})
-	if err != nil {
+	age(t, fx.path, time.Hour)
+	sigBefore, _ := os.ReadFile(m.f.Sig(0))
+	if _, err := m.Seed(m.f.Disk(0), SeedOptions{SSH: true, User: "pi", Password: "s3cret!", Salt: "abcdefgh",
+		Files: map[string]string{"pifarm authorized_keys.txt": long}}); err != nil {
 		t.Fatal(err)
 	}
-	if !res.Resign {
-		t.Error("signature not re-recorded")
+	// the boot files did not change: the record stands, the check reads
+	// them once (the image changed) and finds them equal
+	if sig, _ := os.ReadFile(m.f.Sig(0)); !bytes.Equal(sig, sigBefore) {
+		t.Errorf("seeding rewrote the .sig record:\n%s", sig)
 	}
-	if st, _ := m.CheckBoot(0); st.State != "ok" {
+	if st, _ := m.CheckBoot(0); st.State != "ok" || !st.Hashed {
 		t.Errorf("boot state after seeding: %+v", st)
 	}
 	img := fmt.Sprintf("%s@@%d", fx.path, off)
@@ -187,14 +204,14 @@ func TestSeed(t *testing.T) {
 	}
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	// replacing keeps fsck clean too
-	if _, err := m.Seed(m.f.Disk(0), 0, SeedOptions{User: "admin", Hash: "$6$x$y"}); err != nil {
+	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "admin", Hash: "$6$x$y"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "admin:$6$x$y\n" {
 		t.Errorf("replaced userconf.txt: %q", got)
 	}
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
-	if _, err := m.Seed(m.f.Disk(0), 0, SeedOptions{User: "pi"}); err == nil {
+	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "pi"}); err == nil {
 		t.Error("user without password accepted")
 	}
 }
@@ -255,36 +272,142 @@ func TestFATFillsFolderAndDisk(t *testing.T) {
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
 }
 
-// TestSignatureIgnoresFreeTail: bytes past the last used cluster are not
-// part of the signature; a new file anywhere changes it (its FAT entries
-// and folder entry are inside the extent).
-func TestSignatureIgnoresFreeTail(t *testing.T) {
+// TestBootSignatureCoversOnlyBootFiles: what a guest or RaspiOS does to
+// the rest of partition 1 (a FAT left dirty, the seeded files deleted,
+// files written, free-space hints changed) keeps the boot files "ok"; a
+// new kernel8.img (same or other size) or dtb makes them "outdated"; a
+// deleted kernel8.img is an error naming it.
+func TestBootSignatureCoversOnlyBootFiles(t *testing.T) {
 	dir := t.TempDir()
 	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
-	sig := func() (string, uint64) {
-		d, err := Open(fx.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
-		s, n, err := d.Signature()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s, n
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	if _, err := m.Seed(fx.path, SeedOptions{SSH: true, User: "pi", Hash: "$6$salt$hash"}); err != nil {
+		t.Fatal(err)
 	}
-	s0, n0 := sig()
-	f, _ := os.OpenFile(fx.path, os.O_RDWR, 0)
-	f.WriteAt([]byte("garbage in a free cluster"), int64(fx.bootStart+fx.bootN-100)*512)
+	age(t, fx.path, time.Hour)
+	q, err := m.ProvideQboot(0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := int64(fx.bootStart) * 512
+	img := fmt.Sprintf("%s@@%d", fx.path, off)
+	src := t.TempDir()
+	// check ages the image (a change long before the record is written
+	// again) and expects CheckBoot to re-read and find state
+	n := 0
+	check := func(what, state string) BootState {
+		t.Helper()
+		n++
+		age(t, fx.path, time.Hour-time.Duration(n)*time.Minute)
+		st, err := m.CheckBoot(0)
+		if err != nil || st.State != state || !st.Hashed {
+			t.Fatalf("%s: %+v %v, want %s", what, st, err, state)
+		}
+		return st
+	}
+	// a dirty FAT, as a killed guest leaves it: FAT[1]'s clean-shutdown
+	// bit cleared and its I/O-error bit set in both FATs, the dirty flag
+	// in the boot sector's state byte, and other free-space hints
+	f, err := os.OpenFile(fx.path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := make([]byte, 512)
+	f.ReadAt(bs, off)
+	reserved, fatSectors := int64(binary.LittleEndian.Uint16(bs[14:])), int64(binary.LittleEndian.Uint32(bs[36:]))
+	for k := int64(0); k < int64(bs[16]); k++ {
+		at := off + (reserved+k*fatSectors)*512 + 4
+		e := make([]byte, 4)
+		f.ReadAt(e, at)
+		binary.LittleEndian.PutUint32(e, binary.LittleEndian.Uint32(e)&^0x0c000000)
+		f.WriteAt(e, at)
+	}
+	f.WriteAt([]byte{bs[65] | 1}, off+65)
+	fsInfo := off + int64(binary.LittleEndian.Uint16(bs[48:]))*512
+	f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0}, fsInfo+488)
 	f.Close()
-	if s1, _ := sig(); s1 != s0 {
-		t.Fatal("a change in free space changed the signature")
+	check("dirty FAT", "ok")
+	// RaspiOS's first boot: ssh and userconf.txt deleted, files written
+	run(t, "", "mdel", "-i", img, "::ssh", "::userconf.txt", "::config.txt")
+	check("seeded files deleted", "ok")
+	os.WriteFile(filepath.Join(src, "firstrun.log"), randBytes(7, 70_000), 0o644)
+	run(t, "", "mcopy", "-i", img, filepath.Join(src, "firstrun.log"), "::")
+	run(t, "", "mcopy", "-i", img, filepath.Join(src, "firstrun.log"), "::overlays/")
+	check("files written", "ok")
+	if got := mtoolsBootSum(t, fx.path, off); got != q.Sum {
+		t.Fatalf("mcopy's boot files changed: %s, recorded %s", got, q.Sum)
 	}
-	src := filepath.Join(t.TempDir(), "new.txt")
-	os.WriteFile(src, []byte("new"), 0o644)
-	run(t, "", "mcopy", "-i", fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512), src, "::new.txt")
-	if s2, n2 := sig(); s2 == s0 || n2 < n0 {
-		t.Fatalf("a new file: signature %s (%d sectors), before %s (%d)", s2, n2, s0, n0)
+	// an upgrade: kernel8.img replaced by one of the same size, then by a
+	// longer one; the dtb replaced
+	os.WriteFile(filepath.Join(src, "kernel8.img"), randBytes(8, len(fx.kernel)), 0o644)
+	run(t, "", "mcopy", "-o", "-i", img, filepath.Join(src, "kernel8.img"), "::kernel8.img")
+	st := check("kernel8.img replaced", "outdated")
+	if !strings.Contains(st.Message, "run: pifarm run image --provide-qboot 0") || !strings.Contains(st.Message, "an OS upgrade?") {
+		t.Errorf("message %q", st.Message)
+	}
+	os.WriteFile(filepath.Join(src, "kernel8.img"), randBytes(9, len(fx.kernel)+1000), 0o644)
+	run(t, "", "mcopy", "-o", "-i", img, filepath.Join(src, "kernel8.img"), "::kernel8.img")
+	st = check("longer kernel8.img", "outdated")
+	if want := fmt.Sprintf("kernel8.img %d -> %d bytes", len(fx.kernel), len(fx.kernel)+1000); !strings.Contains(st.Message, want) {
+		t.Errorf("message %q lacks %q", st.Message, want)
+	}
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	check("provided again", "ok")
+	dtb := append([]byte{}, fx.dtb...)
+	dtb[100] ^= 1
+	os.WriteFile(filepath.Join(src, "bcm2710-rpi-3-b-plus.dtb"), dtb, 0o644)
+	run(t, "", "mcopy", "-o", "-i", img, filepath.Join(src, "bcm2710-rpi-3-b-plus.dtb"), "::")
+	check("one bit of the dtb", "outdated")
+	// no kernel8.img at all: an error naming it
+	run(t, "", "mdel", "-i", img, "::kernel8.img")
+	age(t, fx.path, time.Second)
+	if _, err := m.CheckBoot(0); err == nil || !strings.Contains(err.Error(), `"kernel8.img"`) || !strings.HasPrefix(err.Error(), "boot files of instance 0: "+m.f.Disk(0)+" partition 1: ") {
+		t.Fatalf("kernel8.img missing: %v", err)
+	}
+}
+
+// TestOldSigRecords: records of earlier kinds (a SHA-256 of the boot
+// partition's bytes, pibox's md5, anything else) read as "outdated" with
+// the hint to provide the boot files again, even when the cheap
+// unchanged-check would pass.
+func TestOldSigRecords(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	age(t, fx.path, time.Hour)
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := os.ReadFile(m.f.Sig(0))
+	var files string
+	for _, l := range strings.SplitAfter(string(cur), "\n") {
+		if strings.HasPrefix(l, "file ") {
+			files += l
+		}
+	}
+	for _, c := range []struct{ name, rec, says string }{
+		{"partition bytes", "sha256:" + sha256File(t, fx.path, int64(fx.bootStart)*512, 1<<20) + "\n# sha256 of 512-byte sectors 8192..10239: partition 1 up to its last used cluster\n" + files, "boot partition's bytes"},
+		{"pibox md5sum", "0123456789abcdef0123456789abcdef  -\n", "md5"},
+		{"pibox md5", "0123456789abcdef0123456789abcdef\n", "md5"},
+		{"other boot files", strings.Replace(string(cur), "boot-file bcm2710-rpi-3-b-plus.dtb", "boot-file bcm2711-rpi-4-b.dtb", 1), "other boot files"},
+		{"empty", "", "no signature"},
+		{"binary", string(randBytes(3, 100_000)), "no signature"},
+	} {
+		os.WriteFile(m.f.Sig(0), []byte(c.rec), 0o644)
+		age(t, m.f.Sig(0), 0)
+		st, err := m.CheckBoot(0)
+		if err != nil || st.State != "outdated" || !strings.Contains(st.Message, "run: pifarm run image --provide-qboot 0") || !strings.Contains(st.Message, c.says) {
+			t.Errorf("%s: %+v %v", c.name, st, err)
+		}
+	}
+	os.WriteFile(m.f.Sig(0), cur, 0o644)
+	age(t, m.f.Sig(0), 0)
+	if st, err := m.CheckBoot(0); err != nil || st.State != "ok" || st.Hashed {
+		t.Fatalf("the current record again: %+v %v", st, err)
 	}
 }
 
@@ -329,7 +452,7 @@ func TestMountPaths(t *testing.T) {
 	if _, err := live.Mount("root", 0, true); err == nil || !strings.Contains(err.Error(), "instance 0 is running") {
 		t.Fatalf("mount while running: %v", err)
 	}
-	if _, err := live.Seed(live.f.Disk(0), 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "running") {
+	if _, err := live.Seed(live.f.Disk(0), SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "running") {
 		t.Fatalf("seed while running: %v", err)
 	}
 	if _, err := live.ProvideQboot(0, ""); err == nil || !strings.Contains(err.Error(), "shut it down first") {
@@ -343,14 +466,14 @@ func TestSeedCloudInit(t *testing.T) {
 	m, _ := testMod(t, dir, false)
 	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey pifarm@host"
 	// no user-data: keys cannot be seeded
-	if _, err := m.Seed(fx.path, -1, SeedOptions{User: "pi", Password: "pw", Keys: []string{key}}); err == nil || !strings.Contains(err.Error(), "no cloud-init user-data") {
+	if _, err := m.Seed(fx.path, SeedOptions{User: "pi", Password: "pw", Keys: []string{key}}); err == nil || !strings.Contains(err.Error(), "no cloud-init user-data") {
 		t.Fatalf("keys without cloud-init: %v", err)
 	}
 	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
 	src := filepath.Join(t.TempDir(), "user-data")
 	os.WriteFile(src, []byte("#cloud-config\n# the image's own\n"), 0o644)
 	run(t, "", "mcopy", "-i", img, src, "::user-data")
-	if _, err := m.Seed(fx.path, -1, SeedOptions{SSH: true, User: "pi", Password: "pw", Salt: "saltsalt", Keys: []string{key}}); err != nil {
+	if _, err := m.Seed(fx.path, SeedOptions{SSH: true, User: "pi", Password: "pw", Salt: "saltsalt", Keys: []string{key}}); err != nil {
 		t.Fatal(err)
 	}
 	hash, _ := SHA512Crypt("pw", "saltsalt", 0)
@@ -364,7 +487,7 @@ func TestSeedCloudInit(t *testing.T) {
 		t.Errorf("userconf.txt %q", got)
 	}
 	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
-	if _, err := m.Seed(fx.path, -1, SeedOptions{User: "pi", Password: "pw", Keys: []string{"not a key\nx"}}); err == nil {
+	if _, err := m.Seed(fx.path, SeedOptions{User: "pi", Password: "pw", Keys: []string{"not a key\nx"}}); err == nil {
 		t.Error("a bad key was accepted")
 	}
 }

@@ -103,8 +103,7 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		rec := fmt.Sprintf("# instance %d is a linked clone of this base; it is valid while the base is unchanged\nbase %s\n", id, id0)
-		if err := m.d.WriteFile(m.baseFile(id), []byte(rec), 0o644, false); err != nil {
+		if err := m.d.WriteFile(m.baseFile(id), []byte(baseRecord(id, id0)), 0o644, false); err != nil {
 			return nil, err
 		}
 	}
@@ -114,6 +113,12 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		}
 	}
 	return &CloneResult{Path: dst, Base: base, Linked: linked}, nil
+}
+
+// baseRecord is the content of a linked clone's .base file: the identity
+// of its base.
+func baseRecord(id int, base fileID) string {
+	return fmt.Sprintf("# instance %d is a linked clone of this base; it is valid while the base is unchanged\nbase %s\n", id, base)
 }
 
 // copyBootFiles gives a new clone instance 0's boot files and a signature
@@ -143,7 +148,7 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 		return err
 	}
 	sig := m.f.Sig(id)
-	line := fmt.Sprintf("# record the boot partition signature %s (that of instance 0) in %s", rec.Sum, sig)
+	line := fmt.Sprintf("# record the boot files' signature %s (that of instance 0: the clone boots from the same files) in %s", rec.Sum, sig)
 	return m.d.Do(line, func() error {
 		ids := []fileID{}
 		d, err := m.open(dst)
@@ -154,8 +159,8 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 		if ids, err = d.chainIDs(); err != nil {
 			return err
 		}
-		b := d.Layout.Boot()
-		r := sigRecord{Sum: rec.Sum, Start: b.Start, Count: rec.Count, Files: ids}
+		r := rec
+		r.Files = ids
 		return trace.WriteAtomic(sig, []byte(r.String()), 0o644, false)
 	})
 }

@@ -133,7 +133,7 @@ func TestClones(t *testing.T) {
 	if k, err := fs.ReadFile("kernel8.img"); err != nil || !bytes.Equal(k, fx.kernel) {
 		t.Fatalf("kernel via qcow2: %v", err)
 	}
-	sum, _, _ := d.Signature()
+	sum, _, _ := d.BootSignature()
 	d.Close()
 	if q, _ := m.ProvideQboot(1, ""); q == nil || q.Sum != sum {
 		t.Fatalf("provide_qboot of a qcow2 clone")
@@ -218,12 +218,97 @@ func TestLockedInstanceRefuses(t *testing.T) {
 	if _, err := m.Expand(fx.path); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
 		t.Fatalf("expand under a held lock: %v", err)
 	}
-	if _, err := m.Seed(fx.path, 0, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
+	if _, err := m.Seed(fx.path, SeedOptions{SSH: true}); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
 		t.Fatalf("seed under a held lock: %v", err)
 	}
 	// a dry run takes no lock and so is not refused
 	dry, _ := testMod(t, dir, true)
 	if _, err := dry.Expand(fx.path); err != nil {
 		t.Fatalf("dry expand: %v", err)
+	}
+}
+
+// TestSeedUnderLinkedClones: seeding the base keeps the linked clones
+// whose guests never wrote partition 1 valid (they read the seeded files)
+// and invalidates those whose qcow2 holds clusters of it (written here
+// with qemu-io, as a booted guest writes /boot). The boot files of all
+// stay "ok".
+func TestSeedUnderLinkedClones(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	age(t, fx.path, time.Hour)
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int{1, 2} {
+		if _, err := m.Clone(id, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// clone 2's guest wrote in partition 1 (its last sector, a free
+	// cluster); clone 1 wrote only in partition 2
+	last := int64(fx.bootStart+fx.bootN-1) * 512
+	run(t, "", "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0 %d 512", last), m.f.Disk(2))
+	run(t, "", "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 7 %d 4096", int64(fx.rootStart)*512+1<<20), m.f.Disk(1))
+	q1, _ := OpenQcow2(m.f.Disk(1))
+	if h, err := q1.HoldsData(int64(fx.bootStart)*512, int64(fx.bootN)*512); h || err != nil {
+		t.Fatalf("clone 1 holds partition 1 data: %v %v", h, err)
+	}
+	if h, _ := q1.HoldsData(int64(fx.rootStart)*512, 2<<20); !h {
+		t.Fatal("clone 1's write in partition 2 not seen")
+	}
+	q1.Close()
+
+	// dry run: the plan, nothing written
+	dry, dout := testMod(t, dir, true)
+	res, err := dry.Seed(m.f.Disk(0), SeedOptions{User: "pi", Hash: "$6$s$h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(res.ClonesKept, res.ClonesInvalid) != "[1] [2]" {
+		t.Fatalf("dry: kept %v invalid %v", res.ClonesKept, res.ClonesInvalid)
+	}
+	if want := "# linked clone 1 has written nothing in partition 1: it reads the seeded files from its base; record the base's new identity in " + m.baseFile(1) + "\n"; !strings.HasSuffix(dout.String(), want) {
+		t.Errorf("dry trace:\n%s\nwant the end\n%s", dout.String(), want)
+	}
+	for _, id := range []int{1, 2} {
+		if st, _ := m.CheckClone(id); !st.OK {
+			t.Fatalf("dry run invalidated clone %d: %+v", id, st)
+		}
+	}
+
+	res, err = m.Seed(m.f.Disk(0), SeedOptions{User: "pi", Hash: "$6$s$h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(res.ClonesKept, res.ClonesInvalid) != "[1] [2]" {
+		t.Fatalf("kept %v invalid %v", res.ClonesKept, res.ClonesInvalid)
+	}
+	if st, _ := m.CheckClone(1); !st.OK {
+		t.Errorf("clone 1 invalid after seeding: %+v", st)
+	}
+	if st, _ := m.CheckClone(2); st.OK || !strings.Contains(st.Reason, "changed since the linked clone was made") {
+		t.Errorf("clone 2 valid after seeding: %+v", st)
+	}
+	for _, id := range []int{0, 1, 2} {
+		if st, err := m.CheckBoot(id); err != nil || st.State != "ok" {
+			t.Errorf("boot files of %d after seeding: %+v %v", id, st, err)
+		}
+	}
+	// clone 1 sees the seeded file, as qemu-img reads it
+	raw := filepath.Join(dir, "clone1.raw")
+	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", m.f.Disk(1), raw)
+	if got := run(t, "", "mtype", "-i", fmt.Sprintf("%s@@%d", raw, fx.bootStart*512), "::userconf.txt"); got != "pi:$6$s$h\n" {
+		t.Errorf("clone 1's userconf.txt: %q", got)
+	}
+	// an invalid clone stays invalid: seeding again does not revive it
+	res, err = m.Seed(m.f.Disk(0), SeedOptions{SSH: true})
+	if err != nil || fmt.Sprint(res.ClonesKept, res.ClonesInvalid) != "[1] []" {
+		t.Fatalf("second seeding: %+v %v", res, err)
+	}
+	if st, _ := m.CheckClone(2); st.OK {
+		t.Error("clone 2 revived")
 	}
 }

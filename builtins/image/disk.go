@@ -21,7 +21,7 @@ type Disk struct {
 	r      io.ReaderAt
 	f      *os.File // raw images
 	q      *Qcow2
-	// Ctx, when set, stops long reads (the signature) on cancellation.
+	// Ctx, when set, stops reading the boot files on cancellation.
 	Ctx context.Context
 }
 
@@ -112,87 +112,44 @@ func (d *Disk) Root() (Ext4, error) {
 	return e, nil
 }
 
-// Signature hashes the used extent of partition 1 (see FAT32.UsedBytes),
-// streamed, with SHA-256, and returns it as "sha256:HEX" with the number
-// of 512-byte sectors hashed: it equals
-// `dd if=IMG bs=512 skip=START count=N | sha256sum`. The free tail of the
-// partition holds no file data; skipping it makes the signature of a
-// RaspiOS boot partition (512 MiB, about 70 MiB in use) several times
-// cheaper while every change to its files is still seen.
-func (d *Disk) Signature() (string, uint64, error) {
-	b := d.Layout.Boot()
+// BootSignature reads the boot files (BootFiles, in that order) from
+// partition 1 and returns their signature with their sizes: the SHA-256,
+// as "sha256:HEX", over "NAME\nLENGTH\n" and the content of each file.
+// It covers exactly what QEMU boots from: other files in partition 1,
+// the FAT's dirty flags and its FSInfo hints do not count. The files are
+// streamed into the hash (no copy in memory). A boot file missing from
+// partition 1 is an error naming it.
+func (d *Disk) BootSignature() (string, []int64, error) {
 	fs, err := d.Boot()
 	if err != nil {
-		return "", 0, err
+		return "", nil, err
 	}
-	used, err := fs.UsedBytes()
-	if err != nil {
-		return "", 0, fmt.Errorf("%s partition 1: %w", d.Path, err)
+	h := sha256.New()
+	var sizes []int64
+	for _, bf := range BootFiles {
+		e, err := fs.Stat(bf.Name)
+		if err != nil {
+			return "", nil, fmt.Errorf("%s partition 1: %w (not a RaspiOS boot partition for a Pi 3 B+?)", d.Path, err)
+		}
+		fmt.Fprintf(h, "%s\n%d\n", bf.Name, e.Size)
+		n, err := fs.CopyFile(d.Ctx, h, bf.Name)
+		if err != nil {
+			return "", nil, fmt.Errorf("%s partition 1: %w", d.Path, err)
+		}
+		sizes = append(sizes, n)
 	}
-	n := (used + SectorSize - 1) / SectorSize
-	if n > int64(b.Sectors) {
-		n = int64(b.Sectors)
-	}
-	ctx := d.Ctx
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	sum, err := hashRange(ctx, d.r, b.Offset(), n*SectorSize)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s: signature of partition 1: %w", d.Path, err)
-	}
-	return "sha256:" + sum, uint64(n), nil
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), sizes, nil
 }
 
-// hashRange is the SHA-256 of n bytes at off, read in 1 MiB blocks by one
-// goroutine while another hashes (two cores: reading and hashing overlap).
-func hashRange(ctx context.Context, r io.ReaderAt, off, n int64) (string, error) {
-	const bs = 1 << 20
-	type blk struct {
-		b   []byte
-		err error
-	}
-	free := make(chan []byte, 4)
-	for i := 0; i < 4; i++ {
-		free <- make([]byte, bs)
-	}
-	full := make(chan blk, 4)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		defer close(full)
-		for pos := int64(0); pos < n; {
-			var b []byte
-			select {
-			case b = <-free:
-			case <-done:
-				return
-			case <-ctx.Done():
-				full <- blk{err: ctx.Err()}
-				return
-			}
-			m := int64(bs)
-			if n-pos < m {
-				m = n - pos
-			}
-			k, err := r.ReadAt(b[:m], off+pos)
-			if err != nil && !(errors.Is(err, io.EOF) && int64(k) == m) {
-				full <- blk{err: fmt.Errorf("read at byte %d: %w", off+pos, err)}
-				return
-			}
-			full <- blk{b: b[:m]}
-			pos += m
-		}
-	}()
+// bootSum is the boot files' signature of contents already read (in
+// BootFiles order): the same as Disk.BootSignature.
+func bootSum(data [][]byte) string {
 	h := sha256.New()
-	for x := range full {
-		if x.err != nil {
-			return "", x.err
-		}
-		h.Write(x.b)
-		free <- x.b[:cap(x.b)]
+	for i, b := range data {
+		fmt.Fprintf(h, "%s\n%d\n", BootFiles[i].Name, len(b))
+		h.Write(b)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // fileID is what the cheap unchanged-check compares: a file's identity,

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -343,29 +344,62 @@ func (f *FAT32) ReadFile(path string) ([]byte, error) {
 	return b, nil
 }
 
+// CopyFile writes the content of the regular file at path to w, reading
+// runs of consecutive clusters in pieces of at most 1 MiB (no copy of the
+// whole file in memory), and returns the file's size. ctx, when not nil,
+// stops it between pieces.
+func (f *FAT32) CopyFile(ctx context.Context, w io.Writer, path string) (int64, error) {
+	e, err := f.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	if e.Dir {
+		return 0, fmt.Errorf("%q is a folder", path)
+	}
+	if e.Size == 0 {
+		return 0, nil
+	}
+	cl, err := f.chain(e.Cluster)
+	if err != nil {
+		return 0, fmt.Errorf("read %q: %w", path, err)
+	}
+	if int64(len(cl))*f.clusterSize < e.Size {
+		return 0, fmt.Errorf("read %q: cluster chain holds %d bytes, want %d", path, int64(len(cl))*f.clusterSize, e.Size)
+	}
+	const piece = 1 << 20
+	buf := make([]byte, min(e.Size, piece))
+	pos := int64(0)
+	for i := 0; i < len(cl) && pos < e.Size; {
+		j := i + 1
+		for j < len(cl) && cl[j] == cl[j-1]+1 {
+			j++
+		}
+		run := min(int64(j-i)*f.clusterSize, e.Size-pos)
+		for done := int64(0); done < run; {
+			if ctx != nil {
+				if err := ctx.Err(); err != nil {
+					return pos, err
+				}
+			}
+			n := min(run-done, int64(len(buf)))
+			if _, err := f.r.ReadAt(buf[:n], f.clusterOff(cl[i])+done); err != nil {
+				return pos, fmt.Errorf("read %q: %w", path, err)
+			}
+			if _, err := w.Write(buf[:n]); err != nil {
+				return pos, err
+			}
+			done += n
+			pos += n
+		}
+		i = j
+	}
+	return pos, nil
+}
+
 func splitPath(p string) (dir, name string) {
 	p = strings.Trim(p, "/")
 	if i := strings.LastIndexByte(p, '/'); i >= 0 {
 		return p[:i], p[i+1:]
 	}
 	return "", p
-}
-
-// UsedBytes is the length of the file system's used extent: the reserved
-// sectors, the FATs and every cluster up to the highest one in use. Bytes
-// past it are free clusters, whose content no file reaches; every change
-// to a file or folder changes something inside the extent (a FAT entry at
-// least).
-func (f *FAT32) UsedBytes() (int64, error) {
-	if err := f.loadFAT(); err != nil {
-		return 0, err
-	}
-	last := uint32(1)
-	for c := f.nClusters + 1; c >= 2; c-- {
-		if f.next(c) != 0 {
-			last = c
-			break
-		}
-	}
-	return f.dataOff + int64(last-1)*f.clusterSize, nil
 }

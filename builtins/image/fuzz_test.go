@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -111,7 +112,7 @@ func FuzzFAT32(f *testing.F) {
 		fs.ReadDir("")
 		fs.ReadFile("kernel8.img")
 		fs.ReadFile("a rather long file name.txt")
-		fs.UsedBytes()
+		fs.CopyFile(context.Background(), io.Discard, "kernel8.img")
 		if err := fs.WriteFile("new file.txt", []byte("new")); err == nil {
 			fs2, err := OpenFAT32(img, nil, 0, int64(len(img)))
 			if err != nil {

@@ -1,8 +1,8 @@
 // Package image is the Starlark module `image`: RaspiOS disk images for
 // QEMU. It verifies the MBR (go-diskfs), registers the raw image as
 // instance 0, expands it to an SD-card size with a margin, reads the QEMU
-// boot files straight out of the FAT32 boot partition and signs that
-// partition, seeds an image offline (ssh, userconf.txt), mounts partitions
+// boot files straight out of the FAT32 boot partition and signs their
+// content, seeds an image offline (ssh, userconf.txt), mounts partitions
 // for inspection, reports sizes, and makes full or linked qcow2 clones.
 // Reads are queries; every change passes the tracing door, so a dry run
 // prints equivalent shell lines (truncate, sfdisk, mcopy, qemu-img, sudo
@@ -28,6 +28,14 @@ func strList(v []string) *starlark.List {
 	l := make([]starlark.Value, len(v))
 	for i, s := range v {
 		l[i] = starlark.String(s)
+	}
+	return starlark.NewList(l)
+}
+
+func intList(v []int) *starlark.List {
+	l := make([]starlark.Value, len(v))
+	for i, n := range v {
+		l[i] = starlark.MakeInt(n)
 	}
 	return starlark.NewList(l)
 }
@@ -129,18 +137,24 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "provide_qboot", Args: "instance=0, image=None", Fn: m.qbootFn,
 				Doc: "Copy kernel8.img and bcm2710-rpi-3-b-plus.dtb out of the FAT32 boot partition of the\n" +
 					"instance's disk (raw, or qcow2 through a pure-Go qcow2 reader; no root, no mount) to\n" +
-					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the partition's\n" +
-					"signature in clone-N.sig: the SHA-256 of partition 1 up to its last used cluster (its free\n" +
-					"tail holds no file data), with the disk's size/mtime/inode for a cheap unchanged-check.\n" +
-					"image: read this file instead of the instance's disk (a dry run that registers it in the\n" +
-					"same recipe). Returns struct(kernel, dtb, sig, sum, count, sizes) (count: sectors hashed).\n" +
+					"clone-N.ker and clone-N.dtb (old ones kept as NAME~), and record the boot files' signature\n" +
+					"in clone-N.sig: the SHA-256 over, for each of the two files in that order, \"NAME\\nLENGTH\\n\"\n" +
+					"and its content (what QEMU boots from; other files in partition 1, the FAT's dirty flags\n" +
+					"and free-space hints do not count), with the disk's size/mtime/inode for a cheap\n" +
+					"unchanged-check. image: read this file instead of the instance's disk (a dry run that\n" +
+					"registers it in the same recipe). Returns struct(kernel, dtb, sig, sum, sizes).\n" +
 					"Dry run: prints the equivalent `mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker`\n" +
-					"lines and the signature (as `dd ... | sha256sum`)."},
+					"lines and how to compute the signature\n" +
+					"(`{ printf 'kernel8.img\\nLENGTH\\n'; mcopy -n -i IMG@@OFFSET ::kernel8.img -; ...; } | sha256sum`)."},
 			{Name: "check_boot", Args: "instance=0", Fn: m.checkBootFn,
 				Doc: "Whether the instance's boot files match its disk (a query): struct(state, message, hashed)\n" +
-					"with state \"ok\", \"missing\" or \"outdated\" (the boot partition changed, e.g. after an OS\n" +
-					"upgrade). Cheap when nothing changed: the disk's size, mtime, inode and device (and those\n" +
-					"of a qcow2's backing chain) are compared first; only a change re-hashes the partition."},
+					"with state \"ok\", \"missing\" or \"outdated\" (kernel8.img or the dtb in partition 1 changed,\n" +
+					"e.g. after an OS upgrade, or clone-N.sig is of an older kind: a hash of the partition's\n" +
+					"bytes). A guest that left the FAT dirty, RaspiOS deleting the seeded ssh/userconf.txt or\n" +
+					"writing other files in /boot keep it \"ok\". Cheap when nothing changed: the disk's size,\n" +
+					"mtime, inode and device (and those of a qcow2's backing chain) are compared first; only a\n" +
+					"change reads and hashes the two files again (hashed=True). A boot file missing from\n" +
+					"partition 1 is an error."},
 			{Name: "seed", Args: "image=0, ssh=True, user=None, password=None, password_hash=None, keys=[], files={}, salt=None", Fn: m.seedFn,
 				Doc: "Write files into the FAT32 boot partition of a raw image so that a fresh RaspiOS (Bullseye\n" +
 					"2022-04 and later, Bookworm) boots with SSH on and a user account: an empty `ssh` file, and\n" +
@@ -149,8 +163,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"partition) user-data is rewritten too: the user with the hash, keys (public key lines)\n" +
 					"authorised, SSH password logins on, sshd enabled; keys on an older image are an error.\n" +
 					"files adds more (name -> text). Refuses while any instance runs or a partition is mounted.\n" +
-					"If the instance's boot files were current, their signature is re-recorded. Returns\n" +
-					"struct(written, resigned). Dry run: prints\n" +
+					"The boot files' signatures stay valid (kernel8.img and the dtb are not written). Linked\n" +
+					"clones of the image whose guests have not written partition 1 read the seeded files from\n" +
+					"their base and stay valid (clones_kept); those whose qcow2 holds clusters of partition 1\n" +
+					"would mix two FATs and become invalid (clones_invalid). Returns\n" +
+					"struct(written, clones_kept, clones_invalid). Dry run: prints\n" +
 					"`printf '%s\\n' 'pi:****' | mcopy -n -o -i IMG@@OFFSET - ::userconf.txt` (password and hash\n" +
 					"masked). The FAT writer keeps both FATs and FSInfo right (fsck.vfat -n finds nothing)."},
 			{Name: "hash_password", Args: "password, salt=None", Fn: m.hashFn,
@@ -173,7 +190,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"whose absolute backing file is the base (`qemu-img create -f qcow2 -b BASE -F raw`) plus\n" +
 					"a record of the base's identity (clone-N.base). Written to a temporary name and renamed;\n" +
 					"a replaced clone is kept as NAME~. Refuses while instance 0 or N runs or the base is\n" +
-					"mounted. Instance 0's boot files are hard-linked along when current (no re-hash).\n" +
+					"mounted. Instance 0's boot files are hard-linked along when current, with its signature\n" +
+					"(the clone boots from the same files; nothing is read again).\n" +
 					"Returns struct(path, base, linked)."},
 			{Name: "check_clone", Args: "instance", Fn: m.checkCloneFn,
 				Doc: "Whether instance N's clone may be used (a query): struct(exists, linked, ok, base, reason).\n" +
@@ -181,7 +199,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "remove_clone", Args: "instance", Fn: m.removeCloneFn,
 				Doc: "Delete instance N's clone, its backups, boot files and base record (rm -f); refuses while\nit runs. Returns the removed paths."},
 			{Name: "linked_clones", Args: "image=0", Fn: m.linkedFn,
-				Doc: "The ids of the linked clones whose base is image (a query): changing the image (expand,\nseed, running instance 0) invalidates them."},
+				Doc: "The ids of the linked clones whose base is image (a query): changing the image (expand,\n" +
+					"running instance 0, seeding once their guests wrote partition 1) invalidates them."},
 			{Name: "clones", Args: "", Fn: m.clonesFn,
 				Doc: "The ids of the instances that have a clone (a query)."},
 			{Name: "running", Args: "", Fn: m.runningFn,
@@ -299,7 +318,7 @@ func (m *mod) qbootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	}
 	return mkstruct("qboot", starlark.StringDict{
 		"kernel": starlark.String(q.Kernel), "dtb": starlark.String(q.DTB), "sig": starlark.String(q.Sig),
-		"sum": starlark.String(q.Sum), "count": starlark.MakeUint64(q.Count), "sizes": starlark.NewList(sizes),
+		"sum": starlark.String(q.Sum), "sizes": starlark.NewList(sizes),
 	}), nil
 }
 
@@ -379,15 +398,16 @@ func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 			o.Files[k] = c
 		}
 	}
-	p, id, err := m.diskArg(v)
+	p, _, err := m.diskArg(v)
 	if err != nil {
 		return nil, err
 	}
-	res, err := m.Seed(p, id, o)
+	res, err := m.Seed(p, o)
 	if err != nil {
 		return nil, err
 	}
-	return mkstruct("seed", starlark.StringDict{"written": strList(res.Written), "resigned": starlark.Bool(res.Resign)}), nil
+	return mkstruct("seed", starlark.StringDict{"written": strList(res.Written),
+		"clones_kept": intList(res.ClonesKept), "clones_invalid": intList(res.ClonesInvalid)}), nil
 }
 
 func (m *mod) hashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

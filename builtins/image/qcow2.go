@@ -292,3 +292,33 @@ func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return done, nil
 }
+
+// HoldsData reports whether the qcow2 file itself (not its backing file)
+// holds any cluster of the guest byte range [off, off+n): a written,
+// compressed or zeroed cluster. A linked clone whose guest never wrote
+// that range reads all of it from its base.
+func (q *Qcow2) HoldsData(off, n int64) (bool, error) {
+	if n <= 0 || off >= q.Size {
+		return false, nil
+	}
+	end := min(off+n, q.Size)
+	l2Bits := q.clusterBits - 3
+	for c := uint64(off) >> q.clusterBits; c <= uint64(end-1)>>q.clusterBits; c++ {
+		l1i := c >> l2Bits
+		if l1i >= uint64(len(q.l1)) {
+			return false, nil
+		}
+		if q.l1[l1i]&qOffMask == 0 {
+			c = (l1i+1)<<l2Bits - 1 // the whole L2 range is unallocated
+			continue
+		}
+		t, err := q.l2Table(q.l1[l1i] & qOffMask)
+		if err != nil {
+			return false, err
+		}
+		if t[c&(1<<l2Bits-1)] != 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}

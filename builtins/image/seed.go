@@ -50,16 +50,28 @@ func cloudUserData(user, hash string, keys []string) string {
 	return b.String()
 }
 
-// SeedResult names what was written.
+// SeedResult names what was written and what became of the linked clones
+// of the image.
 type SeedResult struct {
 	Written []string
-	Resign  bool // the boot signature was re-recorded
+	// ClonesKept are the valid linked clones of the image whose guests
+	// had not written partition 1: they read the seeded boot partition
+	// whole from their base and stay valid (their base record follows).
+	ClonesKept []int
+	// ClonesInvalid are the valid linked clones whose qcow2 already holds
+	// clusters of partition 1 (their guests wrote their boot partition):
+	// seeding the base would mix its new FAT with theirs, so they are
+	// invalid now, as after any change of their base.
+	ClonesInvalid []int
 }
 
 // Seed writes files into partition 1 of a raw image (instance 0's disk or
 // a path) so that a fresh RaspiOS boots with SSH on and a user account.
-// It refuses while an instance runs on the image or a partition is mounted.
-func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
+// It refuses while an instance runs or a partition is mounted. The boot
+// files' signatures stay valid (they cover kernel8.img and the dtb only),
+// and so do the linked clones whose guests have not written partition 1
+// (see SeedResult).
+func (m *mod) Seed(path string, o SeedOptions) (*SeedResult, error) {
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -138,13 +150,10 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		return nil, err
 	}
 	defer release()
-	wasOK := false
-	if id >= 0 {
-		if st, err := m.CheckBoot(id); err == nil && st.State == "ok" {
-			wasOK = true
-		}
-	}
 	res := &SeedResult{}
+	if err := m.sortLinkedClones(real, boot, res); err != nil {
+		return nil, err
+	}
 	for _, fl := range files {
 		var line string
 		src := mcopyLine(real, boot.Offset(), "-", "::"+fl.name)
@@ -179,30 +188,54 @@ func (m *mod) Seed(path string, id int, o SeedOptions) (*SeedResult, error) {
 		}
 		res.Written = append(res.Written, fl.name)
 	}
-	if wasOK && m.d.DryRun {
-		m.d.Note("re-record the boot partition signature in %s (kernel8.img and the dtb are unchanged)", m.f.Sig(id))
-		res.Resign = true
-	} else if wasOK {
-		// the kernel and dtb did not change: keep the boot files current
-		d, err := m.open(real)
+	// The boot files' signatures (the image's and its clones') cover
+	// kernel8.img and the dtb only: seeding leaves them valid, and a
+	// seeded boot file would show as "outdated" at the next check.
+	for _, cid := range res.ClonesKept {
+		rec := m.baseFile(cid)
+		line := fmt.Sprintf("# linked clone %d has written nothing in partition 1: it reads the seeded files from its base; record the base's new identity in %s", cid, rec)
+		err := m.d.Do(line, func() error {
+			id0, err := statID(real)
+			if err != nil {
+				return err
+			}
+			return trace.WriteAtomic(rec, []byte(baseRecord(cid, id0)), 0o644, false)
+		})
 		if err != nil {
 			return nil, err
 		}
-		defer d.Close()
-		ids, err := d.chainIDs()
-		if err != nil {
-			return nil, err
-		}
-		sum, count, err := d.Signature()
-		if err != nil {
-			return nil, err
-		}
-		if err := m.writeSig(id, d, sum, count, ids); err != nil {
-			return nil, err
-		}
-		res.Resign = true
 	}
 	return res, nil
+}
+
+// sortLinkedClones puts the valid linked clones of the raw image real into
+// res.ClonesKept when their qcow2 holds no cluster of the boot partition
+// boot, else into res.ClonesInvalid.
+func (m *mod) sortLinkedClones(real string, boot Part, res *SeedResult) error {
+	ids, err := m.LinkedClones(real)
+	if err != nil {
+		return err
+	}
+	for _, cid := range ids {
+		if st, err := m.CheckClone(cid); err != nil || !st.OK {
+			continue // invalid already: it stays so
+		}
+		q, err := OpenQcow2(m.f.Disk(cid))
+		if err != nil {
+			return err
+		}
+		holds, err := q.HoldsData(boot.Offset(), boot.Bytes())
+		q.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.f.Disk(cid), err)
+		}
+		if holds {
+			res.ClonesInvalid = append(res.ClonesInvalid, cid)
+		} else {
+			res.ClonesKept = append(res.ClonesKept, cid)
+		}
+	}
+	return nil
 }
 
 func isPrintable(s string) bool {
