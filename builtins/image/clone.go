@@ -29,7 +29,8 @@ type CloneResult struct {
 // whose absolute backing file is the base, `-F raw`) that records the
 // base's identity. Written to a temporary name, then renamed; a replaced
 // clone is kept as NAME~. When instance 0's boot files are current they
-// are copied along (same boot partition, no re-hash).
+// are copied along with its signature (the same boot files: nothing is
+// read again).
 func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 	if id <= 0 {
 		return nil, trace.Usagef("clone: instance %d: clones are instances 1 and up (0 is the raw image)", id)
