@@ -320,6 +320,13 @@ def scenario_boot(image, logdir):
                       "&& /tmp/up/etc/boot.d/10-hello && tar --version | head -n 1", key=key, stdin=tarball)
         check(rc == 0 and "hello from boot.d" in out and "GNU tar" in out, "tar -x upload over ssh (rc=%s)" % rc)
 
+        # scp (OpenSSH 9 speaks sftp: dropbear runs OpenSSH's sftp-server)
+        scp = subprocess.run(["scp", "-q", "-i", key, "-o", "IdentitiesOnly=yes", "-P", str(SSH_PORT)]
+                             + SSH_OPTS[:-2] + [os.path.join(tree, "etc/boot.d/10-hello"), "root@127.0.0.1:/tmp/scp-hello"],
+                             capture_output=True, text=True, timeout=120)
+        rc, out = ssh("root", "cat /tmp/scp-hello", key=key)
+        check(scp.returncode == 0 and "hello from boot.d" in out, "scp (sftp) upload (rc=%s) %s" % (scp.returncode, scp.stderr[-200:]))
+
         # account and key tools pifarm runs on the guest
         cmds = ("useradd -m -s /bin/bash bob && usermod -a -G sudo,adm bob && id bob && getent passwd bob "
                 "&& install -d -o bob -g bob -m 700 /home/bob/.ssh "
