@@ -80,7 +80,7 @@ flock -w 600 9 || die "another build holds $CACHE/lock"
 
 # ---- 1. host tools (installed only when missing) ------------------------------
 host_tools() {
-  local want=() t pkg
+  local want=() t
   # tool:package
   for t in dpkg-deb:dpkg apt-get:apt mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs \
            sfdisk:fdisk fdtput:device-tree-compiler cpio:cpio depmod:kmod modprobe:kmod \
@@ -327,9 +327,10 @@ done
 HK=$CACHE/hostkeys
 if [ ! -s "$HK/dropbear_ed25519_host_key" ]; then
   log "generating ssh host keys (once)"
-  mkdir -p "$HK.new"
+  rm -rf "$HK.new"; mkdir -p "$HK.new"
   for t in rsa ecdsa ed25519; do
-    QEMU_LD_PREFIX=$R qemu-aarch64-static "$R/usr/bin/dropbearkey" -t "$t" -f "$HK.new/dropbear_${t}_host_key" >/dev/null 2>&1
+    QEMU_LD_PREFIX=$R qemu-aarch64-static "$R/usr/bin/dropbearkey" -t "$t" -f "$HK.new/dropbear_${t}_host_key" \
+      >/dev/null 2>&1 || die "dropbearkey -t $t failed"
   done
   rm -rf "$HK"; mv "$HK.new" "$HK"
 fi
