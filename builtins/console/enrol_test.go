@@ -160,6 +160,9 @@ nodes = [
 func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 	cfg := guestConfig(t)
 	g := newFakeGuest(t, "127.0.0.1:21020", "127.0.0.1:21320", false)
+	// pi has a key already, in a file without a final newline and with loose modes.
+	os.MkdirAll(filepath.Join(g.root, "home/pi/.ssh"), 0o755)
+	os.WriteFile(filepath.Join(g.root, "home/pi/.ssh/authorized_keys"), []byte("ssh-rsa AAAAother other@host"), 0o644)
 	out, code := pifarmRun(t, cfg, "run", "guest", "--expand-filesys", "twenty")
 	if code != 1 || !strings.Contains(out, "SSH does not answer on port 21320; enable it: pifarm run guest --enrol 20") {
 		t.Fatalf("expand-filesys before enrolment: exit %d\n%s", code, out)
@@ -189,6 +192,9 @@ func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 	}
 	check(filepath.Join(g.root, "home", "pi"))
 	check(filepath.Join(g.root, "root"))
+	if b, _ := os.ReadFile(filepath.Join(g.root, "home/pi/.ssh/authorized_keys")); !strings.HasPrefix(string(b), "ssh-rsa AAAAother other@host\nssh-ed25519 ") {
+		t.Errorf("pi's other key not kept on its own line: %q", b)
+	}
 	if b, _ := os.ReadFile(filepath.Join(g.root, "state", "resize2fs")); string(b) != "/dev/mmcblk0p2\n" {
 		t.Errorf("resize2fs ran with %q", b)
 	}
