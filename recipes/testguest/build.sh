@@ -235,7 +235,7 @@ PKGROOT=$CACHE/pkgroot
 pkgroot_key() {
   { for p in "${ROOT_PKGS[@]}" "${PARTIAL_PKGS[@]}"; do echo "${DEBFILE[$p]}"; done
     sed -n '/^# >>> pkgroot/,/^# <<< pkgroot/p' "${BASH_SOURCE[0]}"
-    (cd "$SRC/rootfs" && ls usr/bin usr/sbin); } | md5sum | cut -d' ' -f1
+    (cd "$SRC/rootfs" && ls usr/bin usr/sbin); echo addgroup delgroup; } | md5sum | cut -d' ' -f1
 }
 PKEY=$(pkgroot_key)
 if [ "$(cat "$PKGROOT.key" 2>/dev/null)" != "$PKEY" ]; then
@@ -269,6 +269,7 @@ if [ "$(cat "$PKGROOT.key" 2>/dev/null)" != "$PKEY" ]; then
     case $n in linuxrc|dpkg|dpkg-deb|rpm|rpm2cpio|busybox) continue ;; esac
     for d in usr/bin usr/sbin; do
       [ -e "$PKGROOT/$d/$n" ] || [ -L "$PKGROOT/$d/$n" ] || [ -e "$SRC/rootfs/$d/$n" ] && continue 2
+      case $n in addgroup|delgroup) continue 2 ;; esac
     done
     case $a in sbin/*|usr/sbin/*) d=usr/sbin ;; *) d=usr/bin ;; esac
     ln -s /usr/bin/busybox "$PKGROOT/$d/$n"
@@ -285,8 +286,12 @@ log "assembling the root file system"
 # R shares file inodes with the caches (hard links): files in R are replaced,
 # never changed in place
 cp -al "$PKGROOT" "$R"
-# pifarm's guest files (init scripts, shims, configuration)
+# pifarm's guest files (init scripts, shims, configuration); the tree holds no
+# symbolic links (go:embed cannot carry them), those are made here
 cp -a --remove-destination "$SRC/rootfs/." "$R/"
+ln -sfn ../usr/lib/os-release "$R/etc/os-release"
+ln -sfn adduser "$R/usr/sbin/addgroup"
+ln -sfn deluser "$R/usr/sbin/delgroup"
 
 # sudo: a small setuid helper (files/sudo.c), compiled once per source version
 SUDO_BIN=$CACHE/sudo-$(sha256sum "$SRC/files/sudo.c" | cut -c1-16)
