@@ -165,7 +165,8 @@ cp --sparse=always "$W/build-seed.img" "$IMG"
 pf run image --disk-image="$IMG" --expand-image --seed-ssh --seed-user=pi --seed-password=cycle-secret --provide-qboot
 pf run box --run --no-start-vnc 0
 echo 'pi_passwords = ["cycle-secret"]' >> "$W/config.star"
-pf run enrol 0
+pf run status --wait 0              # the seeded ssh file started sshd at first boot
+pf run enrol 0                      # so enrolment goes over SSH with the seeded password
 gssh 5700 root 'id -u' | grep -qx 0 || fail "seeded guest: no key login as root"
 pf run shutdown 0
 stage "seeded guest enrol"
