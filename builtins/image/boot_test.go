@@ -90,13 +90,17 @@ func TestRegisterProvideCheck(t *testing.T) {
 	// registering another image drops the stale boot files
 	other := filepath.Join(dir, "other.img")
 	run(t, "", "cp", "--sparse=always", fx.path, other)
+	os.WriteFile(m.f.KnownHosts(0), []byte("[127.0.0.1]:5700 ssh-ed25519 AAAA\n"), 0o644)
 	if _, err := m.Register(other); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := m.CheckBoot(0); st.State != "missing" {
 		t.Fatalf("after re-register: %+v", st)
 	}
-	for _, p := range []string{m.f.Disk(0) + "~", m.f.Kernel(0) + "~", m.f.Sig(0) + "~"} {
+	if _, err := os.Stat(m.f.KnownHosts(0)); err == nil {
+		t.Error("the old image's known_hosts survived re-registering")
+	}
+	for _, p := range []string{m.f.Disk(0) + "~", m.f.Kernel(0) + "~", m.f.Sig(0) + "~", m.f.KnownHosts(0) + "~"} {
 		if _, err := os.Lstat(p); err != nil {
 			t.Errorf("backup %s: %v", p, err)
 		}

@@ -93,7 +93,8 @@ func (m *mod) Register(path string) (string, error) {
 	if err := m.mkdir(filepath.Dir(link)); err != nil {
 		return "", err
 	}
-	if err := m.moveAside(link, m.f.Kernel(0), m.f.DTB(0), m.f.Sig(0)); err != nil {
+	// A new image has other host keys: its known_hosts goes with the old one.
+	if err := m.moveAside(link, m.f.Kernel(0), m.f.DTB(0), m.f.Sig(0), m.f.KnownHosts(0)); err != nil {
 		return "", err
 	}
 	line := "ln -s " + trace.Quote(abs) + " " + trace.Quote(link)
