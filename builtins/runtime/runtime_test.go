@@ -2,12 +2,14 @@ package runtime
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarktest"
@@ -316,5 +318,46 @@ func TestStar(t *testing.T) {
 				t.Fatal(errorText(err))
 			}
 		})
+	}
+}
+
+// TestInterruptCancelsBlockingBuiltin: Ctrl-C (a cancelled context) ends a
+// recipe blocked in a builtin promptly, with exit status 1.
+func TestInterruptCancelsBlockingBuiltin(t *testing.T) {
+	goldenEnv(t)
+	dir := t.TempDir()
+	rec := filepath.Join(dir, "block.star")
+	os.WriteFile(rec, []byte("def main(opts):\n    host.run([\"sleep\", \"30\"])\n    print(\"not reached\")\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	var out, errb bytes.Buffer
+	t0 := time.Now()
+	code := Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx})
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("took %v after the interrupt", d)
+	}
+	if code != ExitFailed || !strings.Contains(errb.String(), "context canceled") || strings.Contains(out.String(), "not reached") {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+}
+
+// TestInterruptCancelsStarlarkLoop: Ctrl-C also stops a recipe busy in
+// Starlark itself (the thread is cancelled between steps).
+func TestInterruptCancelsStarlarkLoop(t *testing.T) {
+	goldenEnv(t)
+	rec := filepath.Join(t.TempDir(), "loop.star")
+	os.WriteFile(rec, []byte("def main(opts):\n    while True:\n        x = 1\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx}) }()
+	select {
+	case code := <-done:
+		if code != ExitFailed || !strings.Contains(errb.String(), "interrupted") {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop was not interrupted")
 	}
 }
