@@ -10,9 +10,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
 )
 
-// QMP is a small client for the QEMU Machine Protocol on a unix socket.
+// QMP is a small client for the QEMU Machine Protocol on a unix socket. It
+// uses go-qemu's wire types (qmp.Command, qmp.Version) and its own
+// connection handling.
 //
 // pifarm speaks QMP itself instead of using go-qemu's qmp.SocketMonitor,
 // because every one of that monitor's known traps is hit by what pifarm does:
@@ -54,9 +58,7 @@ func (e *QMPError) Error() string {
 // message is any QMP message: greeting, reply or event.
 type message struct {
 	QMP *struct {
-		Version struct {
-			QEMU struct{ Major, Minor, Micro int } `json:"qemu"`
-		} `json:"version"`
+		Version qmp.Version `json:"version"`
 	} `json:"QMP"`
 	Return json.RawMessage `json:"return"`
 	Error  *struct {
@@ -96,8 +98,7 @@ func DialQMP(ctx context.Context, path string, timeout time.Duration) (*QMP, err
 		q.Close()
 		return nil, fmt.Errorf("qmp %s: no QMP greeting (is this a QMP socket?)", path)
 	}
-	v := greet.QMP.Version.QEMU
-	q.Version = fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro)
+	q.Version = greet.QMP.Version.String()
 	if _, err := q.exec(ctx, deadline, "qmp_capabilities", nil); err != nil {
 		q.Close()
 		return nil, fmt.Errorf("qmp %s: %w", path, err)
@@ -128,10 +129,12 @@ func (q *QMP) exec(ctx context.Context, deadline time.Time, command string, args
 	defer q.mu.Unlock()
 	q.id++
 	id := fmt.Sprintf("pifarm-%d", q.id)
-	req := map[string]any{"execute": command, "id": id}
-	if args != nil {
-		req["arguments"] = args
-	}
+	// go-qemu's wire type of a command, with the id this client matches
+	// replies by.
+	req := struct {
+		qmp.Command
+		ID string `json:"id"`
+	}{qmp.Command{Execute: command, Args: args}, id}
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", command, err)
