@@ -21,7 +21,7 @@ import (
 // Config is the parsed config.star.
 type Config struct {
 	// Path names where the configuration came from (a file, or
-	// "<embedded>/config.star").
+	// "the built-in config.star").
 	Path string
 
 	Cache         string   // cache folder: clones, boot files, keys, mounts

@@ -172,7 +172,7 @@ func findConfig(explicit string) (*farm.Config, error) {
 			}
 		}
 	}
-	base, err := farm.Load("<embedded>/config.star", DefaultConfig)
+	base, err := farm.Load("the built-in config.star", DefaultConfig)
 	if err != nil {
 		return nil, fmt.Errorf("the built-in config.star: %w", err)
 	}
