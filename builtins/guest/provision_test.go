@@ -601,3 +601,28 @@ func TestProvisionWithRealSshd(t *testing.T) {
 		t.Errorf("sudoers mode %s", r.g.mode("/etc/sudoers.d/carol"))
 	}
 }
+
+// A permissions line naming a path the guest does not have fails the
+// upload (naming the path) instead of being skipped in silence.
+func TestMissingPermissionPathFails(t *testing.T) {
+	r := newRig(t, 26000)
+	os.WriteFile(filepath.Join(r.userDir, "permissions"), []byte("/etc/no-such-file root:root 0644\n"), 0o644)
+	out, errs, code := r.pifarm("--local-software", "1")
+	if code != 1 || !strings.Contains(errs, "/etc/no-such-file") {
+		t.Errorf("missing path: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+}
+
+// --useradd appends its keys to an authorized_keys whose last line has no
+// newline without gluing them onto that line.
+func TestUseraddKeepsLastKeyLine(t *testing.T) {
+	r := newRig(t, 26010)
+	last := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMine mine@laptop"
+	r.g.write("/home/pi/.ssh/authorized_keys", last, 0o600)
+	r.mustRun("--useradd=pi", "1")
+	r.mustRun("--useradd=pi", "1")
+	ak := strings.Split(r.g.read("/home/pi/.ssh/authorized_keys"), "\n")
+	if len(ak) != 4 || ak[0] != last || !strings.HasPrefix(ak[1], "ssh-ed25519 ") || !strings.HasPrefix(ak[2], "ecdsa-sha2-nistp256 ") || ak[3] != "" {
+		t.Errorf("authorized_keys:\n%s", strings.Join(ak, "\n"))
+	}
+}

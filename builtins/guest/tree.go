@@ -461,13 +461,14 @@ func (t *Tree) Tar(mtime time.Time, extra map[string]string) ([]byte, error) {
 }
 
 // PermScript renders the permissions as explicit shell commands, one
-// "chown user:group path && chmod mode path" line per entry. A path missing
-// on the guest makes the script fail naming it.
+// "chown user:group path && chmod mode path || exit" line per entry. A path
+// missing on the guest makes the script fail naming it (set -e alone would
+// not: it ignores a failure on the left of &&).
 func (t *Tree) PermScript() string {
 	var b strings.Builder
 	for _, p := range t.Perms() {
 		q := shQuote(p.Path)
-		fmt.Fprintf(&b, "chown %s:%s %s && chmod %s %s\n", p.User, p.Group, q, p.ModeString(), q)
+		fmt.Fprintf(&b, "chown %s:%s %s && chmod %s %s || exit\n", p.User, p.Group, q, p.ModeString(), q)
 	}
 	return b.String()
 }

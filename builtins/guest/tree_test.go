@@ -140,7 +140,7 @@ func TestMergeAndTar(t *testing.T) {
 		t.Errorf("post-install %+v", pi)
 	}
 	// the later layer's permission line for /etc/rc.local wins
-	if ps := tr.PermScript(); ps != "chown root:adm /etc/rc.local && chmod 0750 /etc/rc.local\nchown root:root /etc/secret && chmod 0600 /etc/secret\n" {
+	if ps := tr.PermScript(); ps != "chown root:adm /etc/rc.local && chmod 0750 /etc/rc.local || exit\nchown root:root /etc/secret && chmod 0600 /etc/secret || exit\n" {
 		t.Errorf("perm script:\n%s", ps)
 	}
 	b, err := tr.Tar(time.Unix(1700000000, 0), map[string]string{"/etc/hosts": "127.0.0.1 localhost\n"})
