@@ -151,3 +151,25 @@ nodes = [
 		}
 	}
 }
+
+// TestRecipeSeedSSHPasswordEnv: PIFARM_SEED_PASSWORD exported in the shell
+// stands in for --seed-password only; it must not make --seed-ssh alone fail.
+func TestRecipeSeedSSHPasswordEnv(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", filepath.Join(dir, "cache"))), 0o644)
+	t.Setenv("PIFARM_SEED_PASSWORD", "secret")
+	for _, args := range []string{"-n run image --seed-ssh", "-n run image --seed-ssh --seed-user pi"} {
+		var out, errb bytes.Buffer
+		argv := append([]string{"-c", cfg}, strings.Fields(args)...)
+		argv = append(argv, "-i", img)
+		code := runtime.Main(runtime.Options{Args: argv, Stdout: &out, Stderr: &errb, NotRoot: true})
+		if code != 0 {
+			t.Errorf("pifarm %s: exit %d\n%s%s", args, code, out.String(), errb.String())
+		}
+		if strings.Contains(out.String(), "secret") {
+			t.Errorf("pifarm %s: the password shows in the trace:\n%s", args, out.String())
+		}
+	}
+}
