@@ -183,10 +183,10 @@ func GenerateKey(path, comment string) error {
 
 // signers returns the signers to offer: an explicit key file, or the
 // user's key and pifarm's key (those without a passphrase), then the
-// agent's keys.
-func (k Keys) signers(explicit string) ([]xssh.Signer, []string, error) {
-	var out []xssh.Signer
-	var names []string
+// agent's keys. done closes the connection to the agent (its signers sign
+// through it): call it once the log-in is over.
+func (k Keys) signers(explicit string) (out []xssh.Signer, names []string, done func(), err error) {
+	done = func() {}
 	load := func(p string, must bool) error {
 		data, err := os.ReadFile(p)
 		if err != nil {
@@ -209,9 +209,9 @@ func (k Keys) signers(explicit string) ([]xssh.Signer, []string, error) {
 	}
 	if explicit != "" {
 		if err := load(explicit, true); err != nil {
-			return nil, nil, err
+			return nil, nil, done, err
 		}
-		return out, names, nil
+		return out, names, done, nil
 	}
 	if p := k.UserKey(); p != "" {
 		load(p, false)
@@ -222,10 +222,13 @@ func (k Keys) signers(explicit string) ([]xssh.Signer, []string, error) {
 			if ss, err := agent.NewClient(c).Signers(); err == nil && len(ss) > 0 {
 				out = append(out, ss...)
 				names = append(names, "agent keys")
+				done = func() { c.Close() }
+			} else {
+				c.Close()
 			}
 		}
 	}
-	return out, names, nil
+	return out, names, done, nil
 }
 
 // knownKeys returns the keys recorded for addr in file (plain entries).
@@ -352,10 +355,11 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 		}
 		return c, nil
 	}
-	signers, tried, err := keys.signers(a.KeyFile)
+	signers, tried, agentDone, err := keys.signers(a.KeyFile)
 	if err != nil {
 		return nil, err
 	}
+	defer agentDone()
 	var methods []xssh.AuthMethod
 	if len(signers) > 0 {
 		methods = append(methods, xssh.PublicKeys(signers...))

@@ -187,7 +187,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 		}
 	}
 	if err := sess.Start(cmd); err != nil {
-		return Result{}, fmt.Errorf("%s %s: %w", c.label(), trace.Quote(cmd), err)
+		return Result{}, fmt.Errorf("%s: %w", c.d.Mask(c.label()+" "+trace.Quote(cmd)), err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
@@ -203,7 +203,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 	case <-timeout:
 		sess.Signal(xssh.SIGTERM)
 		sess.Close()
-		msg := fmt.Sprintf("%s %s: timeout after %s%s", c.label(), trace.Quote(cmd), o.Timeout, lastOutput(stdout.Bytes(), stderr.Bytes()))
+		msg := c.d.Mask(fmt.Sprintf("%s %s: timeout after %s%s", c.label(), trace.Quote(cmd), o.Timeout, lastOutput(stdout.Bytes(), stderr.Bytes())))
 		res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: -1}
 		if !o.Check {
 			// The caller looks at the exit code: -1, the reason in stderr.
@@ -214,7 +214,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 	case <-ctx.Done():
 		sess.Signal(xssh.SIGINT)
 		sess.Close()
-		return Result{ExitCode: -1}, fmt.Errorf("%s %s: %w", c.label(), trace.Quote(cmd), ctx.Err())
+		return Result{ExitCode: -1}, fmt.Errorf("%s: %w", c.d.Mask(c.label()+" "+trace.Quote(cmd)), ctx.Err())
 	}
 	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
 	if err != nil {
@@ -229,7 +229,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 		case errors.As(err, &em), errors.Is(err, io.EOF):
 			res.ExitCode = -1
 		default:
-			return res, fmt.Errorf("%s %s: %w", c.label(), trace.Quote(cmd), err)
+			return res, fmt.Errorf("%s: %w", c.d.Mask(c.label()+" "+trace.Quote(cmd)), err)
 		}
 	}
 	return res, nil

@@ -20,6 +20,7 @@ import (
 	"go.starlark.net/starlarkstruct"
 	"go.starlark.net/starlarktest"
 	xssh "golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
@@ -541,5 +542,78 @@ func TestStreamCopiesOutputToTheTerminal(t *testing.T) {
 	got, _ := io.ReadAll(r)
 	if err != nil || string(got) != "streamed\n" || string(res.Stdout) != "streamed\n" || string(res.Stderr) != "to-stderr\n" {
 		t.Fatalf("terminal %q, result %q %q, %v", got, res.Stdout, res.Stderr, err)
+	}
+}
+
+// A password registered at log-in stays masked in every error of a command
+// that holds it: a timeout, a non-zero exit.
+func TestErrorsMaskThePassword(t *testing.T) {
+	f := testFarm(t)
+	fakeguest.NewSSHServer(t, "127.0.0.1:26020")
+	tg := Target{Host: "127.0.0.1", Port: 26020, KnownHosts: f.KnownHosts(1)}
+	c, err := Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		cmd string
+		o   RunOpts
+	}{
+		{"echo pi:raspberry; sleep 10", RunOpts{Timeout: 300 * time.Millisecond, Check: true}},
+		{"echo pi:raspberry; sleep 10", RunOpts{Timeout: 300 * time.Millisecond}},
+		{"echo pi:raspberry >&2; exit 1", RunOpts{Check: true}},
+	} {
+		r, err := c.Run(tc.cmd, tc.o)
+		if err == nil && r.ExitCode == 0 {
+			t.Errorf("%q: no failure", tc.cmd)
+		}
+		// without check, the reason of a timeout ends stderr
+		if !tc.o.Check && strings.Contains(string(r.Stderr), "raspberry") {
+			t.Errorf("%q: the password shows in the reason: %s", tc.cmd, r.Stderr)
+		}
+		if err != nil && strings.Contains(err.Error(), "raspberry") {
+			t.Errorf("%q: the password shows in the error: %v", tc.cmd, err)
+		}
+	}
+}
+
+// The connection to an ssh-agent is closed once the log-in is over: one
+// per ssh.connect would pile up in a long run.
+func TestAgentConnectionIsClosedAfterLogIn(t *testing.T) {
+	f := testFarm(t)
+	fakeguest.NewSSHServer(t, "127.0.0.1:26021")
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ring := agent.NewKeyring()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	if err := ring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { agent.ServeAgent(ring, c); c.Close(); ended <- struct{}{} }()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+	tg := Target{Host: "127.0.0.1", Port: 26021, KnownHosts: f.KnownHosts(1)}
+	c, err := Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-ended:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the connection to the agent is still open after the log-in")
 	}
 }
