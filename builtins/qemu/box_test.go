@@ -152,6 +152,13 @@ func TestBoxRecipe(t *testing.T) {
 		t.Fatal("dry run made the clone folder")
 	}
 
+	// A bad --timeout stops before the clone is made or QEMU starts.
+	out, code = b.pifarm("run", "box", "--run", "--wait", "--timeout", "soon", "2")
+	b.want(out, code, 1, "--timeout soon: want a positive number of seconds")
+	if _, err := os.Stat(filepath.Dir(clone2)); err == nil {
+		t.Fatal("--run with a bad --timeout made the clone before failing")
+	}
+
 	out, code = b.pifarm("run", "box")
 	b.want(out, code, 0, "0   loner    192.168.66.63  yes    -", "2   entwo    192.168.66.8   -      -")
 
