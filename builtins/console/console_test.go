@@ -392,3 +392,21 @@ func BenchmarkLogin(b *testing.B) {
 		s.Logout()
 	}
 }
+
+// A password given to login stays masked in the error of a command that
+// holds it.
+func TestRunErrorMasksThePassword(t *testing.T) {
+	fakeguest.NewConsole(t, "127.0.0.1:26030")
+	s, err := Dial(liveDoor(nil), "console 26030", "127.0.0.1:26030", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(false) })
+	if ok, err := s.Login("pi", []string{"raspberry"}, 5*time.Second); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	_, err = s.Run("echo 'pi:raspberry' >/dev/null; sleep 5", 300*time.Millisecond)
+	if err == nil || strings.Contains(err.Error(), "raspberry") || !strings.Contains(err.Error(), "timeout after 300ms") {
+		t.Errorf("error: %v", err)
+	}
+}

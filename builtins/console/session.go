@@ -412,12 +412,12 @@ func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
 	deadline := time.Now().Add(timeout)
 	if _, err := s.expect([]*regexp.Regexp{regexp.MustCompile(tok + `_B\n`)}, timeout,
 		"the command to start (marker "+tok+"_B)", timeout); err != nil {
-		return Result{}, fmt.Errorf("run %s: %w", quote(cmd), err)
+		return Result{}, fmt.Errorf("run %s: %w", s.d.Mask(quote(cmd)), err)
 	}
 	m, err := s.expect([]*regexp.Regexp{regexp.MustCompile(tok + `_E(\d+)\n`)}, max(time.Until(deadline), time.Millisecond),
 		"the command to finish (marker "+tok+"_E<status>)", timeout)
 	if err != nil {
-		return Result{}, fmt.Errorf("run %s: %w", quote(cmd), err)
+		return Result{}, fmt.Errorf("run %s: %w", s.d.Mask(quote(cmd)), err)
 	}
 	code, _ := strconv.Atoi(m.Groups[0])
 	out := strings.TrimSuffix(dropKernelLines(m.Before), "\n")
