@@ -86,9 +86,9 @@ func Links(ns string, prefixes ...string) ([]*Link, error) {
 			if !hasPrefix(a.Name, prefixes) {
 				continue
 			}
-			x := &Link{Name: a.Name, Kind: l.Type(), Up: a.Flags&unix.IFF_UP != 0,
+			x := &Link{Name: a.Name, Kind: l.Type(), Up: a.RawFlags&unix.IFF_UP != 0,
 				Oper: a.OperState.String(), Master: names[a.MasterIndex], Owner: -1, Group: -1,
-				Loopback: a.Flags&unix.IFF_LOOPBACK != 0}
+				Loopback: a.RawFlags&unix.IFF_LOOPBACK != 0}
 			if a.HardwareAddr != nil {
 				x.MAC = a.HardwareAddr.String()
 			}

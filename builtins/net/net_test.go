@@ -293,8 +293,12 @@ func TestOutboundVethEnslaved(t *testing.T) {
 	if l.Kind != "veth" || l.Master != "q0br" || !l.Up || !l.Virtual() {
 		t.Fatalf("eth7: %+v", l)
 	}
-	if lo := link(t, ns, "lo"); lo.Kind != "device" || lo.Virtual() {
+	if lo := link(t, ns, "lo"); lo.Kind != "device" || lo.Virtual() || !lo.Loopback || l.Loopback {
 		t.Fatalf("lo: %+v", lo)
+	}
+	// lo is refused before netlink is asked (which would say only "invalid argument")
+	if _, err := m.SetMaster(ns, "lo", "q0br"); err == nil || !strings.Contains(err.Error(), "lo cannot be a port of q0br") {
+		t.Fatalf("lo as a port: %v", err)
 	}
 }
 
