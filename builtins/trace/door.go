@@ -164,9 +164,30 @@ func (d *Door) Line(c Cmd) string {
 		if !strings.HasSuffix(body, "\n") {
 			body += "\n"
 		}
-		s += " <<'EOF'\n" + body + "EOF"
+		tag := heredocTag(body)
+		s += " <<'" + tag + "'\n" + body + tag
 	}
 	return s
+}
+
+// heredocTag is a here-document delimiter that no line of body equals (a
+// line "EOF" in the body would end the document early).
+func heredocTag(body string) string {
+	lines := strings.Split(body, "\n")
+	tag := "EOF"
+	for i := 1; ; i++ {
+		clash := false
+		for _, l := range lines {
+			if l == tag {
+				clash = true
+				break
+			}
+		}
+		if !clash {
+			return tag
+		}
+		tag = fmt.Sprintf("EOF%d", i)
+	}
 }
 
 // Exec runs an action command. Dry, it prints the line and returns an empty
@@ -313,7 +334,8 @@ func fileLine(path string, data []byte, mode os.FileMode, backup bool) string {
 	} else if !strings.HasSuffix(body, "\n") {
 		fmt.Fprintf(&b, "printf %%s %s > %s", Quote(body), Quote(path))
 	} else {
-		fmt.Fprintf(&b, "cat > %s <<'EOF'\n%sEOF", Quote(path), body)
+		tag := heredocTag(body)
+		fmt.Fprintf(&b, "cat > %s <<'%s'\n%s%s", Quote(path), tag, body, tag)
 	}
 	if mode != 0 {
 		fmt.Fprintf(&b, "\nchmod %o %s", mode.Perm(), Quote(path))

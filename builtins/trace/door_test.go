@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,5 +131,34 @@ func TestModuleReferenceAndErrors(t *testing.T) {
 	}
 	if !IsUsage(&BuiltinError{Op: "x", Err: Usagef("bad")}) {
 		t.Fatal("usage error not seen through BuiltinError")
+	}
+}
+
+// TestHeredocTracesRunAsShell runs dry-run trace lines in sh: a line "EOF"
+// in the text must not end the here-document early.
+func TestHeredocTracesRunAsShell(t *testing.T) {
+	for _, body := range []string{"EOF\n", "a\nEOF\nb\n", "x\nEOF1\nEOF\n", "plain\n"} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "f")
+		var out bytes.Buffer
+		d := New(context.Background(), true, false, &out)
+		if err := d.WriteFile(p, []byte(body), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		line := out.String()
+		if !strings.HasPrefix(line, "#") {
+			if b, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
+				t.Fatalf("WriteFile trace of %q fails in sh: %v %s\n%s", body, err, b, line)
+			}
+			if got, _ := os.ReadFile(p); string(got) != body {
+				t.Errorf("WriteFile trace of %q writes %q:\n%s", body, got, line)
+			}
+		}
+		out.Reset()
+		line = d.Line(Cmd{Argv: []string{"cat"}, Heredoc: body})
+		got, err := exec.Command("sh", "-c", line).CombinedOutput()
+		if err != nil || string(got) != body {
+			t.Errorf("Exec trace of a here-document %q gives %q (%v):\n%s", body, got, err, line)
+		}
 	}
 }
