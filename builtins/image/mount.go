@@ -2,8 +2,10 @@ package image
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"pifarm/builtins/trace"
@@ -67,6 +69,9 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 	}
 	for _, x := range mnts {
 		if x.Target == mnt {
+			if !mountOf(x, real, pn, m.layoutPart(real, pn)) {
+				return nil, fmt.Errorf("mount %s of %s: %s already holds %s (%s), not this disk's partition %d; unmount it first: pifarm run image --umount-%s", part, path, mnt, x.Source, x.FSType, pn, part)
+			}
 			m.d.Note("%s is already mounted on %s (%s)", x.Source, mnt, x.FSType)
 			return &MountResult{Target: mnt, Source: x.Source, How: "already"}, nil
 		}
@@ -111,6 +116,51 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 		dev = l[len(l)-1]
 	}
 	return &MountResult{Target: mnt, Source: dev, How: "loop"}, nil
+}
+
+// mountOf reports whether mount x is partition pn (p) of the image real: a
+// loop device backed by real at p's offset (or real's partition device
+// loopNpN), or a guestmount of real's partition pn on x's target.
+func mountOf(x Mount, real string, pn int, p Part) bool {
+	for _, l := range loopDevices(real) {
+		if x.Source == fmt.Sprintf("%sp%d", l, pn) {
+			return true
+		}
+		if x.Source == l {
+			b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(l), "loop/offset"))
+			return err == nil && strings.TrimSpace(string(b)) == strconv.FormatInt(p.Offset(), 10)
+		}
+	}
+	if !strings.HasPrefix(x.FSType, "fuse") {
+		return false
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, c := range procs {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			continue
+		}
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(argv[0]) != "guestmount" {
+			continue
+		}
+		img, dev, tgt := false, false, false
+		for i, a := range argv {
+			next := ""
+			if i+1 < len(argv) {
+				next = argv[i+1]
+			}
+			img = img || (a == "-a" && next == real)
+			dev = dev || (a == "-m" && next == fmt.Sprintf("/dev/sda%d", pn))
+			if r, err := filepath.EvalSymlinks(a); err == nil && r == x.Target {
+				tgt = true
+			}
+		}
+		if img && dev && tgt {
+			return true
+		}
+	}
+	return false
 }
 
 // layoutPart is partition pn of an image already verified by the caller.

@@ -173,3 +173,37 @@ func TestRecipeSeedSSHPasswordEnv(t *testing.T) {
 		}
 	}
 }
+
+// TestRecipeMountRefusesAnotherDisksMount: mnt/root holding instance 0's
+// root partition is not "already mounted" for instance 1.
+func TestRecipeMountRefusesAnotherDisksMount(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	t.Cleanup(func() { exec.Command("umount", filepath.Join(dir, "cache/mnt/root")).Run() })
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`cache = %q
+tools = {"guestmount": False}
+nodes = [
+    node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15"),
+    node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15"),
+]
+`, filepath.Join(dir, "cache"))), 0o644)
+	for _, st := range []struct {
+		args string
+		code int
+		want string
+	}{
+		{"run image -i " + img, 0, "instance 0 is"},
+		{"run testdata/clone.star --linked 1", 0, "linked=True"},
+		{"run image --mount-root --sudo-mount", 0, "(read-write, loop)"},
+		{"run image --mount-root --sudo-mount", 0, "(read-write, already)"},
+		{"run image --mount-root --sudo-mount 1", 1, "already holds /dev/loop"},
+		{"run image --umount-root", 0, "unmounted mnt/root"},
+	} {
+		var out bytes.Buffer
+		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
+		if code != st.code || !strings.Contains(out.String(), st.want) {
+			t.Fatalf("pifarm %s: exit %d (want %d), output lacks %q:\n%s", st.args, code, st.code, st.want, out.String())
+		}
+	}
+}
