@@ -298,14 +298,8 @@ func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 			}
 			if len(ke.Want) > 0 {
 				w := ke.Want[0]
-				reset := "rm " + trace.Quote(t.KnownHosts)
-				if t.Shared {
-					reset = "ssh-keygen -R " + trace.Quote(knownhosts.Normalize(addr)) + " -f " + trace.Quote(t.KnownHosts)
-				}
-				return &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: it offers %s %s, but %s:%d records %s %s. "+
-					"A re-imaged or re-keyed guest has new keys (clones share instance 0's keys until re-keyed); "+
-					"if you expected the change, reset with: %s",
-					addr, key.Type(), xssh.FingerprintSHA256(key), w.Filename, w.Line, w.Key.Type(), xssh.FingerprintSHA256(w.Key), reset)}
+				return &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: it offers %s %s, but %s:%d records %s %s. %s",
+					addr, key.Type(), xssh.FingerprintSHA256(key), w.Filename, w.Line, w.Key.Type(), xssh.FingerprintSHA256(w.Key), resetHint(t))}
 			}
 		}
 		line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, key)
@@ -325,6 +319,16 @@ func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 			return f.Close()
 		})
 	}
+}
+
+// resetHint explains a changed host key and how to forget the recorded one.
+func resetHint(t Target) string {
+	reset := "rm " + trace.Quote(t.KnownHosts)
+	if t.Shared {
+		reset = "ssh-keygen -R " + trace.Quote(knownhosts.Normalize(t.Addr())) + " -f " + trace.Quote(t.KnownHosts)
+	}
+	return "A re-imaged or re-keyed guest has new keys (clones share instance 0's keys until re-keyed); " +
+		"if you expected the change, reset with: " + reset
 }
 
 // HostKeyMismatch is the error for a server whose key differs from the
@@ -418,6 +422,10 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 		switch {
 		case errors.As(err, &mm):
 			return nil, mm
+		case len(cfg.HostKeyAlgorithms) > 0 && strings.Contains(err.Error(), "no common algorithm for host key"):
+			// Pinned to the recorded key types, and the server has none of them.
+			return nil, &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: %s records a key of type %s, but the server offers none of that type (%v). %s",
+				t.Addr(), t.KnownHosts, strings.Join(cfg.HostKeyAlgorithms, ", "), err, resetHint(t))}
 		case strings.Contains(err.Error(), "unable to authenticate"):
 			return nil, fmt.Errorf("%s@%s: authentication failed (tried: %s)", a.User, t.Addr(), strings.Join(tried, ", "))
 		case ctx.Err() != nil:

@@ -617,3 +617,25 @@ func TestAgentConnectionIsClosedAfterLogIn(t *testing.T) {
 		t.Fatal("the connection to the agent is still open after the log-in")
 	}
 }
+
+// A re-keyed guest that no longer offers a key of the recorded type is a
+// host key mismatch with the reset command, not a bare handshake error.
+func TestRecordedKeyTypeGoneIsAMismatch(t *testing.T) {
+	f := testFarm(t)
+	rsaKey, edKey := fakeguest.NewHostKey(t, true), fakeguest.NewHostKey(t, false)
+	fakeguest.NewSSHServer(t, "127.0.0.1:26022", rsaKey)
+	tg := Target{Host: "127.0.0.1", Port: 26022, KnownHosts: f.KnownHosts(1)}
+	os.MkdirAll(filepath.Dir(tg.KnownHosts), 0o755)
+	line := fmt.Sprintf("[127.0.0.1]:26022 %s", xssh.MarshalAuthorizedKey(edKey.PublicKey()))
+	os.WriteFile(tg.KnownHosts, []byte(line), 0o644)
+	_, err := Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 5*time.Second)
+	var mm *HostKeyMismatch
+	if !errors.As(err, &mm) {
+		t.Fatalf("error: %v", err)
+	}
+	for _, want := range []string{"host key mismatch for 127.0.0.1:26022", "ssh-ed25519", "rm " + tg.KnownHosts} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
