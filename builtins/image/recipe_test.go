@@ -207,3 +207,24 @@ nodes = [
 		}
 	}
 }
+
+// TestRecipeBadOptionsChangeNothing: a misused option fails before any step
+// changes the image.
+func TestRecipeBadOptionsChangeNothing(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", filepath.Join(dir, "cache"))), 0o644)
+	before := fileSum(t, img)
+	var out bytes.Buffer
+	code := runtime.Main(runtime.Options{Args: []string{"-c", cfg, "run", "image", "-i", img, "--expand-image", "--sudo-mount"}, Stdout: &out, Stderr: &out})
+	if code != 1 || !strings.Contains(out.String(), "--sudo-mount goes with --mount-boot or --mount-root") {
+		t.Fatalf("exit %d:\n%s", code, out.String())
+	}
+	if fileSum(t, img) != before {
+		t.Fatalf("the image changed before the option error:\n%s", out.String())
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "cache/clones/raspi-clone-0/clone-0.raw")); err == nil {
+		t.Fatal("the image was registered before the option error")
+	}
+}
