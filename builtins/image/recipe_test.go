@@ -215,16 +215,25 @@ func TestRecipeBadOptionsChangeNothing(t *testing.T) {
 	img := recipeFixture(t, dir)
 	cfg := filepath.Join(dir, "config.star")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", filepath.Join(dir, "cache"))), 0o644)
+	t.Setenv("PIFARM_SEED_PASSWORD", "")
 	before := fileSum(t, img)
-	var out bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: []string{"-c", cfg, "run", "image", "-i", img, "--expand-image", "--sudo-mount"}, Stdout: &out, Stderr: &out})
-	if code != 1 || !strings.Contains(out.String(), "--sudo-mount goes with --mount-boot or --mount-root") {
-		t.Fatalf("exit %d:\n%s", code, out.String())
-	}
-	if fileSum(t, img) != before {
-		t.Fatalf("the image changed before the option error:\n%s", out.String())
-	}
-	if _, err := os.Lstat(filepath.Join(dir, "cache/clones/raspi-clone-0/clone-0.raw")); err == nil {
-		t.Fatal("the image was registered before the option error")
+	for _, tc := range []struct{ args, want string }{
+		{"--expand-image --sudo-mount", "--sudo-mount goes with --mount-boot or --mount-root"},
+		{"--expand-image --seed-user pi", "--seed-user=pi needs --seed-password=PW"},
+		{"--expand-image --seed-ssh --seed-key " + filepath.Join(dir, "none.pub"), "none.pub"},
+		{"--expand-image 1", "is a qcow2 clone of it"},
+	} {
+		var out bytes.Buffer
+		args := append([]string{"-c", cfg, "run", "image", "-i", img}, strings.Fields(tc.args)...)
+		code := runtime.Main(runtime.Options{Args: args, Stdout: &out, Stderr: &out})
+		if code != 1 || !strings.Contains(out.String(), tc.want) {
+			t.Fatalf("%s: exit %d:\n%s", tc.args, code, out.String())
+		}
+		if fileSum(t, img) != before {
+			t.Fatalf("%s: the image changed before the option error:\n%s", tc.args, out.String())
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "cache/clones/raspi-clone-0/clone-0.raw")); err == nil {
+			t.Fatalf("%s: the image was registered before the option error", tc.args)
+		}
 	}
 }
