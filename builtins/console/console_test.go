@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -408,5 +409,41 @@ func TestRunErrorMasksThePassword(t *testing.T) {
 	_, err = s.Run("echo 'pi:raspberry' >/dev/null; sleep 5", 300*time.Millisecond)
 	if err == nil || strings.Contains(err.Error(), "raspberry") || !strings.Contains(err.Error(), "timeout after 300ms") {
 		t.Errorf("error: %v", err)
+	}
+}
+
+// Opening a console again after QEMU closed it (a restarted instance)
+// closes the dead session's socket instead of keeping it open for the rest
+// of the run.
+func TestReopenClosesTheDeadSession(t *testing.T) {
+	const a = "127.0.0.1:26032"
+	fc := fakeguest.NewConsole(t, a)
+	m := &module{d: liveDoor(nil), f: testFarm(t), sessions: map[string]*sessionValue{}}
+	open := func() *sessionValue {
+		t.Helper()
+		v, err := m.open(nil, starlark.NewBuiltin("open", nil), starlark.Tuple{starlark.String(a)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.(*sessionValue)
+	}
+	old := open()
+	t.Cleanup(func() { old.s.Close(false) })
+	old.s.Send("\r") // the fake guest holds the connection once it answers
+	if _, err := old.s.Expect([]*regexp.Regexp{reLogin}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	fc.PowerDown()
+	if !old.s.WaitClosed(5 * time.Second) {
+		t.Fatal("not closed after the power-down")
+	}
+	fakeguest.NewConsole(t, a) // the instance started again
+	cur := open()
+	t.Cleanup(func() { cur.s.Close(false) })
+	if cur == old {
+		t.Fatal("the dead session was reused")
+	}
+	if _, err := old.s.conn.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("the dead session's socket is still open (write: %v)", err)
 	}
 }

@@ -143,16 +143,20 @@ func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 		return nil, err
 	}
 	m.mu.Lock()
-	if sv, ok := m.sessions[addr]; ok && !sv.s.closed && sv.s.alive() {
+	sv, ok := m.sessions[addr]
+	if ok && !sv.s.closed && sv.s.alive() {
 		m.mu.Unlock()
 		return sv, nil
 	}
 	m.mu.Unlock()
+	if ok && !sv.s.closed && sv.s.conn != nil {
+		sv.s.conn.Close() // QEMU closed it (the instance stopped): free the socket
+	}
 	s, err := Dial(m.d, label, addr, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (is the instance running?)", label, err)
 	}
-	sv := &sessionValue{s: s, m: m}
+	sv = &sessionValue{s: s, m: m}
 	m.mu.Lock()
 	m.sessions[addr] = sv
 	m.mu.Unlock()
