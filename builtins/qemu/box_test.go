@@ -185,6 +185,11 @@ func TestBoxRecipe(t *testing.T) {
 	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
 	out, code = b.pifarm("run", "box", "--force-clone", "1")
 	b.want(out, code, 1, "instance <0> loner is running")
+	// A missing N fails before the other steps (here: stopping instance 0).
+	out, code = b.pifarm("run", "box", "--terminate", "--flush-clone")
+	b.want(out, code, 1, "--flush-clone needs an instance N > 0")
+	out, code = b.pifarm("run", "box", "--run", "0")
+	b.want(out, code, 0, "<0> loner is already running")
 	out, code = b.pifarm("run", "box", "--terminate", "0")
 	b.want(out, code, 0, "<0> loner terminated")
 
