@@ -430,7 +430,9 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 			return nil, fmt.Errorf("%s@%s: authentication failed (tried: %s)", a.User, t.Addr(), strings.Join(tried, ", "))
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%s@%s: %w", a.User, t.Addr(), ctx.Err())
-		case !retryable(err) || time.Until(deadline) < pause:
+		case !retryable(err) && !isTimeout(err):
+			return nil, fmt.Errorf("%s@%s: %v", a.User, t.Addr(), err)
+		case time.Until(deadline) < pause:
 			return nil, fmt.Errorf("%s@%s: %v (gave up after %s)", a.User, t.Addr(), err, timeout)
 		}
 		select {
@@ -474,6 +476,12 @@ func dialOnce(ctx interface {
 	}
 	nc.SetDeadline(time.Time{})
 	return xssh.NewClient(cc, chans, reqs), nil
+}
+
+// isTimeout reports whether err is a deadline running out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // retryable: the port is not there yet, or the forwarder closed before

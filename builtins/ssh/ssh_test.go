@@ -639,3 +639,30 @@ func TestRecordedKeyTypeGoneIsAMismatch(t *testing.T) {
 		}
 	}
 }
+
+// An error that is not retried does not claim that pifarm waited.
+func TestImmediateFailureDoesNotClaimAWait(t *testing.T) {
+	f := testFarm(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:26023")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// a banner, then a packet whose padding exceeds its length
+			c.Write([]byte("SSH-2.0-broken\r\n\x00\x00\x00\x0c\xff\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
+			time.AfterFunc(3*time.Second, func() { c.Close() })
+		}
+	}()
+	tg := Target{Host: "127.0.0.1", Port: 26023, KnownHosts: f.KnownHosts(1)}
+	start := time.Now()
+	_, err = Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 10*time.Second)
+	if err == nil || strings.Contains(err.Error(), "gave up after") || time.Since(start) > 5*time.Second {
+		t.Fatalf("after %s: %v", time.Since(start), err)
+	}
+}
