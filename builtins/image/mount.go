@@ -134,6 +134,10 @@ func mountOf(x Mount, real string, pn int, p Part) bool {
 	if !strings.HasPrefix(x.FSType, "fuse") {
 		return false
 	}
+	target, err := filepath.EvalSymlinks(x.Target)
+	if err != nil {
+		return false
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, c := range procs {
 		b, err := os.ReadFile(c)
@@ -152,7 +156,7 @@ func mountOf(x Mount, real string, pn int, p Part) bool {
 			}
 			img = img || (a == "-a" && next == real)
 			dev = dev || (a == "-m" && next == fmt.Sprintf("/dev/sda%d", pn))
-			if r, err := filepath.EvalSymlinks(a); err == nil && r == x.Target {
+			if r, err := filepath.EvalSymlinks(a); err == nil && r == target {
 				tgt = true
 			}
 		}

@@ -82,18 +82,21 @@ type Mount struct {
 }
 
 // mounts lists mounts on the cache's mount folders, and mounts of loop
-// devices backed by any of the given image files.
+// devices backed by any of the given image files. A mount on a mount
+// folder is named by the folder's configured path (m.f.MountDir), also
+// when the cache lies behind a symbolic link and the kernel lists the
+// resolved path.
 func (m *mod) mounts(images ...string) ([]Mount, error) {
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	dirs := map[string]bool{}
+	dirs := map[string]string{}
 	for _, p := range []string{"boot", "root"} {
-		dirs[m.f.MountDir(p)] = true
+		dirs[m.f.MountDir(p)] = m.f.MountDir(p)
 		if r, err := filepath.EvalSymlinks(m.f.MountDir(p)); err == nil {
-			dirs[r] = true
+			dirs[r] = m.f.MountDir(p)
 		}
 	}
 	loops := loopDevices(images...)
@@ -105,7 +108,10 @@ func (m *mod) mounts(images ...string) ([]Mount, error) {
 			continue
 		}
 		src, tgt := unescapeMount(fl[0]), unescapeMount(fl[1])
-		hit := dirs[tgt]
+		dir, hit := dirs[tgt]
+		if hit {
+			tgt = dir
+		}
 		for _, l := range loops {
 			if src == l || strings.HasPrefix(src, l+"p") {
 				hit = true

@@ -237,3 +237,39 @@ func TestRecipeBadOptionsChangeNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestRecipeMountsBehindSymlinkedCache: with the cache folder behind a
+// symbolic link (the kernel lists the resolved mount point), a mount is
+// still found: mounted again is "already", box refuses to start on a
+// read-write root, and --umount-root unmounts it.
+func TestRecipeMountsBehindSymlinkedCache(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	os.MkdirAll(filepath.Join(dir, "real-cache"), 0o755)
+	if err := os.Symlink(filepath.Join(dir, "real-cache"), filepath.Join(dir, "cache")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("umount", filepath.Join(dir, "real-cache/mnt/root")).Run() })
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\ntools = {\"guestmount\": False}\n", filepath.Join(dir, "cache"))), 0o644)
+	for _, st := range []struct {
+		args string
+		code int
+		want string
+	}{
+		{"run image -i " + img, 0, "instance 0 is"},
+		{"run image --mount-root", 0, "(read-write, loop)"},
+		{"run image --mount-root", 0, "(read-write, already)"},
+		{"-n run box --run 0", 1, "the root partition is mounted read-write"},
+		{"run image --umount-root", 0, "unmounted mnt/root"},
+	} {
+		var out bytes.Buffer
+		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
+		if code != st.code || !strings.Contains(out.String(), st.want) {
+			t.Fatalf("pifarm %s: exit %d (want %d), output lacks %q:\n%s", st.args, code, st.code, st.want, out.String())
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(b), filepath.Join(dir, "real-cache")) {
+		t.Fatal("mnt/root is still mounted after --umount-root")
+	}
+}
