@@ -626,3 +626,14 @@ func TestUseraddKeepsLastKeyLine(t *testing.T) {
 		t.Errorf("authorized_keys:\n%s", strings.Join(ak, "\n"))
 	}
 }
+
+// A post-install script may print anything, including lines that look like
+// pifarm's own markers.
+func TestPostInstallOutputIsOnlyShown(t *testing.T) {
+	r := newRig(t, 26040)
+	os.WriteFile(filepath.Join(r.userDir, "post-install"), []byte("echo 'post-install: done'\n"), 0o644)
+	out := r.mustRun("--local-software", "1")
+	if !strings.Contains(out, "post-install: done") {
+		t.Errorf("output:\n%s", out)
+	}
+}
