@@ -637,3 +637,19 @@ func TestPostInstallOutputIsOnlyShown(t *testing.T) {
 		t.Errorf("output:\n%s", out)
 	}
 }
+
+// A user name with '.' is matched exactly: creating a.b leaves user axb
+// (and its password) alone.
+func TestUseraddDotNameIsExact(t *testing.T) {
+	r := newRig(t, 26050)
+	r.g.write("/etc/passwd", r.g.read("/etc/passwd")+"axb:x:1001:1001::/home/axb:/bin/sh\n", 0o644)
+	r.g.write("/etc/group", r.g.read("/etc/group")+"axb:x:1001:\n", 0o644)
+	r.g.write("/etc/shadow", r.g.read("/etc/shadow")+"axb:$6$keep$me:19500:0:99999:7:::\n", 0o640)
+	out := r.mustRun("--useradd=a.b", "1")
+	if !strings.Contains(out, "created user a.b") || !strings.Contains(r.g.read("/etc/passwd"), "\na.b:x:") {
+		t.Errorf("a.b not created:\n%s\n%s", out, r.g.read("/etc/passwd"))
+	}
+	if sh := r.g.read("/etc/shadow"); !strings.Contains(sh, "\naxb:$6$keep$me:") || !strings.Contains(sh, "\na.b:*:") {
+		t.Errorf("shadow:\n%s", sh)
+	}
+}
