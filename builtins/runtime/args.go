@@ -175,13 +175,18 @@ func readSpec(name string, g starlark.StringDict) (*spec, error) {
 			s.pos = append(s.pos, p)
 		}
 	}
-	seen := map[string]bool{}
+	// The global options work after the recipe name too: a recipe may not
+	// take them over (its -n would silently run live what was meant dry).
+	seen := map[string]bool{"-h": true, "-v": true, "-n": true, "--help": true, "--verbose": true, "--dry-run": true}
 	for _, o := range s.opts {
 		for _, k := range []string{"-" + o.short, "--" + o.long} {
 			if k == "-" {
 				continue
 			}
 			if seen[k] {
+				if strings.Contains(" -h -v -n --help --verbose --dry-run ", " "+k+" ") {
+					return nil, fmt.Errorf("%s: option %s is pifarm's own (help, verbose, dry run); choose another", name, k)
+				}
 				return nil, fmt.Errorf("%s: option %s declared twice", name, k)
 			}
 			seen[k] = true

@@ -361,3 +361,23 @@ func TestInterruptCancelsStarlarkLoop(t *testing.T) {
 		t.Fatal("the loop was not interrupted")
 	}
 }
+
+// TestRecipeMayNotTakeGlobalOptions: -n, -v, -h and their long forms work
+// after the recipe name; a recipe that declares one is refused (its -n
+// would run live what the user meant as a dry run).
+func TestRecipeMayNotTakeGlobalOptions(t *testing.T) {
+	for _, o := range []*optSpec{
+		{short: "n", long: "now", def: starlark.False},
+		{short: "v", long: "vnc", def: starlark.False},
+		{long: "dry-run", def: starlark.False},
+	} {
+		g := starlark.StringDict{"OPTIONS": starlark.NewList([]starlark.Value{o})}
+		if _, err := readSpec("x", g); err == nil || !strings.Contains(err.Error(), "pifarm's own") {
+			t.Errorf("option -%s/--%s: err %v, want a refusal", o.short, o.long, err)
+		}
+	}
+	g := starlark.StringDict{"OPTIONS": starlark.NewList([]starlark.Value{&optSpec{short: "r", long: "run", def: starlark.False}})}
+	if _, err := readSpec("x", g); err != nil {
+		t.Errorf("-r/--run: %v", err)
+	}
+}
