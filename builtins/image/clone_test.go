@@ -191,11 +191,13 @@ func TestStatus(t *testing.T) {
 }
 
 // TestLockedInstanceRefuses: while another pifarm holds an instance lock
-// (a QEMU start under way), changing the image is refused.
+// (a QEMU start under way), changing the image waits, and is refused when
+// the lock stays held longer than the wait bound.
 func TestLockedInstanceRefuses(t *testing.T) {
 	dir := t.TempDir()
 	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
 	m, _ := testMod(t, dir, false)
+	m.lockWait = 300 * time.Millisecond
 	m.Register(fx.path)
 	os.MkdirAll(m.f.InstanceDir(3), 0o755)
 	holder := exec.Command("flock", m.f.Lock(3), "sleep", "60")
@@ -205,8 +207,11 @@ func TestLockedInstanceRefuses(t *testing.T) {
 	defer func() { holder.Process.Kill(); holder.Wait() }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		rel, err := m.lockInstances("probe")
+		rel, busy, _, err := m.tryLockInstances("probe")
 		if err != nil {
+			t.Fatal(err)
+		}
+		if busy >= 0 {
 			break
 		}
 		rel()
@@ -225,6 +230,43 @@ func TestLockedInstanceRefuses(t *testing.T) {
 	dry, _ := testMod(t, dir, true)
 	if _, err := dry.Expand(fx.path); err != nil {
 		t.Fatalf("dry expand: %v", err)
+	}
+}
+
+// TestLockedInstanceWaits: a lock held briefly by another pifarm (a start,
+// or a clone made by a parallel `pifarm run box --run N`) is waited for,
+// not an error.
+func TestLockedInstanceWaits(t *testing.T) {
+	dir := t.TempDir()
+	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
+	m, _ := testMod(t, dir, false)
+	m.Register(fx.path)
+	os.MkdirAll(m.f.InstanceDir(3), 0o755)
+	holder := exec.Command("flock", m.f.Lock(3), "sleep", "0.5")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		rel, busy, _, err := m.tryLockInstances("probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if busy >= 0 {
+			break
+		}
+		rel()
+		if time.Now().After(deadline) {
+			t.Fatal("flock never took the lock")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t0 := time.Now()
+	if _, err := m.Seed(fx.path, SeedOptions{SSH: true}); err != nil {
+		t.Fatalf("seed while another pifarm briefly holds a lock: %v", err)
+	}
+	if time.Since(t0) < 100*time.Millisecond {
+		t.Fatalf("seed did not wait for the held lock (%s)", time.Since(t0))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
@@ -15,7 +16,14 @@ import (
 type mod struct {
 	d *trace.Door
 	f *farm.Farm
+	// lockWait bounds the wait for instance locks held by another pifarm
+	// (a start, a clone, a change of the image); 0 means defaultLockWait.
+	lockWait time.Duration
 }
+
+// defaultLockWait is long enough for another pifarm's full clone of a
+// large image (qemu-img convert) to finish.
+const defaultLockWait = 10 * time.Minute
 
 const gib = int64(1) << 30
 const mib = int64(1) << 20

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -174,26 +175,62 @@ func loopDevices(images ...string) []string {
 }
 
 // lockInstances takes the instance locks (the qemu module holds one while
-// it starts an instance) of every instance folder in the cache, without
-// waiting, so that no QEMU starts while an image is being changed. A held
-// lock is an error naming the instance. Dry runs take no locks (a lock
+// it starts an instance) of every instance folder in the cache, so that no
+// QEMU starts while an image is being changed. While another pifarm holds
+// one (a start, a clone, a change of the image: parallel runs of
+// `pifarm run box --run N` that make clones), it waits, at most m.lockWait,
+// releasing what it holds between tries. Dry runs take no locks (a lock
 // file is a change). release frees them.
 func (m *mod) lockInstances(op string) (release func(), err error) {
+	if m.d.DryRun {
+		return func() {}, nil
+	}
+	wait := m.lockWait
+	if wait <= 0 {
+		wait = defaultLockWait
+	}
+	start := time.Now()
+	ctx := m.d.Context()
+	poll := 5 * time.Millisecond
+	noted := false
+	for {
+		release, busy, path, err := m.tryLockInstances(op)
+		if err != nil || busy < 0 {
+			return release, err
+		}
+		if time.Since(start) >= wait {
+			return nil, fmt.Errorf("%s: instance %d is being started or its image changed by another pifarm (%s is still locked after %s); try again when it is done", op, busy, path, time.Since(start).Round(time.Millisecond))
+		}
+		if !noted {
+			m.d.Note("%s: waiting for %s, held by another pifarm (at most %s)", op, path, wait)
+			noted = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: waiting for %s: %w", op, path, ctx.Err())
+		case <-time.After(poll):
+		}
+		if poll < 200*time.Millisecond {
+			poll *= 2
+		}
+	}
+}
+
+// tryLockInstances takes every instance lock without waiting. busy is the
+// instance whose lock another process holds (nothing is held then), or -1.
+func (m *mod) tryLockInstances(op string) (release func(), busy int, path string, err error) {
 	var held []*os.File
 	release = func() {
 		for _, f := range held {
 			f.Close()
 		}
 	}
-	if m.d.DryRun {
-		return release, nil
-	}
 	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
 	if err != nil {
 		if os.IsNotExist(err) {
-			return release, nil
+			return release, -1, "", nil
 		}
-		return nil, err
+		return nil, -1, "", err
 	}
 	for _, e := range ents {
 		sm := instanceDirRE.FindStringSubmatch(e.Name())
@@ -205,17 +242,17 @@ func (m *mod) lockInstances(op string) (release func(), err error) {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			release()
-			return nil, fmt.Errorf("%s: lock %s: %w", op, path, err)
+			return nil, -1, "", fmt.Errorf("%s: lock %s: %w", op, path, err)
 		}
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			f.Close()
 			release()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("%s: instance %d is being started by another pifarm (%s is locked); try again when it runs, after stopping it", op, id, path)
+				return nil, id, path, nil
 			}
-			return nil, fmt.Errorf("%s: lock %s: %w", op, path, err)
+			return nil, -1, "", fmt.Errorf("%s: lock %s: %w", op, path, err)
 		}
 		held = append(held, f)
 	}
-	return release, nil
+	return release, -1, "", nil
 }
