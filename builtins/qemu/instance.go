@@ -26,6 +26,10 @@ type Instances struct {
 	// Poll is the interval of the few waits that have no event to wait on
 	// (a lock held by another pifarm, a QMP socket that is not there yet).
 	Poll time.Duration
+	// LockWait bounds the wait of Start for the instance lock held by
+	// another pifarm (a start, or the image module cloning or changing an
+	// image, which can take minutes); 0 means 10 minutes.
+	LockWait time.Duration
 }
 
 // Status is what is known about one instance's QEMU.
@@ -281,12 +285,16 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 	if err := os.MkdirAll(in.F.InstanceDir(id), 0o755); err != nil {
 		return Status{}, fmt.Errorf("instance %d: %w", id, err)
 	}
-	deadline := time.Now().Add(in.timeout())
-	l, err := in.lock(id, deadline)
+	lockWait := in.LockWait
+	if lockWait <= 0 {
+		lockWait = 10 * time.Minute
+	}
+	l, err := in.lock(id, time.Now().Add(lockWait))
 	if err != nil {
 		return Status{}, err
 	}
 	defer l.Close()
+	deadline := time.Now().Add(in.timeout())
 	if st := in.probe(n); st.Running {
 		st.Already = true
 		return st, nil

@@ -387,6 +387,41 @@ func TestConcurrentStartsGiveOneQEMU(t *testing.T) {
 	}
 }
 
+// TestStartWaitsForALockHeldLongerThanQMPTimeout: the instance lock held
+// by another pifarm (the image module cloning a large image holds every
+// instance's lock for as long as qemu-img takes) is waited for beyond the
+// QMP timeout, and the start then succeeds.
+func TestStartWaitsForALockHeldLongerThanQMPTimeout(t *testing.T) {
+	f := testFarm(t)
+	f.Config.QEMU.Timeout = 1
+	provide(t, f, 4)
+	n, _ := f.Resolve("4")
+	holder := exec.Command("flock", f.Lock(4), "sleep", "1.6")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		l, err := tryLock(f.Lock(4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l == nil {
+			break
+		}
+		l.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("flock never took the lock")
+		}
+	}
+	in, _ := testInstances(t, f, false)
+	defer stopAll(t, in)
+	st, err := in.Start(n, Options{Paused: true, NoTAP: true})
+	if err != nil || !st.Running {
+		t.Fatalf("start while another pifarm held the lock for longer than the QMP timeout: %+v %v", st, err)
+	}
+}
+
 func TestRunningAndRemoveFiles(t *testing.T) {
 	f := testFarm(t)
 	provide(t, f, 1)
