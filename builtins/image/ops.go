@@ -80,6 +80,9 @@ func (m *mod) moveAside(paths ...string) error {
 // (clone-0.raw links to it). Boot files of a previously registered image
 // are moved aside as NAME~.
 func (m *mod) Register(path string) (string, error) {
+	if strings.TrimSpace(path) == "" {
+		return "", trace.Usagef("register: the image path is empty (an unset variable in --disk-image=$IMG?)")
+	}
 	abs, err := filepath.EvalSymlinks(farm.ExpandPath(path))
 	if err != nil {
 		return "", fmt.Errorf("register %s: %w", path, err)

@@ -273,3 +273,28 @@ func TestRecipeMountsBehindSymlinkedCache(t *testing.T) {
 		t.Fatal("mnt/root is still mounted after --umount-root")
 	}
 }
+
+// TestRecipeEmptyDiskImage: --disk-image= with an empty value (an unset
+// variable) is a usage error, not a silent fall-back to the image
+// registered before, which the other steps would then change.
+func TestRecipeEmptyDiskImage(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", filepath.Join(dir, "cache"))), 0o644)
+	var out bytes.Buffer
+	if code := runtime.Main(runtime.Options{Args: []string{"-c", cfg, "run", "image", "-i", img}, Stdout: &out, Stderr: &out}); code != 0 {
+		t.Fatalf("register: exit %d\n%s", code, out.String())
+	}
+	before := fileSum(t, img)
+	for _, args := range [][]string{{"run", "image", "--disk-image=", "--expand-image"}, {"run", "box", "-i", ""}} {
+		out.Reset()
+		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
+		if code != 2 || !strings.Contains(out.String(), "the image path is empty") {
+			t.Errorf("%q: exit %d, want 2 and a usage error:\n%s", args, code, out.String())
+		}
+	}
+	if fileSum(t, img) != before {
+		t.Fatal("the previously registered image was changed")
+	}
+}
