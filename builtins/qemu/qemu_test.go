@@ -393,10 +393,10 @@ func TestConcurrentStartsGiveOneQEMU(t *testing.T) {
 // QMP timeout, and the start then succeeds.
 func TestStartWaitsForALockHeldLongerThanQMPTimeout(t *testing.T) {
 	f := testFarm(t)
-	f.Config.QEMU.Timeout = 1
+	f.Config.QEMU.Timeout = 3 // QMP answers well within it, also on a busy CI machine
 	provide(t, f, 4)
 	n, _ := f.Resolve("4")
-	holder := exec.Command("flock", f.Lock(4), "sleep", "1.6")
+	holder := exec.Command("flock", f.Lock(4), "sleep", "4")
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
