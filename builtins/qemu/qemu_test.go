@@ -553,6 +553,49 @@ func TestQMPClient(t *testing.T) {
 	}
 }
 
+// TestQMPGreetingAfterStaleMessages: an event or a late reply left over
+// from an earlier client ahead of the greeting is skipped; a socket that
+// speaks something else is still refused at once.
+func TestQMPGreetingAfterStaleMessages(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "pqmp")
+	defer os.RemoveAll(dir)
+	for _, tc := range []struct{ first, want string }{
+		{`{"event": "RESUME", "data": {}}` + "\r\n" + `{"return": {"status": "running"}, "id": "pifarm-1"}`, ""},
+		{`{"hello": "world"}`, "no QMP greeting"},
+	} {
+		sock := dir + "/q.sock"
+		os.Remove(sock)
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "%s\r\n", tc.first)
+			fmt.Fprintf(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}`+"\r\n")
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			var req struct{ ID json.RawMessage }
+			json.Unmarshal([]byte(line), &req)
+			fmt.Fprintf(c, `{"return": {}, "id": %s}`+"\r\n", req.ID)
+			time.Sleep(100 * time.Millisecond)
+		}()
+		q, err := DialQMP(context.Background(), sock, 2*time.Second)
+		l.Close()
+		if tc.want == "" {
+			if err != nil || q.Version != "7.2.0" {
+				t.Fatalf("greeting after %s: %v", tc.first, err)
+			}
+			q.Close()
+		} else if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("after %s: err %v, want %q", tc.first, err, tc.want)
+		}
+	}
+}
+
 func TestQMPLargeReplyFromRealQEMU(t *testing.T) {
 	f := testFarm(t)
 	provide(t, f, 4)

@@ -90,13 +90,21 @@ func DialQMP(ctx context.Context, path string, timeout time.Duration) (*QMP, err
 	q.stop = context.AfterFunc(ctx, func() { conn.Close() })
 	conn.SetDeadline(deadline)
 	var greet message
-	if err := q.dec.Decode(&greet); err != nil {
-		q.Close()
-		return nil, fmt.Errorf("qmp %s: reading greeting: %w", path, q.ctxErr(ctx, err))
-	}
-	if greet.QMP == nil {
-		q.Close()
-		return nil, fmt.Errorf("qmp %s: no QMP greeting (is this a QMP socket?)", path)
+	for {
+		greet = message{}
+		if err := q.dec.Decode(&greet); err != nil {
+			q.Close()
+			return nil, fmt.Errorf("qmp %s: reading greeting: %w", path, q.ctxErr(ctx, err))
+		}
+		if greet.QMP != nil {
+			break
+		}
+		// QEMU's monitor may hand a new client what it still had for the
+		// one before (an event, a late reply) ahead of the greeting.
+		if greet.Event == "" && greet.Return == nil && greet.Error == nil {
+			q.Close()
+			return nil, fmt.Errorf("qmp %s: no QMP greeting (is this a QMP socket?)", path)
+		}
 	}
 	q.Version = greet.QMP.Version.String()
 	if _, err := q.exec(ctx, deadline, "qmp_capabilities", nil); err != nil {
