@@ -302,6 +302,20 @@ func TestExpandRefusals(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "instance 2 is running") {
 		t.Fatalf("expand while running: %v", err)
 	}
+	// registering another image under a running instance 0 is refused, and
+	// the registration stays as it was
+	os.MkdirAll(m.f.InstanceDir(0), 0o755)
+	os.WriteFile(m.f.Pidfile(0), []byte(fmt.Sprintln(sleeper.Process.Pid)), 0o644)
+	before, _ := os.Readlink(m.f.Disk(0))
+	other := filepath.Join(dir, "other.img")
+	run(t, "", "cp", "--sparse=always", fx.path, other)
+	if _, err := m.Register(other); err == nil || !strings.Contains(err.Error(), "instance 0 is running") {
+		t.Fatalf("register while instance 0 runs: %v", err)
+	}
+	if after, _ := os.Readlink(m.f.Disk(0)); after != before {
+		t.Fatalf("registration changed from %q to %q", before, after)
+	}
+	os.Remove(m.f.Pidfile(0))
 	// a pidfile naming a process that is no QEMU does not count
 	os.WriteFile(m.f.Pidfile(2), []byte(fmt.Sprintln(os.Getpid())), 0o644)
 	if run, _ := m.running(); len(run) != 0 {

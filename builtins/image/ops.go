@@ -101,6 +101,15 @@ func (m *mod) Register(path string) (string, error) {
 		m.d.Note("%s is already registered as instance 0 (%s)", abs, link)
 		return abs, nil
 	}
+	run, err := m.running()
+	if err != nil {
+		return "", err
+	}
+	for _, r := range run {
+		if r.ID == 0 {
+			return "", fmt.Errorf("register %s: instance 0 is running (pid %d) on the image registered now; stop it first (pifarm run shutdown 0)", path, r.Pid)
+		}
+	}
 	if err := m.mkdir(filepath.Dir(link)); err != nil {
 		return "", err
 	}
