@@ -122,10 +122,10 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"clone-0.raw in the cache becomes a link to it; the old link and the old .ker/.dtb/.sig are\n" +
 					"moved aside as NAME~ (stale boot files are dropped). Returns the absolute path.\n" +
 					"Dry run: prints `mv -f OLD OLD~` and `ln -s PATH LINK`."},
-			{Name: "plan_expand", Args: "image=0", Fn: m.planFn,
+			{Name: "plan_expand", Args: "image=0", Fn: m.expandBuiltin(m.PlanExpand),
 				Doc: "What expand would do (a query): struct(path, size_before, size, root_before, root, no_need,\n" +
 					"script) with sizes in bytes and partition 2 in sectors; script is the sfdisk script."},
-			{Name: "expand", Args: "image=0", Fn: m.expandFn,
+			{Name: "expand", Args: "image=0", Fn: m.expandBuiltin(m.Expand),
 				Doc: "Pad a raw image to the smallest configured size (image_sizes_gib) that holds it and grow\n" +
 					"partition 2 to end margin_percent before the end.\n\n" +
 					"Refuses images over the largest size, while any instance runs or another pifarm starts one\n" +
@@ -259,36 +259,24 @@ func planStruct(pl *ExpandPlan) *starlarkstruct.Struct {
 	})
 }
 
-func (m *mod) planFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-		return nil, err
+// expandBuiltin makes plan_expand (plan only) and expand (plan and do):
+// both take the image (an instance or a path) and return the plan.
+func (m *mod) expandBuiltin(do func(string) (*ExpandPlan, error)) func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error) {
+	return func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+		var v starlark.Value = starlark.MakeInt(0)
+		if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
+			return nil, err
+		}
+		p, _, err := m.diskArg(v)
+		if err != nil {
+			return nil, err
+		}
+		pl, err := do(p)
+		if err != nil {
+			return nil, err
+		}
+		return planStruct(pl), nil
 	}
-	p, _, err := m.diskArg(v)
-	if err != nil {
-		return nil, err
-	}
-	pl, err := m.PlanExpand(p)
-	if err != nil {
-		return nil, err
-	}
-	return planStruct(pl), nil
-}
-
-func (m *mod) expandFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-		return nil, err
-	}
-	p, _, err := m.diskArg(v)
-	if err != nil {
-		return nil, err
-	}
-	pl, err := m.Expand(p)
-	if err != nil {
-		return nil, err
-	}
-	return planStruct(pl), nil
 }
 
 func (m *mod) qbootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
