@@ -13,8 +13,10 @@
 # environment:
 #   PIFARM_TESTGUEST_CACHE   cache and work folder
 #                            (default: $HOME/.cache/pifarm/testguest)
-#   PIFARM_DEBIAN_MIRROR     default http://deb.debian.org/debian
-#   PIFARM_DEBIAN_SECURITY   default http://deb.debian.org/debian-security
+#   PIFARM_DEBIAN_MIRROR     Debian archive to fetch from (default: the one this
+#                            host's apt configuration uses for bookworm)
+#   PIFARM_DEBIAN_SECURITY   security archive (default: the host's for
+#                            bookworm-security; left out when it has none)
 #   SOURCE_DATE_EPOCH        timestamp for all files (default: the kernel
 #                            package's build time, so the guest clock starts there)
 #
@@ -72,8 +74,14 @@ PI_PASSWORD=raspberry
 PW_SALT=pifarmtestguest0                 # fixed salt: same image bytes every build
 
 CACHE=${PIFARM_TESTGUEST_CACHE:-$HOME/.cache/pifarm/testguest}
-MIRROR=${PIFARM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY=${PIFARM_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+# the archives this host's apt configuration names (read at run time)
+host_archive() {
+  apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 2>/dev/null |
+    awk -v s="$1" '$1 == s { sub(/\/$/, "", $2); print $2; exit }'
+}
+MIRROR=${PIFARM_DEBIAN_MIRROR:-$(host_archive bookworm)}
+SECURITY=${PIFARM_DEBIAN_SECURITY:-$(host_archive bookworm-security)}
+[ -n "$MIRROR" ] || die "this host's apt configuration names no Debian bookworm archive (see /etc/apt/sources.list.d); set PIFARM_DEBIAN_MIRROR"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/lock"
 flock -w 600 9 || die "another build holds $CACHE/lock"
@@ -109,8 +117,8 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 cat > "$APTDIR/sources.list.new" <<EOF
 deb [arch=arm64 signed-by=$KEYRING] $MIRROR bookworm main
 deb [arch=arm64 signed-by=$KEYRING] $MIRROR bookworm-updates main
-deb [arch=arm64 signed-by=$KEYRING] $SECURITY bookworm-security main
 EOF
+[ -z "$SECURITY" ] || echo "deb [arch=arm64 signed-by=$KEYRING] $SECURITY bookworm-security main" >> "$APTDIR/sources.list.new"
 if ! cmp -s "$APTDIR/sources.list.new" "$APTDIR/sources.list"; then
   mv "$APTDIR/sources.list.new" "$APTDIR/sources.list"; REFRESH=1
 else
