@@ -9,13 +9,17 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/syntax"
+	"pifarm/builtins/trace"
 )
 
 // Config is the parsed config.star.
@@ -360,6 +364,64 @@ func (c *Config) validate() error {
 // CacheDir is the cache folder with ~ and $VARS expanded, made absolute.
 func (c *Config) CacheDir() string {
 	return ExpandPath(c.Cache)
+}
+
+// CheckCache checks the cache folder dir before a run uses it: it must be a
+// folder owned by the user pifarm runs as (or by root) and writable by no
+// one else, or another user could plant files or symbolic links that pifarm
+// would read, run or write through. It reports whether dir exists; a missing
+// dir is fine (MakeCache makes it).
+func CheckCache(dir string) (exists bool, err error) {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cache folder %s: %w (set cache in config.star to a folder of your own)", dir, err)
+	}
+	if !fi.IsDir() {
+		return true, fmt.Errorf("cache folder %s is not a folder (%s); remove it, or set cache in config.star to a folder of your own", dir, fi.Mode().Type())
+	}
+	uid := os.Geteuid()
+	owner := -1
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		owner = int(st.Uid)
+	}
+	perm := fi.Mode().Perm()
+	var problems, fixes []string
+	if owner != uid && owner != 0 {
+		problems = append(problems, fmt.Sprintf("is owned by %s, not by %s who runs pifarm", userName(owner), userName(uid)))
+		fixes = append(fixes, fmt.Sprintf("chown %d %s", uid, trace.Quote(dir)))
+	}
+	if perm&0o022 != 0 {
+		problems = append(problems, fmt.Sprintf("has mode %04o (writable by its group or by everyone)", perm))
+		fixes = append(fixes, "chmod 700 "+trace.Quote(dir))
+	}
+	if len(problems) == 0 {
+		return true, nil
+	}
+	return true, fmt.Errorf("cache folder %s %s: another user could plant files or symbolic links there that pifarm would use; fix: %s (as its owner or root), or set cache in config.star to a folder of your own",
+		dir, strings.Join(problems, " and "), strings.Join(fixes, " && "))
+}
+
+// MakeCache makes the cache folder dir with mode 0700 (its missing parents
+// with 0755), as `mkdir -p -m 700 DIR` does, and checks the result.
+func MakeCache(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("make cache folder %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("make cache folder %s: %w", dir, err)
+	}
+	_, err := CheckCache(dir)
+	return err
+}
+
+func userName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return fmt.Sprintf("%s (uid %d)", u.Username, uid)
+	}
+	return fmt.Sprintf("uid %d", uid)
 }
 
 // ExpandPath expands a leading ~ and $VARS and makes the path absolute.

@@ -332,13 +332,14 @@ func firstLine(s string) string {
 }
 
 // rootCause is the innermost Go error beneath Starlark's wrapping, when it
-// adds information.
+// adds information. Errors are never compared with == here: some (the
+// resolver's ErrorList, a slice) are not comparable.
 func rootCause(err error) string {
-	var last error
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		last = e
+	last, depth := err, 0
+	for e := errors.Unwrap(err); e != nil; e = errors.Unwrap(e) {
+		last, depth = e, depth+1
 	}
-	if last == nil || last == err {
+	if depth == 0 {
 		return ""
 	}
 	return last.Error()

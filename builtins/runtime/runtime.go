@@ -18,6 +18,7 @@ import (
 
 	"go.starlark.net/lib/json"
 	sltime "go.starlark.net/lib/time"
+	"go.starlark.net/resolve"
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
 	"go.starlark.net/syntax"
@@ -223,9 +224,30 @@ func (rt *Runtime) loadSpec(src source, name string) (*spec, starlark.StringDict
 }
 
 // RunRecipe parses argv against the recipe's declared command line and calls
-// its main(opts). It returns the parsed global flags found after the recipe
-// name (help is handled here).
-func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bool) error {
+// its main(opts). A file that declares no OPTIONS, ARGS or main is a plain
+// script: its argv is parsed (pifarm's own -n/-v/-h only) before its top
+// level, which is the program, runs. The cache folder is checked (and made,
+// 0700, when missing) once, after the command line is known and before the
+// first step of the recipe or script.
+func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bool) (err error) {
+	defer recoverPanic(src.display(), &err)
+	if isScript(src) {
+		s := &spec{recipe: name}
+		p, err := s.parse(argv, rt.Farm, nil)
+		if err != nil {
+			return err
+		}
+		if p.help {
+			fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
+			return nil
+		}
+		rt.applyFlags(p)
+		if err := rt.prepareCache(); err != nil {
+			return err
+		}
+		_, err = rt.exec(src)
+		return err
+	}
 	s, g, err := rt.loadSpec(src, name)
 	if err != nil {
 		return err
@@ -238,6 +260,21 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 		fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
 		return nil
 	}
+	rt.applyFlags(p)
+	mainFn, ok := g["main"].(starlark.Callable)
+	if !ok {
+		return fmt.Errorf("recipe %s declares OPTIONS or ARGS but defines no main(opts) function (a plain script has neither)", src.display())
+	}
+	if err := rt.prepareCache(); err != nil {
+		return err
+	}
+	th := rt.newThread(name, src)
+	_, err = starlark.Call(th, mainFn, starlark.Tuple{p.opts()}, nil)
+	return err
+}
+
+// applyFlags applies pifarm's own options given after the recipe name.
+func (rt *Runtime) applyFlags(p *parsed) {
 	if p.dryRun {
 		rt.Door.DryRun = true
 		rt.Door.Out = rt.Stdout
@@ -245,21 +282,100 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 	if p.verbose {
 		rt.Door.Verbose = true
 	}
-	mainFn, ok := g["main"].(starlark.Callable)
-	if !ok {
-		return fmt.Errorf("recipe %s defines no main(opts) function", src.display())
+}
+
+// scriptNames are the top-level names that make a file a recipe rather than
+// a plain script.
+var scriptNames = map[string]bool{"main": true, "OPTIONS": true, "ARGS": true}
+
+// isScript reports whether the file binds none of main, OPTIONS and ARGS at
+// its top level (by def, assignment or load), read from its syntax before
+// anything runs. A file that does not parse is not called a script: running
+// it reports the syntax error.
+func isScript(src source) bool {
+	data, err := src.read()
+	if err != nil {
+		return false
 	}
-	th := rt.newThread(name, src)
-	_, err = starlark.Call(th, mainFn, starlark.Tuple{p.opts()}, nil)
-	return err
+	f, err := fileOptions.Parse(src.display(), data, 0)
+	if err != nil {
+		return false
+	}
+	bound := false
+	var bind func(e syntax.Expr)
+	bind = func(e syntax.Expr) {
+		switch x := e.(type) {
+		case *syntax.Ident:
+			bound = bound || scriptNames[x.Name]
+		case *syntax.TupleExpr:
+			for _, y := range x.List {
+				bind(y)
+			}
+		case *syntax.ListExpr:
+			for _, y := range x.List {
+				bind(y)
+			}
+		case *syntax.ParenExpr:
+			bind(x.X)
+		}
+	}
+	// Global names are bound by the top-level statements and by those
+	// nested in top-level if/for/while (not by a function's body).
+	var walk func(stmts []syntax.Stmt)
+	walk = func(stmts []syntax.Stmt) {
+		for _, st := range stmts {
+			switch x := st.(type) {
+			case *syntax.DefStmt:
+				bind(x.Name)
+			case *syntax.AssignStmt:
+				bind(x.LHS)
+			case *syntax.LoadStmt:
+				for _, id := range x.To {
+					bind(id)
+				}
+			case *syntax.ForStmt:
+				bind(x.Vars)
+				walk(x.Body)
+			case *syntax.WhileStmt:
+				walk(x.Body)
+			case *syntax.IfStmt:
+				walk(x.True)
+				walk(x.False)
+			}
+		}
+	}
+	walk(f.Stmts)
+	return !bound
+}
+
+// recoverPanic turns a panic inside Starlark or a builtin into an error
+// naming the file, so that no recipe text can crash pifarm with a Go stack
+// trace.
+func recoverPanic(file string, err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%s: internal error while running it (a bug in pifarm, please report it with this file): %v", file, r)
+	}
+}
+
+// prepareCache checks the cache folder (farm.CheckCache: a folder of this
+// user's, not writable by others) and, when it does not exist yet, makes it
+// with mode 0700 through the door (a dry run prints the mkdir).
+func (rt *Runtime) prepareCache() error {
+	dir := rt.Farm.Config.CacheDir()
+	exists, err := farm.CheckCache(dir)
+	if err != nil || exists {
+		return err
+	}
+	return rt.Door.Do("mkdir -p -m 700 "+trace.Quote(dir), func() error { return farm.MakeCache(dir) })
 }
 
 // Summary returns a bundled recipe's SUMMARY (executing its top level only).
-func (rt *Runtime) Summary(name string) (string, error) {
+func (rt *Runtime) Summary(name string) (summary string, err error) {
 	src, _, err := findRecipe(name)
 	if err != nil {
 		return "", err
 	}
+	defer recoverPanic(src.display(), &err)
 	s, _, err := rt.loadSpec(src, name)
 	if err != nil {
 		return "", err
@@ -281,6 +397,16 @@ func errorText(err error) string {
 		}
 	}
 	if inner == nil {
+		// The resolver reports every undefined name of a file; its
+		// Error() shows only the first.
+		var el resolve.ErrorList
+		if errors.As(err, &el) {
+			lines := make([]string, len(el))
+			for i, e := range el {
+				lines[i] = e.Error()
+			}
+			return strings.Join(lines, "\n")
+		}
 		return err.Error()
 	}
 	_ = ee

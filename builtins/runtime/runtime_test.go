@@ -40,6 +40,9 @@ func goldenEnv(t *testing.T) {
 	home := "/tmp/pifarm-golden/home"
 	os.RemoveAll("/tmp/pifarm-golden/demo") // the demo recipe's output folder never exists
 	os.MkdirAll(home, 0o755)
+	// the golden config's cache exists, as a run leaves it (mode 0700)
+	os.MkdirAll("/tmp/pifarm-golden/cache", 0o700)
+	os.Chmod("/tmp/pifarm-golden/cache", 0o700)
 	t.Setenv("HOME", home)
 	t.Setenv("SUDO_USER", "pi")
 	t.Setenv("XDG_CONFIG_HOME", "")
