@@ -80,3 +80,18 @@ func TestCacheFolderChecked(t *testing.T) {
 		t.Errorf("symbolic link to another user's folder: exit %d %s", code, e)
 	}
 }
+
+// TestShortPasswordMaskedOnlyAsValue: with pi_passwords = ["ca"], the dry
+// run of enrol masks the password where it is sent, not inside "caches".
+func TestShortPasswordMaskedOnlyAsValue(t *testing.T) {
+	goldenEnv(t)
+	cfg := filepath.Join(t.TempDir(), "config.star")
+	os.WriteFile(cfg, []byte("pi_passwords = [\"ca\"]\n"), 0o644)
+	o, e, code := pifarm(t, "-c", cfg, "-n", "run", "enrol")
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s%s", code, o, e)
+	}
+	if strings.Contains(o, "****ch") || !strings.Contains(o, "/.cache/pifarm/conf") || !strings.Contains(o, "send '****'") {
+		t.Errorf("masking:\n%s", o)
+	}
+}

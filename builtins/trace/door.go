@@ -20,9 +20,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Door carries the mode of one pifarm run. Builtins close over one Door.
@@ -76,14 +79,68 @@ func (d *Door) Secret(s string) {
 	d.secrets = append(d.secrets, s)
 }
 
-// Mask replaces every registered secret in s by "****".
+// Mask replaces every registered secret in s by "****" where it stands as a
+// value: an argument, a quoted word, a here-document line, the text after
+// "=" or ":". An occurrence inside a longer word ("ca" in "caches") is left
+// alone: masking it would break the trace line and show where the secret
+// occurs. A secret is also found as Quote renders it inside a quoted word
+// (its single quotes escaped); longer secrets are masked first.
 func (d *Door) Mask(s string) string {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	var forms []string
 	for _, x := range d.secrets {
-		s = strings.ReplaceAll(s, x, "****")
+		forms = append(forms, x)
+		if q := strings.ReplaceAll(x, "'", `'\''`); q != x {
+			forms = append(forms, q)
+		}
 	}
-	return s
+	d.mu.Unlock()
+	if len(forms) == 0 {
+		return s
+	}
+	sort.SliceStable(forms, func(i, j int) bool { return len(forms[i]) > len(forms[j]) })
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		n := 0
+		for _, f := range forms {
+			if strings.HasPrefix(s[i:], f) && standsAlone(s, i, i+len(f)) {
+				n = len(f)
+				break
+			}
+		}
+		if n == 0 {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		b.WriteString("****")
+		i += n
+	}
+	return b.String()
+}
+
+// standsAlone reports whether s[i:j] is not glued to a word character on
+// either side: a word (letters, digits, _) does not go on across its ends.
+func standsAlone(s string, i, j int) bool {
+	if i > 0 {
+		prev, _ := utf8.DecodeLastRuneInString(s[:i])
+		first, _ := utf8.DecodeRuneInString(s[i:j])
+		if isWord(prev) && isWord(first) {
+			return false
+		}
+	}
+	if j < len(s) {
+		last, _ := utf8.DecodeLastRuneInString(s[i:j])
+		next, _ := utf8.DecodeRuneInString(s[j:])
+		if isWord(last) && isWord(next) {
+			return false
+		}
+	}
+	return true
+}
+
+func isWord(r rune) bool {
+	return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r)
 }
 
 // Print writes one trace line (masked) to Out.
