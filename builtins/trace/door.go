@@ -148,17 +148,18 @@ func (d *Door) Print(line string) {
 	if d.Out == nil {
 		return
 	}
-	line = d.Mask(line)
+	line = faithful(d.Mask(line))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	fmt.Fprintln(d.Out, line)
 }
 
 // Note prints a "# ..." comment in dry-run or verbose mode. Use it for what a
-// dry run skips or decides, where no command exists.
+// dry run skips or decides, where no command exists. It is one line: its
+// control characters (a newline in a path it names) are escaped.
 func (d *Door) Note(format string, args ...any) {
 	if d.DryRun || d.Verbose {
-		d.Print("# " + fmt.Sprintf(format, args...))
+		d.Print("# " + Escape(fmt.Sprintf(format, args...)))
 	}
 }
 
@@ -372,12 +373,12 @@ func (d *Door) WriteFile(path string, data []byte, mode os.FileMode, backup bool
 
 func fileLine(path string, data []byte, mode os.FileMode, backup bool) string {
 	if !isText(data) || len(data) > 4096 {
-		line := fmt.Sprintf("# write %d bytes to %s", len(data), path)
+		line := fmt.Sprintf("# write %d bytes to %s", len(data), Quote(path))
 		if mode != 0 {
 			line += fmt.Sprintf(" (mode %04o)", mode.Perm())
 		}
 		if backup {
-			line += ", the old one kept as " + path + "~"
+			line += ", the old one kept as " + Quote(path+"~")
 		}
 		return line
 	}
