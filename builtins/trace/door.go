@@ -451,29 +451,89 @@ func WriteAtomic(path string, data []byte, mode os.FileMode, backup bool) error 
 }
 
 // Backup keeps one generation of path as path~ (a hard link when possible,
-// so the original stays in place until it is replaced). A missing path is
-// not an error.
+// so the original stays in place until it is replaced; else a copy with the
+// same mode; a symbolic link is kept as a link). A missing path is not an
+// error. The backup is made under a fresh temporary name and renamed onto
+// path~, so a symbolic link planted at path~ is replaced, never written
+// through.
 func Backup(path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	bak := path + "~"
-	_ = os.Remove(bak)
-	if err := os.Link(path, bak); err == nil {
-		return nil
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		target, err := os.Readlink(path)
-		if err != nil {
-			return fmt.Errorf("backup %s: %w", path, err)
-		}
-		return os.Symlink(target, bak)
-	}
-	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", path, err)
 	}
-	return os.WriteFile(bak, data, 0o644)
+	bak := path + "~"
+	tmp, err := tempName(path)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	switch {
+	case os.Link(path, tmp) == nil:
+	case fi.Mode()&os.ModeSymlink != 0:
+		target, err := os.Readlink(path)
+		if err == nil {
+			err = os.Symlink(target, tmp)
+		}
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", path, err)
+		}
+	default:
+		if err := copyNew(path, tmp, fi.Mode().Perm()); err != nil {
+			return fmt.Errorf("backup %s: %w", path, err)
+		}
+	}
+	if err := os.Rename(tmp, bak); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("backup %s to %s: %w (move what is at %s away)", path, bak, err, bak)
+	}
+	return nil
+}
+
+// tempName returns an unused name next to path (the name is free when it
+// is returned; the caller creates it with a call that fails on an existing
+// name: link, symlink, O_EXCL).
+func tempName(path string) (string, error) {
+	f, err := os.CreateTemp(dirOf(path), "."+baseOf(path)+".bak*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	f.Close()
+	if err := os.Remove(name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// copyNew copies the regular file src to dst, which it creates (O_EXCL: an
+// existing dst, a symbolic link included, is an error) with mode perm.
+func copyNew(src, dst string, perm os.FileMode) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	if err := out.Chmod(perm); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(dst)
+		return err
+	}
+	return nil
 }
 
 func dirOf(p string) string {
