@@ -15,14 +15,12 @@
 package startest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"go.starlark.net/lib/json"
@@ -66,32 +64,7 @@ type Fixture struct {
 	// Load, when set, serves load() of modules other than "assert.star".
 	Load func(thread *starlark.Thread, module string) (starlark.StringDict, error)
 
-	out syncBuffer
-}
-
-// syncBuffer is the output: the door and print() may write from more than
-// one goroutine (a builtin streaming a command's output).
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) Reset() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Reset()
+	out trace.SyncBuffer // the door and print() may write from several goroutines
 }
 
 // New returns a fixture with a door of the given mode writing into the
