@@ -80,3 +80,23 @@ func Transcript(stdout, stderr string, code int) string {
 	}
 	return s + fmt.Sprintf("--- exit %d\n", code)
 }
+
+// GoldenSection checks the generated section name of the text file path
+// (the README's module list) against body: the file with the section
+// replaced (trace.ReplaceSection) must equal the file. With -update the
+// file is rewritten with the new section, the rest kept byte for byte.
+// Missing markers fail the test, naming the lines to add.
+func GoldenSection(t testing.TB, path, name, body string) bool {
+	t.Helper()
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Errorf("generated section %q of %s: %v", name, path, err)
+		return false
+	}
+	want, err := trace.ReplaceSection(string(old), name, body)
+	if err != nil {
+		t.Errorf("%s: %v", path, err)
+		return false
+	}
+	return Golden(t, path, want)
+}

@@ -359,3 +359,30 @@ func TestOnlyTestsImportStartest(t *testing.T) {
 		t.Fatalf("only %d files checked", checked)
 	}
 }
+
+// TestGoldenSection: a generated section (the README's module list) is
+// checked against the registration and rewritten by -update, the rest of
+// the file kept.
+func TestGoldenSection(t *testing.T) {
+	begin, end := trace.SectionMarkers("modules")
+	path := filepath.Join(t.TempDir(), "README.md")
+	os.WriteFile(path, []byte("# x\n\n"+begin+"\n  farm  old\n"+end+"\n\nrest\n"), 0o644)
+	mods := []*trace.Module{{Name: "farm", Doc: "The node table."}, {Name: "guest", Doc: "Guest trees."}}
+	rec := &recorder{TB: t}
+	if got := rec.reported(func() { GoldenSection(rec, path, "modules", trace.Index(mods)) }); !strings.Contains(got, "README.md differs at line 4") {
+		t.Errorf("a stale section reported %q", got)
+	}
+	setUpdate(t, true)
+	GoldenSection(t, path, "modules", trace.Index(mods))
+	want := "# x\n\n" + begin + "\n  farm   The node table.\n  guest  Guest trees.\n" + end + "\n\nrest\n"
+	if b, _ := os.ReadFile(path); string(b) != want {
+		t.Errorf("-update wrote\n%s\nwant\n%s", b, want)
+	}
+	os.WriteFile(path, []byte("no markers\n"), 0o644)
+	if got := rec.reported(func() { GoldenSection(rec, path, "modules", "x") }); !strings.Contains(got, "want exactly one line") {
+		t.Errorf("missing markers reported %q", got)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "no markers\n" {
+		t.Errorf("a file without markers was rewritten: %q", b)
+	}
+}
