@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -300,7 +301,7 @@ func (d *Door) run(c Cmd) (Result, error) {
 	if c.Stderr != nil {
 		cmd.Stderr = io.MultiWriter(&errb, c.Stderr)
 	}
-	err := cmd.Run()
+	err := runChild(cmd)
 	res := Result{Stdout: out.Bytes(), Stderr: errb.Bytes()}
 	if err != nil {
 		var ee *exec.ExitError
@@ -330,8 +331,29 @@ func (d *Door) run(c Cmd) (Result, error) {
 	return res, nil
 }
 
-// Start launches a long-running action process in the background (for
-// example QEMU). Dry, it prints the line followed by " &" and returns nil.
+// runChild runs cmd as a child that dies with pifarm: the kernel sends it
+// SIGKILL when the thread that started it ends, which for a pifarm killed
+// with SIGKILL (no clean-up of its own possible) is at once. The goroutine
+// keeps its thread until the child has exited, so no other thread's end
+// (Go retires a thread a goroutine locked and left) is taken for
+// pifarm's. A child that daemonizes itself (QEMU's -daemonize, box --run)
+// leaves a grandchild that is not affected; a set-user-ID program (sudo)
+// drops the signal by the kernel's rule, so commands pifarm runs through the
+// privilege prefix are not covered.
+func runChild(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	return cmd.Run()
+}
+
+// Start launches a long-running action process in the background that is
+// meant to outlive pifarm (a VNC viewer): unlike Exec's children it gets no
+// parent-death signal. Dry, it prints the line followed by " &" and returns
+// nil.
 func (d *Door) Start(c Cmd, setup func(*exec.Cmd)) (*exec.Cmd, error) {
 	if err := d.Context().Err(); err != nil {
 		return nil, err
