@@ -5,6 +5,7 @@
 package farm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -110,6 +111,12 @@ func Load(path string, src []byte) (*Config, error) {
 // the values of base (the embedded default configuration); nil base means
 // Default().
 func LoadOver(base *Config, path string, src []byte) (*Config, error) {
+	return LoadContext(context.Background(), base, path, src)
+}
+
+// LoadContext is LoadOver for a run: cancelling ctx (Ctrl-C, SIGTERM) stops
+// config.star's evaluation, an endless loop included.
+func LoadContext(ctx context.Context, base *Config, path string, src []byte) (*Config, error) {
 	if src == nil {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -135,7 +142,9 @@ func LoadOver(base *Config, path string, src []byte) (*Config, error) {
 	thread := &starlark.Thread{Name: "config", Load: func(*starlark.Thread, string) (starlark.StringDict, error) {
 		return nil, errors.New("load() is not available in config.star")
 	}}
+	stop := context.AfterFunc(ctx, func() { thread.Cancel("interrupted") })
 	globals, err := starlark.ExecFileOptions(opts, thread, path, src, predeclared())
+	stop()
 	if err != nil {
 		return nil, configErr(err)
 	}
@@ -320,7 +329,22 @@ func (c *Config) validate() error {
 	if len(c.Nodes) == 0 {
 		return c.errf("nodes", "nodes: the node table is empty")
 	}
+	services := []struct {
+		name string
+		base int
+	}{{"ssh", c.Ports.SSH}, {"console", c.Ports.Console}, {"vnc", c.Ports.VNC}}
+	for _, p := range services {
+		if p.base <= 0 || p.base > 65535 {
+			return c.errf("ports", "ports: %s base %d is not a port", p.name, p.base)
+		}
+	}
 	ids, aliases, lans := map[int]bool{}, map[string]bool{}, map[string]bool{}
+	type macUse struct {
+		field string
+		id    int
+	}
+	macs := map[string]macUse{}
+	maxID := 0
 	for _, n := range c.Nodes {
 		e := func(format string, args ...any) error {
 			return &ConfigError{Pos: n.Pos, Msg: fmt.Sprintf("node %d: ", n.ID) + fmt.Sprintf(format, args...)}
@@ -335,16 +359,43 @@ func (c *Config) validate() error {
 			return e("duplicate LAN address %s", n.LAN)
 		}
 		ids[n.ID], aliases[n.Alias], lans[n.LAN] = true, true, true
-		if c.Ports.SSH+n.ID > 65535 || c.Ports.Console+n.ID > 65535 || c.Ports.VNC+n.ID > 65535 {
-			return e("ports for id %d exceed 65535", n.ID)
+		// node() stores MACs in one spelling (lower case, colons), so
+		// "B8:27:EB:.." and "b8-27-eb-.." are the same address here.
+		for _, m := range []struct{ field, mac string }{{"lan_mac", n.LANMAC}, {"wan_mac", n.WANMAC}} {
+			if m.mac == "" {
+				continue
+			}
+			if u, dup := macs[m.mac]; dup {
+				return e("%s %s is also the %s of node %d (a hardware box is found by its MACs: each must be unique)", m.field, m.mac, u.field, u.id)
+			}
+			macs[m.mac] = macUse{m.field, n.ID}
+		}
+		if n.ID > maxID {
+			maxID = n.ID
 		}
 	}
-	for _, p := range []struct {
-		name string
-		v    int
-	}{{"ssh", c.Ports.SSH}, {"console", c.Ports.Console}, {"vnc", c.Ports.VNC}} {
-		if p.v <= 0 || p.v > 65535 {
-			return c.errf("ports", "ports: %s base %d is not a port", p.name, p.v)
+	// Instance N uses base+N of every service: a port past 65535 is blamed
+	// on ports when this file set it, else on the node.
+	for _, n := range c.Nodes {
+		for _, p := range services {
+			if p.base+n.ID <= 65535 {
+				continue
+			}
+			if _, mine := c.pos["ports"]; mine {
+				return c.errf("ports", "ports: %s port of node %d (%s) would be %d, past 65535; choose a lower %s base", p.name, n.ID, n.Alias, p.base+n.ID, p.name)
+			}
+			return &ConfigError{Pos: n.Pos, Msg: fmt.Sprintf("node %d: its %s port would be %d, past 65535 (%s base %d + id); choose a smaller id or set ports", n.ID, p.name, p.base+n.ID, p.name, p.base)}
+		}
+	}
+	// The per-instance ranges base..base+maxID of two services must not
+	// share a port (an ssh forward on a console port fails at start).
+	for i := range services {
+		for j := i + 1; j < len(services); j++ {
+			a, b := services[i], services[j]
+			if a.base <= b.base+maxID && b.base <= a.base+maxID {
+				return c.errf("ports", "ports: %s ports %d..%d and %s ports %d..%d overlap (node ids go up to %d); choose bases at least %d apart",
+					a.name, a.base, a.base+maxID, b.name, b.base, b.base+maxID, maxID, maxID+1)
+			}
 		}
 	}
 	for _, a := range []struct{ key, v string }{{"wlan_host", c.Net.WLANHost}, {"wlan_guest", c.Net.WLANAddr}} {

@@ -145,8 +145,9 @@ func parseGlobals(args []string) (*globals, error) {
 	return g, nil
 }
 
-// findConfig applies the lookup order and loads the configuration.
-func findConfig(explicit string) (*farm.Config, error) {
+// findConfig applies the lookup order and loads the configuration; ctx
+// (Ctrl-C) stops a config.star that does not finish.
+func findConfig(ctx context.Context, explicit string) (*farm.Config, error) {
 	candidates := []string{}
 	if explicit != "" {
 		candidates = append(candidates, explicit)
@@ -179,7 +180,7 @@ func findConfig(explicit string) (*farm.Config, error) {
 	if len(candidates) == 0 {
 		return base, nil
 	}
-	c, err := farm.LoadOver(base, candidates[0], nil)
+	c, err := farm.LoadContext(ctx, base, candidates[0], nil)
 	if err != nil {
 		var ce *farm.ConfigError
 		if errors.As(err, &ce) {
@@ -234,9 +235,12 @@ func Main(o Options) int {
 		o.Stdout.Write(DefaultConfig)
 		return ExitOK
 	}
-	cfg, err := findConfig(g.config)
+	cfg, err := findConfig(o.Ctx, g.config)
 	if err != nil {
 		fmt.Fprintf(o.Stderr, "pifarm: %v\n", err)
+		if o.Ctx.Err() != nil {
+			return ExitFailed
+		}
 		return ExitUsage
 	}
 	out := o.Stderr

@@ -1,10 +1,13 @@
 package runtime
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // recipeFile writes src as a user recipe in a fresh folder (with a helper
@@ -102,5 +105,28 @@ func TestPlainScript(t *testing.T) {
 	os.WriteFile(q, []byte("OPTIONS = []\n"), 0o644)
 	if _, e, code := pifarm(t, "run", q); code != ExitFailed || !strings.Contains(e, "defines no main(opts)") {
 		t.Errorf("OPTIONS without main: exit %d %s", code, e)
+	}
+}
+
+// TestInterruptCancelsConfigLoop: Ctrl-C or SIGTERM (a cancelled context)
+// also stops a config.star that loops forever.
+func TestInterruptCancelsConfigLoop(t *testing.T) {
+	goldenEnv(t)
+	cfg := filepath.Join(t.TempDir(), "config.star")
+	os.WriteFile(cfg, []byte("while True:\n    pass\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(Options{Args: []string{"-c", cfg, "run", "nodes"}, Stdout: &out, Stderr: &errb, Ctx: ctx})
+	}()
+	select {
+	case code := <-done:
+		if code != ExitFailed || !strings.Contains(errb.String(), "interrupted") || !strings.Contains(errb.String(), cfg) {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop in config.star was not interrupted")
 	}
 }

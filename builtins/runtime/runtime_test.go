@@ -218,7 +218,7 @@ func TestConfigLookupOrder(t *testing.T) {
 	defer os.Chdir(wd)
 	explicit := ""
 	margin := func() float64 {
-		c, err := findConfig(explicit)
+		c, err := findConfig(context.Background(), explicit)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +297,7 @@ func TestStar(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no .star tests")
 	}
-	cfg, err := findConfig("testdata/golden/config.star")
+	cfg, err := findConfig(context.Background(), "testdata/golden/config.star")
 	if err != nil {
 		t.Fatal(err)
 	}
