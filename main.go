@@ -25,7 +25,7 @@ func main() {
 		os.Exit(pnet.Main(os.Args[2:]))
 	}
 	runtime.DefaultConfig = defaultConfig
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	code := runtime.Main(runtime.Options{Args: os.Args[1:], Ctx: ctx})
 	stop()
 	os.Exit(code)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -249,12 +250,18 @@ func TestEnrolASeededGuestOverSSH(t *testing.T) {
 		!strings.Contains(out, "Authorise your key first: pifarm run guest --ssh-authkeys 22") {
 		t.Fatalf("expand-filesys without a key: exit %d\n%s", code, out)
 	}
+	// A shell left logged in on the console (a killed pifarm, a user's nc)
+	// is logged out; nothing else is typed there.
+	g.con.SetState(fakeguest.InShell, "pi")
 	out, code = pifarmRun(t, cfg, "run", "enrol", "seeded")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	if g.con.Typed() != 0 {
-		t.Error("typed on the console although SSH answers")
+	if st, _ := g.con.State(); st != fakeguest.AtLogin || !regexp.MustCompile(`the console \(port 21022\) was left logged in \(pi@.*\$\): logged out`).MatchString(out) {
+		t.Errorf("console state %d after an enrol over SSH:\n%s", st, out)
+	}
+	if l := g.con.Lines(); len(l) != 2 || l[0] != "" || l[1] != "exit" {
+		t.Errorf("typed on the console although SSH answers: %q", l)
 	}
 	if _, err := os.Stat(filepath.Join(g.root, "state", "ssh-enabled")); err != nil {
 		t.Error("SSH not enabled for the next boots")

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,12 +37,18 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 	m := &module{d: d, f: f, sessions: map[string]*sessionValue{}}
 	return &trace.Module{
 		Name: "console",
+		End:  m.end,
 		Doc: `Expect-style sessions on a guest's TCP serial console (port 5800+N).
 
 QEMU serves one console client at a time and drops what the guest prints
 while nobody is connected: a session asks for a fresh prompt rather than
 relying on earlier output. ANSI escapes (bash's \e[?2004h ...) and carriage
-returns are removed from what is received; kernel messages may interleave.`,
+returns are removed from what is received; kernel messages may interleave.
+
+When the run ends, however it ends (an error, a timeout, Ctrl-C), every
+session still open is logged out and disconnected: a command still running
+is interrupted (Ctrl-C), a log-in whose answer was not seen is looked at, and
+a shell is ended with exit, each within a few seconds of its own.`,
 		Funcs: []trace.Func{
 			{Name: "open", Args: "instance, timeout=10", Fn: m.open,
 				Doc: `Connect to the serial console of an instance and return a session.
@@ -66,12 +73,18 @@ console again returns it. Its methods:
       "reboot: Power down" (or QEMU closing the console); returns what it saw
   s.wait_closed(timeout=2)     whether QEMU closes the console within timeout
       (it exits by itself after a power-down with the bcm2835 watchdog driver)
-  s.logout()                   end the shell this session logged into
+  s.prompt(timeout=5)          press Enter and tell which prompt the console
+      shows: struct(kind, line), kind "login", "password", "shell" (someone
+      is logged in: line is its prompt, e.g. "pi@raspberrypi:~$") or
+      "setup" (first-boot wizard); kind None when no prompt comes within
+      timeout (another client holds the console, or the guest is busy)
+  s.logout()                   end the shell this session logged into, or
+      the one s.prompt() found
   s.close(logout=True)         log out and disconnect
 
 Dry run: prints "# console 5801: ..." lines for the connection, every text
 sent (passwords masked) and every command run; login returns True, run
-returns output "" and exit_code 0.`},
+returns output "" and exit_code 0, prompt returns kind "login".`},
 			{Name: "probe", Args: "instance, timeout=1", Fn: m.probe,
 				Doc: `Whether the instance's console port accepts connections (a query: runs in
 dry-run too). True while pifarm itself holds the console. QEMU accepts a
@@ -205,7 +218,7 @@ type sessionValue struct {
 	m *module
 }
 
-var sessionMethods = []string{"close", "expect", "login", "logout", "run", "send", "sendline", "wait_closed", "wait_halted"}
+var sessionMethods = []string{"close", "expect", "login", "logout", "prompt", "run", "send", "sendline", "wait_closed", "wait_halted"}
 
 func (v *sessionValue) String() string        { return fmt.Sprintf("<%s>", v.s.Label) }
 func (v *sessionValue) Type() string          { return "console_session" }
@@ -240,6 +253,8 @@ func (v *sessionValue) Attr(name string) (starlark.Value, error) {
 		fn = v.login
 	case "logout":
 		fn = v.logout
+	case "prompt":
+		fn = v.prompt
 	case "run":
 		fn = v.run
 	case "wait_halted":
@@ -379,6 +394,29 @@ func (v *sessionValue) logout(_ *starlark.Thread, b *starlark.Builtin, args star
 	return starlark.None, v.s.Logout()
 }
 
+func (v *sessionValue) prompt(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var tv starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "timeout?", &tv); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds(tv, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	kind, line, err := v.s.Prompt(timeout)
+	if err != nil {
+		return nil, err
+	}
+	var k starlark.Value = starlark.None
+	if kind != "" {
+		k = starlark.String(kind)
+	}
+	return starlarkstruct.FromStringDict(starlark.String("prompt"), starlark.StringDict{
+		"kind": k,
+		"line": starlark.String(line),
+	}), nil
+}
+
 func (v *sessionValue) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	var cmd string
 	var tv starlark.Value
@@ -439,4 +477,20 @@ func (v *sessionValue) close(_ *starlark.Thread, b *starlark.Builtin, args starl
 	}
 	v.m.mu.Unlock()
 	return starlark.None, err
+}
+
+// end logs out and disconnects every session still open when the run ends
+// (trace.Module.End), in address order.
+func (m *module) end() {
+	m.mu.Lock()
+	var open []*sessionValue
+	for _, sv := range m.sessions {
+		open = append(open, sv)
+	}
+	m.sessions = map[string]*sessionValue{}
+	m.mu.Unlock()
+	sort.Slice(open, func(i, j int) bool { return open[i].s.Addr < open[j].s.Addr })
+	for _, sv := range open {
+		sv.s.End()
+	}
 }

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -55,6 +56,18 @@ type Session struct {
 	nonce  string
 	seq    int
 	closed bool
+
+	// found is the user of a shell Prompt found (left logged in by someone
+	// else): Logout ends it too.
+	found string
+	// loggingIn: a password was sent and the answer not seen yet (the
+	// shell may come up after the session stopped waiting).
+	loggingIn bool
+	// running: a command was typed and its end marker not seen yet.
+	running bool
+	// ending: the run is over (End): waits ignore the run's cancelled
+	// context and actions pass Door.Finally.
+	ending bool
 }
 
 // Match is what an expect found.
@@ -142,7 +155,7 @@ func (s *Session) Expect(pats []*regexp.Regexp, timeout time.Duration) (Match, e
 func (s *Session) expect(pats []*regexp.Regexp, timeout time.Duration, what string, shown time.Duration) (Match, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	ctx := s.d.Context()
+	ctx := s.context()
 	from := -1 // absolute offset where the next search starts; -1: everything
 	for {
 		s.mu.Lock()
@@ -254,9 +267,27 @@ func (e *consoleError) Unwrap() error { return e.err }
 // Send writes text to the console as typed. The trace line shows it quoted,
 // with registered secrets masked.
 func (s *Session) Send(text string) error {
-	return s.d.Do(fmt.Sprintf("# %s: send %s", s.Label, showText(text)), func() error {
+	return s.do(fmt.Sprintf("# %s: send %s", s.Label, showText(text)), func() error {
 		return s.write(text)
 	})
+}
+
+// do passes an action through the door: Door.Do during the run, and
+// Door.Finally once it ended (its context may be cancelled: Ctrl-C).
+func (s *Session) do(line string, fn func() error) error {
+	if s.ending {
+		return s.d.Finally(line, fn)
+	}
+	return s.d.Do(line, fn)
+}
+
+// context is the run's context, or a background one once the run ended:
+// the clean-up waits have deadlines of their own.
+func (s *Session) context() context.Context {
+	if s.ending {
+		return context.Background()
+	}
+	return s.d.Context()
 }
 
 func (s *Session) write(text string) error {
@@ -359,6 +390,7 @@ func (s *Session) Login(user string, passwords []string, timeout time.Duration) 
 		case 3:
 			return false, nil
 		}
+		s.loggingIn = true // until the answer is seen: End then looks
 		if err := s.Send(pw + "\r"); err != nil {
 			return false, err
 		}
@@ -366,6 +398,7 @@ func (s *Session) Login(user string, passwords []string, timeout time.Duration) 
 		if err != nil {
 			return false, err
 		}
+		s.loggingIn = false
 		switch m.Index {
 		case 0:
 			s.user = user
@@ -402,12 +435,13 @@ func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
 	line := fmt.Sprintf("printf '%%s_B\\n' %s; eval %s; printf '%%s_E%%d\\n' %s $?\r", tok, arg, tok)
 	// A multi-line command stays one comment: every line starts with "#".
 	shown := strings.ReplaceAll(quote(cmd), "\n", "\n#   ")
-	if err := s.d.Do(fmt.Sprintf("# %s: run %s", s.Label, shown), func() error { return s.write(line) }); err != nil {
+	if err := s.do(fmt.Sprintf("# %s: run %s", s.Label, shown), func() error { return s.write(line) }); err != nil {
 		return Result{}, err
 	}
 	if s.Dry() {
 		return Result{}, nil
 	}
+	s.running = true // until the end marker is seen: End interrupts it
 	// Two short matches: the output between them may be long.
 	deadline := time.Now().Add(timeout)
 	if _, err := s.expect([]*regexp.Regexp{regexp.MustCompile(tok + `_B\n`)}, timeout,
@@ -419,6 +453,7 @@ func (s *Session) Run(cmd string, timeout time.Duration) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("run %s: %w", s.d.Mask(quote(cmd)), err)
 	}
+	s.running = false
 	code, _ := strconv.Atoi(m.Groups[0])
 	out := strings.TrimSuffix(dropKernelLines(m.Before), "\n")
 	return Result{Output: out, ExitCode: code}, nil
@@ -471,27 +506,140 @@ func (s *Session) WaitClosed(timeout time.Duration) bool {
 	}
 }
 
-// Logout ends the shell this session logged into.
+// Logout ends the shell this session logged into, or the one Prompt found.
 func (s *Session) Logout() error {
-	if s.user == "" {
-		return nil
+	_, err := s.logout()
+	return err
+}
+
+// logout is Logout, reporting whether the console confirmed it (a live
+// run that saw "logout" or the login prompt).
+func (s *Session) logout() (bool, error) {
+	if s.user == "" && s.found == "" {
+		return false, nil
 	}
-	s.user = ""
+	s.user, s.found = "", ""
 	if err := s.Send("exit\r"); err != nil {
-		return err
+		return false, err
 	}
 	if s.Dry() {
-		return nil
+		return false, nil
 	}
 	// Wait until the shell took the line: bytes still queued in QEMU's
 	// socket when the client disconnects are lost (a lone "e" would reach
 	// the shell). bash says "logout"; other shells go back to the login
 	// prompt.
 	_, err := s.Expect([]*regexp.Regexp{reLogout, reLogin}, 5*time.Second)
-	if ctxErr := s.d.Context().Err(); ctxErr != nil {
-		return err
+	if ctxErr := s.context().Err(); ctxErr != nil {
+		return false, err
 	}
-	return nil // a slow or closed console: the log-out was sent, go on
+	return err == nil, nil // a slow or closed console: the log-out was sent, go on
+}
+
+// Prompt kinds, as Prompt reports them.
+const (
+	PromptLogin    = "login"    // a login prompt: nobody logged in
+	PromptPassword = "password" // a Password: prompt
+	PromptShell    = "shell"    // a shell prompt: someone is logged in
+	PromptSetup    = "setup"    // the first-boot wizard asks for a user
+)
+
+// reShellUser takes the user from a prompt like "pi@raspberrypi:~$".
+var reShellUser = regexp.MustCompile(`^([a-z_][a-z0-9_.-]*)@`)
+
+// Prompt asks the console for a fresh prompt (Enter) and reports which it
+// shows: PromptLogin, PromptPassword, PromptShell or PromptSetup, with the
+// prompt's line ("pi@raspberrypi:~$"); "" when none comes within timeout
+// (another client holds the console, or the guest is busy or booting).
+// Text that arrived before is not trusted: only what follows the Enter
+// counts. A shell found this way is one Logout ends.
+func (s *Session) Prompt(timeout time.Duration) (kind, line string, err error) {
+	if s.Dry() {
+		s.Send("\r")
+		s.d.Print(fmt.Sprintf("# %s: expect a login, password or shell prompt (a live run tells which)", s.Label))
+		return PromptLogin, "", nil
+	}
+	s.mu.Lock()
+	s.cut += len(s.buf)
+	s.buf = s.buf[:0]
+	s.mu.Unlock()
+	if err := s.Send("\r"); err != nil {
+		return "", "", err
+	}
+	m, err := s.expect([]*regexp.Regexp{reLogin, rePassword, reShell, reWizard}, timeout, "a prompt", timeout)
+	if err != nil {
+		if s.context().Err() != nil {
+			return "", "", err
+		}
+		return "", "", nil
+	}
+	line = strings.TrimSpace(lastLine(m.Before) + m.Text)
+	kind = []string{PromptLogin, PromptPassword, PromptShell, PromptSetup}[m.Index]
+	if kind == PromptShell {
+		s.found = "?"
+		if u := reShellUser.FindStringSubmatch(line); u != nil {
+			s.found = u[1]
+		}
+	}
+	return kind, line, nil
+}
+
+// lastLine is the text after the last newline of s.
+func lastLine(s string) string {
+	return s[strings.LastIndexByte(s, '\n')+1:]
+}
+
+// End logs the session out and disconnects at the end of the run, however
+// the run ended: on Ctrl-C the run's context is cancelled, so it waits with
+// fresh deadlines of its own (a few seconds). A command still running is
+// interrupted (Ctrl-C) first; a log-in whose answer was not seen is looked
+// at (Enter) and logged out when a shell came up. What it did, or could not
+// do, is printed.
+func (s *Session) End() {
+	if s.closed {
+		return
+	}
+	s.ending = true
+	if s.Dry() || (s.user == "" && !s.loggingIn && !s.running) {
+		s.Close(true)
+		return
+	}
+	who := s.user
+	if who == "" {
+		who = "the user being logged in"
+	}
+	var err error
+	if s.running {
+		err = s.Send("\x03") // the shell's foreground command gets SIGINT
+		s.running = false
+	}
+	var kind string
+	if err == nil {
+		kind, _, err = s.Prompt(5 * time.Second)
+	}
+	s.user, s.loggingIn = "", false
+	switch {
+	case err != nil:
+	case kind == PromptShell:
+		if s.found != "?" {
+			who = s.found
+		}
+		var seen bool
+		if seen, err = s.logout(); err == nil && !seen {
+			err = fmt.Errorf("exit sent, but neither logout nor a login prompt came within 5s")
+		}
+		if err == nil {
+			s.d.Print(fmt.Sprintf("# %s: the run ended while logged in as %s: logged out", s.Label, who))
+		}
+	case kind == "":
+		err = fmt.Errorf("no prompt within 5s")
+	default:
+		s.d.Print(fmt.Sprintf("# %s: the run ended while logged in as %s: the console shows a %s prompt, not a shell", s.Label, who, kind))
+	}
+	if err != nil {
+		s.d.Print(fmt.Sprintf("# %s: the run ended while logged in as %s, and logging out failed (%v): the console may still be logged in; look with pifarm run status", s.Label, who, err))
+	}
+	s.Close(false)
 }
 
 // Close logs out (when logout is set and this session logged in) and

@@ -252,6 +252,7 @@ func Main(o Options) int {
 		d.Root = false
 	}
 	rt := New(d, cfg, o.Stdout)
+	defer rt.End()
 	switch cmd {
 	case "run":
 		if len(rest) == 0 {
@@ -294,6 +295,16 @@ func Main(o Options) int {
 	}
 	fmt.Fprintf(o.Stderr, "pifarm: unknown command %q\n%s\n", cmd, usageHeader)
 	return ExitUsage
+}
+
+// End lets every module undo what the run still holds (consoles logged
+// out), however the run ended: error, Ctrl-C or success.
+func (rt *Runtime) End() {
+	for _, m := range rt.Modules {
+		if m.End != nil {
+			m.End()
+		}
+	}
 }
 
 func (rt *Runtime) doc(args []string, stdout, stderr io.Writer) int {

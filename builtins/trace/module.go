@@ -29,6 +29,11 @@ type Module struct {
 	Funcs []Func
 	// Values are constants or sub-structs exposed next to the functions.
 	Values map[string]starlark.Value
+	// End, when set, is called once when the run ends, however it ends
+	// (success, error, Ctrl-C): it undoes what the module still holds (a
+	// console left logged in). The door's context may be cancelled by then:
+	// End bounds its waits itself and acts through Door.Finally.
+	End func()
 }
 
 // Struct builds the Starlark module. Each builtin checks for cancellation

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -17,7 +18,8 @@ import (
 // QEMU's socket chardev: one client at a time (later clients wait in the
 // listen backlog), nothing sent before the client types, a getty login with
 // `Login incorrect` after a delay, a shell that echoes like a tty, wraps
-// prompts in bash's bracketed-paste escapes, runs each line with sh, and
+// prompts in bash's bracketed-paste escapes, runs each line with sh (input
+// typed meanwhile waits, as a tty queues it; Ctrl-C stops the command), and
 // prints `reboot: System halted` after halt. Its state outlives a client,
 // as a guest's does.
 type Console struct {
@@ -28,6 +30,8 @@ type Console struct {
 	Dir string
 	// FailDelay is how long a wrong password takes (login's fail delay).
 	FailDelay time.Duration
+	// LoginDelay is how long a right password takes until the shell.
+	LoginDelay time.Duration
 	// Noise interleaves kernel messages with command output.
 	Noise bool
 	// Silent accepts clients and never answers (a hung guest).
@@ -44,6 +48,7 @@ type Console struct {
 	typed int      // bytes received from clients
 	lines []string // shell lines received
 	conn  net.Conn
+	intr  int // Ctrl-Cs that stopped a running command
 }
 
 const (
@@ -103,19 +108,43 @@ func (fc *Console) handle(c net.Conn) {
 			}
 		}
 	}
-	w := func(s string) { c.Write([]byte(s)) }
-	buf := make([]byte, 1024)
-	var line []byte
-	lastCR := false
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
+	var wmu sync.Mutex
+	w := func(s string) { wmu.Lock(); c.Write([]byte(s)); wmu.Unlock() }
+	in, quit := make(chan []byte), make(chan struct{})
+	defer close(quit)
+	go func() {
+		defer close(in)
+		for {
+			buf := make([]byte, 1024)
+			n, err := c.Read(buf)
+			if n > 0 {
+				select {
+				case in <- buf[:n]:
+				case <-quit:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
 		}
-		fc.mu.Lock()
-		fc.typed += n
-		fc.mu.Unlock()
-		for _, b := range buf[:n] {
+	}()
+	var (
+		line    []byte
+		lastCR  bool
+		pending []byte     // typed while a command runs (the tty queues it)
+		running *exec.Cmd  // the shell's foreground command
+		done    chan error // receives when running ends
+	)
+	defer func() {
+		if running != nil {
+			kill(running)
+			<-done
+		}
+	}()
+	// feed handles typed bytes until a command starts; the rest waits.
+	feed := func(p []byte) (rest []byte, ok bool) {
+		for i, b := range p {
 			if b == '\n' && lastCR {
 				lastCR = false
 				continue
@@ -125,6 +154,19 @@ func (fc *Console) handle(c net.Conn) {
 			st := fc.state
 			fc.mu.Unlock()
 			if st == Halted {
+				continue
+			}
+			if b == 0x03 { // Ctrl-C: the line typed so far is dropped
+				line = line[:0]
+				w("^C\r\n")
+				if st == InShell {
+					w(fc.prompt())
+				} else {
+					fc.mu.Lock()
+					fc.state = AtLogin
+					fc.mu.Unlock()
+					w("\r\nraspberrypi login: ")
+				}
 				continue
 			}
 			if b != '\r' && b != '\n' {
@@ -137,15 +179,88 @@ func (fc *Console) handle(c net.Conn) {
 			w("\r\n")
 			l := string(line)
 			line = line[:0]
-			if !fc.enter(c, w, l) {
+			cmd, ok := fc.enter(w, l)
+			if !ok {
+				return nil, false
+			}
+			if cmd != nil {
+				running, done = cmd, make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				return p[i+1:], true
+			}
+		}
+		return nil, true
+	}
+	for {
+		var doneCh chan error
+		if running != nil {
+			doneCh = done
+		}
+		select {
+		case p, ok := <-in:
+			if !ok {
 				return
+			}
+			fc.mu.Lock()
+			fc.typed += len(p)
+			fc.mu.Unlock()
+			if running != nil {
+				for _, b := range p {
+					if b == 0x03 {
+						fc.mu.Lock()
+						fc.intr++
+						fc.mu.Unlock()
+						kill(running) // SIGINT to the foreground job
+						pending = pending[:0]
+						continue
+					}
+					pending = append(pending, b)
+				}
+				continue
+			}
+			rest, ok := feed(p)
+			if !ok {
+				return
+			}
+			pending = append(pending, rest...)
+		case <-doneCh:
+			running, done = nil, nil
+			if fc.AfterCommand != nil {
+				fc.AfterCommand(fc.lastLine())
+			}
+			w(fc.prompt())
+			for running == nil && len(pending) > 0 {
+				p := pending
+				pending = nil
+				rest, ok := feed(p)
+				if !ok {
+					return
+				}
+				pending = append(pending, rest...)
 			}
 		}
 	}
 }
 
-// enter handles one line; false ends the connection (QEMU exited).
-func (fc *Console) enter(c net.Conn, w func(string), l string) bool {
+func kill(cmd *exec.Cmd) {
+	if cmd.Process != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+func (fc *Console) lastLine() string {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if len(fc.lines) == 0 {
+		return ""
+	}
+	return fc.lines[len(fc.lines)-1]
+}
+
+// enter handles one line; false ends the connection (QEMU exited). A shell
+// line is started as a command and returned: the prompt follows when it
+// ends.
+func (fc *Console) enter(w func(string), l string) (*exec.Cmd, bool) {
 	fc.mu.Lock()
 	st := fc.state
 	fc.mu.Unlock()
@@ -154,41 +269,45 @@ func (fc *Console) enter(c net.Conn, w func(string), l string) bool {
 	case AtLogin:
 		if l == "" {
 			w("\r\nraspberrypi login: ")
-			return true
+			return nil, true
 		}
 		fc.user = l
+		set(AtPassword) // before the client sees the prompt
 		w("Password: ")
-		set(AtPassword)
 	case AtPassword:
 		if pw, ok := fc.Users[fc.user]; ok && pw == l {
+			time.Sleep(fc.LoginDelay)
 			w("Linux raspberrypi 6.1.0-56-arm64 #1 SMP aarch64\r\n\r\nThe programs included with the Debian GNU/Linux system are free software.\r\n")
 			w("Last login: Fri Nov 27 06:00:00 UTC 2026 on ttyAMA0\r\n")
-			w(fc.prompt())
 			set(InShell)
-			return true
+			w(fc.prompt())
+			return nil, true
 		}
 		time.Sleep(fc.FailDelay)
-		w("\r\nLogin incorrect\r\nraspberrypi login: ")
 		set(AtLogin)
+		w("\r\nLogin incorrect\r\nraspberrypi login: ")
 	case InShell:
 		w("\x1b[?2004l\r")
 		fc.mu.Lock()
 		fc.lines = append(fc.lines, l)
 		fc.mu.Unlock()
 		switch strings.TrimSpace(l) {
+		case "":
+			w(fc.prompt())
+			return nil, true
 		case "exit", "logout":
-			w("logout\r\n\r\nDebian GNU/Linux 12 raspberrypi ttyAMA0\r\n\r\nraspberrypi login: ")
 			set(AtLogin)
-			return true
+			w("logout\r\n\r\nDebian GNU/Linux 12 raspberrypi ttyAMA0\r\n\r\nraspberrypi login: ")
+			return nil, true
 		case "halt", "sudo halt":
+			set(Halted)
 			w("[  101.123456] systemd-shutdown[1]: Syncing filesystems and block devices.\r\n[  101.223456] reboot: System halted\r\n")
-			set(Halted)
-			return true
+			return nil, true
 		case "poweroff", "sudo poweroff":
-			w("[  101.223456] reboot: Power down\r\n")
 			set(Halted)
+			w("[  101.223456] reboot: Power down\r\n")
 			fc.Listener.Close()
-			return false
+			return nil, false
 		}
 		if fc.Noise {
 			w("[   42.000001] usb 1-1: new high-speed USB device number 3 using dwc2\r\n")
@@ -202,13 +321,18 @@ func (fc *Console) enter(c net.Conn, w func(string), l string) bool {
 		}
 		tw := &ttyWriter{w: w, noise: fc.Noise}
 		cmd.Stdout, cmd.Stderr = tw, tw
-		cmd.Run()
-		if fc.AfterCommand != nil {
-			fc.AfterCommand(l)
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
 		}
-		w(fc.prompt())
+		cmd.SysProcAttr.Setpgid = true // its own job: Ctrl-C stops it and its children
+		if err := cmd.Start(); err != nil {
+			tw.Write([]byte("sh: " + err.Error() + "\n"))
+			w(fc.prompt())
+			return nil, true
+		}
+		return cmd, true
 	}
-	return true
+	return nil, true
 }
 
 // ttyWriter passes command output on as a tty would (LF becomes CR LF),
@@ -281,4 +405,19 @@ func (fc *Console) Connections() int {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	return fc.conns
+}
+
+// Interrupts counts the Ctrl-Cs that stopped a running command.
+func (fc *Console) Interrupts() int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.intr
+}
+
+// State returns the console's state (AtLogin, AtPassword, InShell, Halted)
+// and the user of its shell.
+func (fc *Console) State() (int, string) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.state, fc.user
 }
