@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.starlark.net/starlark"
+	"pifarm/builtins/trace"
 )
 
 // recipeFile writes src as a user recipe in a fresh folder (with a helper
@@ -128,5 +131,41 @@ func TestInterruptCancelsConfigLoop(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the loop in config.star was not interrupted")
+	}
+}
+
+// TestEndlessRecursionShortBacktrace: Starlark's stack overflow is reported
+// with the repeated frame counted, not printed 100,000 times.
+func TestEndlessRecursionShortBacktrace(t *testing.T) {
+	goldenEnv(t)
+	p := recipeFile(t, t.TempDir(), "def f(n):\n    return f(n + 1)\n\ndef main(opts):\n    f(0)\n")
+	_, e, code := pifarm(t, "-n", "run", p)
+	if code != ExitFailed || !strings.Contains(e, "Starlark stack overflow") || !strings.Contains(e, "user.star:2:13: in f\n  [the line above repeats") || strings.Count(e, "\n") > 20 {
+		t.Fatalf("exit %d, %d lines:\n%.2000s", code, strings.Count(e, "\n"), e)
+	}
+}
+
+// TestPanicInStarlarkIsAnError: a panic inside Starlark or a builtin (a bug)
+// is reported as an error naming the file, not a crash with a stack trace.
+func TestPanicInStarlarkIsAnError(t *testing.T) {
+	goldenEnv(t)
+	cfg, err := findConfig(context.Background(), "testdata/golden/config.star")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rt := New(trace.New(nil, true, false, &out), cfg, &out)
+	rt.predeclared["boom"] = starlark.NewBuiltin("boom", func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error) {
+		var m map[string]int
+		m["x"] = 1 // a nil map: panics
+		return starlark.None, nil
+	})
+	for _, src := range []string{"boom()\n", "def main(opts):\n    boom()\n"} {
+		p := recipeFile(t, t.TempDir(), src)
+		err := rt.RunRecipe(source{Path: p}, "user", nil, false)
+		if err == nil || !strings.Contains(err.Error(), p+": internal error") || !strings.Contains(err.Error(), "nil map") {
+			t.Errorf("%q: err %v", src, err)
+		}
+		rt.cache = map[string]*loadEntry{}
 	}
 }

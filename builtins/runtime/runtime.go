@@ -410,5 +410,39 @@ func errorText(err error) string {
 		return err.Error()
 	}
 	_ = ee
-	return inner.Backtrace()
+	return backtrace(inner)
+}
+
+// backtrace is Starlark's backtrace of e with a frame repeated over and over
+// (endless recursion) shown a few times and then counted, not 100,000 times.
+func backtrace(e *starlark.EvalError) string {
+	var b strings.Builder
+	// as EvalError.Backtrace: a builtin on top is named in the Error line
+	frames, suffix := e.CallStack, ""
+	if last := len(frames) - 1; last >= 0 && frames[last].Pos.Filename() == "<builtin>" {
+		suffix = " in " + frames[last].Name
+		frames = frames[:last]
+	}
+	if len(frames) > 0 {
+		b.WriteString("Traceback (most recent call last):\n")
+	}
+	for i := 0; i < len(frames); {
+		j := i + 1
+		for j < len(frames) && frames[j] == frames[i] {
+			j++
+		}
+		shown := j - i
+		if shown > 3 {
+			shown = 3
+		}
+		for k := 0; k < shown; k++ {
+			fmt.Fprintf(&b, "  %s: in %s\n", frames[i].Pos, frames[i].Name)
+		}
+		if n := j - i - shown; n > 0 {
+			fmt.Fprintf(&b, "  [the line above repeats %d more times]\n", n)
+		}
+		i = j
+	}
+	b.WriteString("Error" + suffix + ": " + e.Msg)
+	return b.String()
 }
