@@ -52,7 +52,7 @@ echo "The filesystem is already 1234567 (4k) blocks long.  Nothing to do!"
 echo "$*" >> "$FAKEGUEST/resize2fs"
 `
 
-func newFakeGuest(t *testing.T, consoleAddr, sshAddr string, noPi bool) *fakeGuest {
+func newFakeGuest(t *testing.T, consoleAddr, sshAddr string, noPi bool, configure ...func(*fakeguest.Console)) *fakeGuest {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the fake guest binds its folders over /root and /home in a private mount namespace: run as root (as CI does)")
@@ -77,6 +77,9 @@ func newFakeGuest(t *testing.T, consoleAddr, sshAddr string, noPi bool) *fakeGue
 		}
 		if noPi {
 			delete(c.Users, "pi")
+		}
+		for _, f := range configure {
+			f(c)
 		}
 	})
 	return g

@@ -36,6 +36,9 @@ type Console struct {
 	Noise bool
 	// Silent accepts clients and never answers (a hung guest).
 	Silent bool
+	// NoWatchdog keeps the console open after a power-down: a guest
+	// without the bcm2835 watchdog driver leaves QEMU running.
+	NoWatchdog bool
 	// Command makes the command for a shell line (default: sh -c line in
 	// Dir); AfterCommand runs after each one.
 	Command      func(user, line string) *exec.Cmd
@@ -299,13 +302,16 @@ func (fc *Console) enter(w func(string), l string) (*exec.Cmd, bool) {
 			set(AtLogin)
 			w("logout\r\n\r\nDebian GNU/Linux 12 raspberrypi ttyAMA0\r\n\r\nraspberrypi login: ")
 			return nil, true
-		case "halt", "sudo halt":
+		case "halt", "sudo halt", "sudo -n halt":
 			set(Halted)
 			w("[  101.123456] systemd-shutdown[1]: Syncing filesystems and block devices.\r\n[  101.223456] reboot: System halted\r\n")
 			return nil, true
-		case "poweroff", "sudo poweroff":
+		case "poweroff", "sudo poweroff", "sudo -n poweroff":
 			set(Halted)
 			w("[  101.223456] reboot: Power down\r\n")
+			if fc.NoWatchdog {
+				return nil, true
+			}
 			fc.Listener.Close()
 			return nil, false
 		}
