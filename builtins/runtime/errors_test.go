@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"go.starlark.net/starlark"
 	"pifarm/builtins/trace"
@@ -117,20 +116,8 @@ func TestInterruptCancelsConfigLoop(t *testing.T) {
 	goldenEnv(t)
 	cfg := filepath.Join(t.TempDir(), "config.star")
 	os.WriteFile(cfg, []byte("while True:\n    pass\n"), 0o644)
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(200*time.Millisecond, cancel)
-	var out, errb bytes.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Main(Options{Args: []string{"-c", cfg, "run", "nodes"}, Stdout: &out, Stderr: &errb, Ctx: ctx})
-	}()
-	select {
-	case code := <-done:
-		if code != ExitFailed || !strings.Contains(errb.String(), "interrupted") || !strings.Contains(errb.String(), cfg) {
-			t.Fatalf("exit %d: %s", code, errb.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the loop in config.star was not interrupted")
+	if code, e := interruptedMain(t, "-c", cfg, "run", "nodes"); code != ExitFailed || !strings.Contains(e, "interrupted") || !strings.Contains(e, cfg) {
+		t.Fatalf("exit %d: %s", code, e)
 	}
 }
 

@@ -231,26 +231,12 @@ func (rt *Runtime) loadSpec(src source, name string) (*spec, starlark.StringDict
 // first step of the recipe or script.
 func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bool) (err error) {
 	defer recoverPanic(src.display(), &err)
-	if isScript(src) {
-		s := &spec{recipe: name}
-		p, err := s.parse(argv, rt.Farm, nil)
-		if err != nil {
+	script := isScript(src)
+	s, g := &spec{recipe: name}, starlark.StringDict(nil)
+	if !script {
+		if s, g, err = rt.loadSpec(src, name); err != nil {
 			return err
 		}
-		if p.help {
-			fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
-			return nil
-		}
-		rt.applyFlags(p)
-		if err := rt.prepareCache(); err != nil {
-			return err
-		}
-		_, err = rt.exec(src)
-		return err
-	}
-	s, g, err := rt.loadSpec(src, name)
-	if err != nil {
-		return err
 	}
 	p, err := s.parse(argv, rt.Farm, func(n *farm.Node) starlark.Value { return rt.Farm.NodeStruct(n) })
 	if err != nil {
@@ -262,10 +248,14 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 	}
 	rt.applyFlags(p)
 	mainFn, ok := g["main"].(starlark.Callable)
-	if !ok {
+	if !script && !ok {
 		return fmt.Errorf("recipe %s declares OPTIONS or ARGS but defines no main(opts) function (a plain script has neither)", src.display())
 	}
 	if err := rt.prepareCache(); err != nil {
+		return err
+	}
+	if script {
+		_, err = rt.exec(src)
 		return err
 	}
 	th := rt.newThread(name, src)

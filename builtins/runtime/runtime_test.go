@@ -350,19 +350,27 @@ func TestInterruptCancelsStarlarkLoop(t *testing.T) {
 	goldenEnv(t)
 	rec := filepath.Join(t.TempDir(), "loop.star")
 	os.WriteFile(rec, []byte("def main(opts):\n    while True:\n        x = 1\n"), 0o644)
+	if code, e := interruptedMain(t, "run", rec); code != ExitFailed || !strings.Contains(e, "interrupted") {
+		t.Fatalf("exit %d: %s", code, e)
+	}
+}
+
+// interruptedMain runs pifarm and cancels its context (Ctrl-C) after 200 ms;
+// the run must end within 10 s. It returns the exit status and stderr.
+func interruptedMain(t *testing.T, args ...string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	var out, errb bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx}) }()
+	go func() { done <- Main(Options{Args: args, Stdout: &out, Stderr: &errb, Ctx: ctx}) }()
 	select {
 	case code := <-done:
-		if code != ExitFailed || !strings.Contains(errb.String(), "interrupted") {
-			t.Fatalf("exit %d: %s", code, errb.String())
-		}
+		return code, errb.String()
 	case <-time.After(10 * time.Second):
-		t.Fatal("the loop was not interrupted")
+		t.Fatalf("pifarm %v was not interrupted", args)
 	}
+	return 0, ""
 }
 
 // TestRecipeMayNotTakeGlobalOptions: -n, -v, -h and their long forms work
