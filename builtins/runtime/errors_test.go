@@ -156,3 +156,28 @@ func TestPanicInStarlarkIsAnError(t *testing.T) {
 		rt.cache = map[string]*loadEntry{}
 	}
 }
+
+// TestDryRunFlagAfterRecipeName: -n or -v after the recipe's name is seen
+// by the recipe too (farm.dry_run, farm.verbose), not only by the door.
+func TestDryRunFlagAfterRecipeName(t *testing.T) {
+	goldenEnv(t)
+	dir := t.TempDir()
+	p := recipeFile(t, dir, "ARGS = []\ndef main(opts):\n    print(\"dry_run=%s verbose=%s\" % (farm.dry_run, farm.verbose))\n")
+	q := filepath.Join(dir, "script.star")
+	os.WriteFile(q, []byte("print(\"dry_run=%s verbose=%s\" % (farm.dry_run, farm.verbose))\n"), 0o644)
+	for _, f := range []string{p, q} {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"run", f, "-n"}, "# dry_run=True verbose=False\n"},
+			{[]string{"-n", "run", f}, "# dry_run=True verbose=False\n"},
+			{[]string{"run", f, "-v"}, "dry_run=False verbose=True\n"},
+			{[]string{"run", f}, "dry_run=False verbose=False\n"},
+		} {
+			if o, e, code := pifarm(t, tc.args...); code != ExitOK || o != tc.want {
+				t.Errorf("%v: exit %d, stdout %q, want %q %s", tc.args, code, o, tc.want, e)
+			}
+		}
+	}
+}

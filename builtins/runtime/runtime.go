@@ -263,7 +263,8 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 	return err
 }
 
-// applyFlags applies pifarm's own options given after the recipe name.
+// applyFlags applies pifarm's own options given after the recipe name, to
+// the door and to what the recipe reads (farm.dry_run, farm.verbose).
 func (rt *Runtime) applyFlags(p *parsed) {
 	if p.dryRun {
 		rt.Door.DryRun = true
@@ -271,6 +272,10 @@ func (rt *Runtime) applyFlags(p *parsed) {
 	}
 	if p.verbose {
 		rt.Door.Verbose = true
+	}
+	if m, ok := rt.predeclared["farm"].(*starlarkstruct.Module); ok {
+		m.Members["dry_run"] = starlark.Bool(rt.Door.DryRun)
+		m.Members["verbose"] = starlark.Bool(rt.Door.Verbose)
 	}
 }
 
