@@ -21,6 +21,7 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+	"golang.org/x/sys/unix"
 	"pifarm/builtins/trace"
 )
 
@@ -148,16 +149,24 @@ func (k Keys) Ensure(d *trace.Door) (string, error) {
 	if !own {
 		return priv + ".pub", nil
 	}
-	if _, err := os.Stat(priv); err == nil {
+	for _, p := range []string{priv, priv + ".pub"} {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return "", fmt.Errorf("pifarm's key %s is a symbolic link, which pifarm never makes: a key pair planted there would be authorised on your guests; "+
+				"remove it (rm %s) and pifarm makes a new key pair", p, trace.Quote(p))
+		}
+	}
+	if _, err := os.Lstat(priv); err == nil {
 		return priv + ".pub", nil
 	}
-	line := fmt.Sprintf("mkdir -p %s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %s", trace.Quote(filepath.Dir(priv)), trace.Quote(priv))
+	line := fmt.Sprintf("mkdir -p -m 700 %s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %s", trace.Quote(filepath.Dir(priv)), trace.Quote(priv))
 	err := d.Do(line, func() error { return GenerateKey(priv, "pifarm") })
 	return priv + ".pub", err
 }
 
 // GenerateKey writes a new ed25519 key pair in OpenSSH format to path and
-// path.pub (mode 0600 and 0644).
+// path.pub (mode 0600 and 0644), each through a temporary file renamed
+// onto it (a symbolic link there is replaced, never written through); a
+// missing folder is made 0700.
 func GenerateKey(path, comment string) error {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -171,8 +180,15 @@ func GenerateKey(path, comment string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
+	// mkdir -p -m 700 DIR: the parents as mkdir -p makes them, DIR 0700
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o777); err != nil {
+			return err
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
 	}
 	if err := trace.WriteAtomic(path, pem.EncodeToMemory(block), 0o600, false); err != nil {
 		return err
@@ -188,7 +204,11 @@ func GenerateKey(path, comment string) error {
 func (k Keys) signers(explicit string) (out []xssh.Signer, names []string, done func(), err error) {
 	done = func() {}
 	load := func(p string, must bool) error {
-		data, err := os.ReadFile(p)
+		read := os.ReadFile
+		if p == k.PifarmKey() {
+			read = readNoFollow // a link there is not pifarm's key
+		}
+		data, err := read(p)
 		if err != nil {
 			if must {
 				return fmt.Errorf("key %s: %w", p, err)
@@ -233,7 +253,7 @@ func (k Keys) signers(explicit string) (out []xssh.Signer, names []string, done 
 
 // knownKeys returns the keys recorded for addr in file (plain entries).
 func knownKeys(file, addr string) []xssh.PublicKey {
-	f, err := os.Open(file)
+	f, err := openKnownHosts(file, os.O_RDONLY)
 	if err != nil {
 		return nil
 	}
@@ -283,8 +303,14 @@ func algorithms(keys []xssh.PublicKey) []string {
 func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 	return func(hostname string, remote net.Addr, key xssh.PublicKey) error {
 		addr := t.Addr()
-		if _, err := os.Stat(t.KnownHosts); err == nil {
-			cb, err := knownhosts.New(t.KnownHosts)
+		f, err := openKnownHosts(t.KnownHosts, os.O_RDONLY)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err == nil {
+			// Read through the descriptor opened without following a link.
+			cb, err := knownhosts.New(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+			f.Close()
 			if err != nil {
 				return fmt.Errorf("read %s: %w", t.KnownHosts, err)
 			}
@@ -299,26 +325,78 @@ func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 			if len(ke.Want) > 0 {
 				w := ke.Want[0]
 				return &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: it offers %s %s, but %s:%d records %s %s. %s",
-					addr, key.Type(), xssh.FingerprintSHA256(key), w.Filename, w.Line, w.Key.Type(), xssh.FingerprintSHA256(w.Key), resetHint(t))}
+					addr, key.Type(), xssh.FingerprintSHA256(key), t.KnownHosts, w.Line, w.Key.Type(), xssh.FingerprintSHA256(w.Key), resetHint(t))}
 			}
 		}
 		line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, key)
 		return d.Do(fmt.Sprintf("# ssh: trust the host key of %s on first use (%s %s), recorded in %s",
 			addr, key.Type(), xssh.FingerprintSHA256(key), t.KnownHosts), func() error {
-			if err := os.MkdirAll(filepath.Dir(t.KnownHosts), 0o755); err != nil {
-				return err
-			}
-			f, err := os.OpenFile(t.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-			if err != nil {
-				return err
-			}
-			if _, err := f.WriteString(line + "\n"); err != nil {
-				f.Close()
-				return err
-			}
-			return f.Close()
+			return recordHostKey(t.KnownHosts, line)
 		})
 	}
+}
+
+// openKnownHosts opens a known_hosts file without following a symbolic
+// link (nor blocking on a FIFO): a link planted there would make pifarm
+// trust, or record, host keys in a file outside the cache. A link, or
+// anything but a regular file, is an error naming the file and the fix; a
+// missing file satisfies errors.Is(err, os.ErrNotExist).
+func openKnownHosts(path string, flag int) (*os.File, error) {
+	fd, err := unix.Open(path, flag|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return nil, fmt.Errorf("known_hosts %s is a symbolic link, which pifarm never makes: it neither reads host keys through it nor records them there; "+
+			"remove it (rm %s) and connect again to trust the guest's key anew", path, trace.Quote(path))
+	case errors.Is(err, unix.ENXIO): // a FIFO nobody reads
+		return nil, fmt.Errorf("known_hosts %s is not a regular file; remove it (rm %s)", path, trace.Quote(path))
+	case err != nil:
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s is not a regular file; remove it (rm %s)", path, trace.Quote(path))
+	}
+	return f, nil
+}
+
+// recordHostKey appends a known_hosts line to path: created 0600 (an
+// older, wider one is narrowed) in a folder made 0700, never through a
+// symbolic link, under an exclusive lock so that two pifarm runs trusting
+// a guest at once each append a whole line.
+func recordHostKey(path, line string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("record the host key in %s: %w", path, err)
+	}
+	f, err := openKnownHosts(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", path, err)
+	}
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		f.Chmod(0o600)
+	}
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		return fmt.Errorf("record the host key in %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// readNoFollow reads the file at path unless it is a symbolic link.
+func readNoFollow(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link, which pifarm never makes; remove it (rm %s)", path, trace.Quote(path))
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 1<<20))
 }
 
 // resetHint explains a changed host key and how to forget the recorded one.

@@ -270,7 +270,7 @@ func TestKeys(t *testing.T) {
 	if _, err := os.Stat(k2.ConfDir); err == nil {
 		t.Fatal("dry run created the key folder")
 	}
-	if want := "mkdir -p " + k2.ConfDir + " && ssh-keygen -q -t ed25519 -N '' -C pifarm -f " + k2.PifarmKey() + "\n"; out.String() != want {
+	if want := "mkdir -p -m 700 " + k2.ConfDir + " && ssh-keygen -q -t ed25519 -N '' -C pifarm -f " + k2.PifarmKey() + "\n"; out.String() != want {
 		t.Fatalf("dry trace %q, want %q", out.String(), want)
 	}
 }
@@ -398,7 +398,7 @@ root.run("resize2fs /dev/mmcblk0p2", pty = True)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`mkdir -p %[1]s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %[1]s/id_ed25519
+	want := fmt.Sprintf(`mkdir -p -m 700 %[1]s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %[1]s/id_ed25519
 # ssh: log in as pi on 127.0.0.1:21112 with password ****
 ssh -p 21112 pi@localhost 'id -u'
 ssh -p 21112 pi@localhost 'k=$(cat); echo "$k" >> ~/.ssh/authorized_keys' < %[1]s/id_ed25519.pub
