@@ -107,6 +107,7 @@ type guestRoot struct {
 
 const testConfig = `
 cache = "/tmp/pifarm-guest-test"
+ports = {"ssh": 5700, "console": 6100, "vnc": 6500}  # apart enough for node 300
 nodes = [
     node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15", wifi_channel = 1, ssid = "loner"),
     node(id = 2, alias = "entwo", lan = "192.168.66.8", wan = "100.65.5.15", wifi_channel = 11, ssid = "entwo"),
