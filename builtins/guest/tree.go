@@ -32,6 +32,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Perm is one line of a permissions file.
@@ -157,6 +159,9 @@ func ReadLayer(fsys fs.FS, root, name string, hostModes bool) (*Layer, error) {
 		if strings.HasSuffix(base, "~") || base == ".gitkeep" {
 			return nil // editor backups and folder placeholders stay home
 		}
+		if err := CheckGuestPath("/" + rel); err != nil {
+			return fmt.Errorf("%q: %w", "files/"+rel, err)
+		}
 		f := &File{Path: "/" + rel, From: label("files/" + rel)}
 		info, err := de.Info()
 		if err != nil {
@@ -170,6 +175,9 @@ func ReadLayer(fsys fs.FS, root, name string, hostModes bool) (*Layer, error) {
 			}
 			if f.Link, err = rl.ReadLink(p); err != nil {
 				return err
+			}
+			if err := CheckLinkTarget(f.Link); err != nil {
+				return fmt.Errorf("%q: %w", "files/"+rel, err)
 			}
 			f.Mode = 0o777
 		case info.Mode().IsRegular():
@@ -239,6 +247,9 @@ func ParsePermissions(name string, data []byte) ([]Perm, error) {
 		}
 		if path.Clean(p) != p || p == "/" {
 			return nil, bad("path %q is not clean (no //, /./, /../ or trailing /)", p)
+		}
+		if err := CheckGuestPath(p); err != nil {
+			return nil, bad("%v", err)
 		}
 		ug := strings.Split(f[1], ":")
 		if len(ug) != 2 {
@@ -422,6 +433,9 @@ func (t *Tree) Tar(mtime time.Time, extra map[string]string) ([]byte, error) {
 			if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
 				return nil, fmt.Errorf("tar: extra file path %q is not absolute and clean", p)
 			}
+			if err := CheckGuestPath(p); err != nil && !strings.HasPrefix(p, "/.pifarm/") { // staged, not installed
+				return nil, fmt.Errorf("tar: extra file %q: %w", p, err)
+			}
 			byPath[p] = &File{Path: p, Data: []byte(text), Mode: 0o644, From: "extra " + p}
 		}
 		files = files[:0:0]
@@ -491,6 +505,74 @@ func OpenSource(bundled fs.FS, src string, expand func(string) string) (*Layer, 
 	}
 	dir := expand(src)
 	return ReadLayer(os.DirFS(dir), ".", dir, true)
+}
+
+// NameError is a guest path, or a link target, that the install on the
+// guest cannot take as it is.
+type NameError struct {
+	Name   string // the offending name (one part of the path) or link target
+	Link   bool   // Name is a symbolic link's target
+	Reason string
+}
+
+func (e *NameError) Error() string {
+	what := "the name"
+	if e.Link {
+		what = "its link target"
+	}
+	return fmt.Sprintf("%s %q %s: the install on the guest reads one name per line, trims the blanks at its ends "+
+		"and shows every name in pifarm's output, so it cannot install this file as it is; rename it", what, e.Name, e.Reason)
+}
+
+// CheckGuestPath reports a guest path (absolute, "/etc/motd") that the
+// install on the guest cannot handle: a name (any part of the path) that
+// is not valid UTF-8, holds a control character (newline, tab, CR, DEL,
+// C1) or an invisible format character (such as U+202E, which shows text
+// reversed), or starts or ends with a blank; and anything under /.pifarm,
+// the staging folder of the install, whose files are never installed.
+func CheckGuestPath(p string) error {
+	for i, name := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if i == 0 && name == ".pifarm" {
+			return &NameError{Name: name, Reason: "is pifarm's staging folder on the guest (its files are never installed)"}
+		}
+		if reason := badText(name); reason != "" {
+			return &NameError{Name: name, Reason: reason}
+		}
+		if r, _ := utf8.DecodeRuneInString(name); unicode.IsSpace(r) {
+			return &NameError{Name: name, Reason: "starts with a blank"}
+		}
+		if r, _ := utf8.DecodeLastRuneInString(name); unicode.IsSpace(r) {
+			return &NameError{Name: name, Reason: "ends in a blank"}
+		}
+	}
+	return nil
+}
+
+// CheckLinkTarget reports a symbolic link target the install on the guest
+// cannot reproduce (it reads it back with $(readlink), which drops
+// trailing newlines) or that would garble pifarm's output: not UTF-8, or
+// holding a control or format character. Blanks are kept as they are.
+func CheckLinkTarget(target string) error {
+	if reason := badText(target); reason != "" {
+		return &NameError{Name: target, Link: true, Reason: reason}
+	}
+	return nil
+}
+
+// badText says why s cannot pass as one line of text, or "".
+func badText(s string) string {
+	if !utf8.ValidString(s) {
+		return "is not valid UTF-8"
+	}
+	for _, r := range s {
+		switch {
+		case unicode.IsControl(r):
+			return fmt.Sprintf("holds a control character (U+%04X)", r)
+		case unicode.Is(unicode.Cf, r):
+			return fmt.Sprintf("holds an invisible format character (U+%04X)", r)
+		}
+	}
+	return ""
 }
 
 func shQuote(s string) string {
