@@ -80,7 +80,8 @@ console again returns it. Its methods:
       timeout (another client holds the console, or the guest is busy)
   s.logout()                   end the shell this session logged into, or
       the one s.prompt() found
-  s.close(logout=True)         log out and disconnect
+  s.close(logout=True)         log out (the shell this session logged into)
+      and disconnect
 
 Dry run: prints "# console 5801: ..." lines for the connection, every text
 sent (passwords masked) and every command run; login returns True, run

@@ -642,14 +642,15 @@ func (s *Session) End() {
 	s.Close(false)
 }
 
-// Close logs out (when logout is set and this session logged in) and
-// disconnects, so that another client may use the console.
+// Close logs out (when logout is set and this session logged in: a shell
+// Prompt only found is left to an explicit Logout) and disconnects, so
+// that another client may use the console.
 func (s *Session) Close(logout bool) error {
 	if s.closed {
 		return nil
 	}
 	var err error
-	if logout {
+	if logout && s.user != "" {
 		err = s.Logout()
 	}
 	s.closed = true
