@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,15 +36,19 @@ func TestGoDiskfsFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernel := randBytes(7, 123_456)
-	f, err := fs.OpenFile("/kernel8.img", os.O_CREATE|os.O_RDWR)
-	if err != nil {
-		t.Fatal(err)
+	for name, b := range map[string][]byte{"/kernel8.img": kernel, "/bcm2710-rpi-3-b-plus.dtb": randBytes(8, 31_337)} {
+		f, err := fs.OpenFile(name, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
 	}
-	if _, err := f.Write(kernel); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 	dk.Close()
+	// the root file system that expand checks before it grows partition 2
+	run(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 90112*512), p, "60M")
 	// go-diskfs writes no disk id: give it one, as RaspiOS images have
 	img, _ := os.OpenFile(p, os.O_RDWR, 0)
 	img.WriteAt([]byte{0x78, 0x56, 0x34, 0x12}, 440)

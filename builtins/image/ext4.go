@@ -3,15 +3,20 @@ package image
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 )
 
-// Ext4 holds what status needs from an ext2/3/4 superblock.
+// Ext4 holds what status and the usability check need from an ext2/3/4
+// superblock.
 type Ext4 struct {
 	BlockSize  int64
 	Blocks     int64 // file system size in blocks
 	FreeBlocks int64
 	Label      string
+	// Errors: the kernel found the file system damaged and recorded it in
+	// the superblock's state (e2fsck -f clears it when it has repaired).
+	Errors bool
 }
 
 // Size is the file system size in bytes.
@@ -20,26 +25,101 @@ func (e Ext4) Size() int64 { return e.Blocks * e.BlockSize }
 // Used is the space the file system has allocated, in bytes.
 func (e Ext4) Used() int64 { return (e.Blocks - e.FreeBlocks) * e.BlockSize }
 
-// ReadExt4 reads the superblock of the ext2/3/4 file system at byte off.
+// Superblock fields (offsets in the 1024-byte superblock, as in the
+// kernel's struct ext4_super_block).
+const (
+	sbInodes         = 0x0
+	sbBlocks         = 0x4
+	sbFreeBlocks     = 0xc
+	sbFreeInodes     = 0x10
+	sbFirstDataBlock = 0x14
+	sbLogBlockSize   = 0x18
+	sbBlocksPerGroup = 0x20
+	sbInodesPerGroup = 0x28
+	sbMagic          = 0x38
+	sbState          = 0x3a
+	sbRevLevel       = 0x4c
+	sbFeatureIncompt = 0x60
+	sbFeatureROCompt = 0x64
+	sbLabel          = 0x78
+	sbBlocksHi       = 0x150
+	sbFreeBlocksHi   = 0x158
+	sbChecksumType   = 0x175
+	sbChecksum       = 0x3fc
+
+	incompat64Bit      = 0x80
+	roCompatMetaCsum   = 0x400
+	stateErrorsFound   = 0x2
+	maxLogBlockSize    = 6 // 64 KiB blocks
+	maxSupportedRevLvl = 1
+)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// ReadExt4 reads and checks the superblock of the ext2/3/4 file system at
+// byte off. A superblock the kernel would not mount (a wrong checksum,
+// sizes that contradict each other) is an error naming what is wrong.
 func ReadExt4(r io.ReaderAt, off int64) (Ext4, error) {
 	sb := make([]byte, 1024)
 	if _, err := r.ReadAt(sb, off+1024); err != nil {
 		return Ext4{}, fmt.Errorf("read ext4 superblock at byte %d: %w", off+1024, err)
 	}
+	return parseExt4(sb, off)
+}
+
+// parseExt4 checks the superblock sb of the file system at byte off.
+func parseExt4(sb []byte, off int64) (Ext4, error) {
 	le32 := func(i int) int64 { return int64(binary.LittleEndian.Uint32(sb[i:])) }
-	if m := binary.LittleEndian.Uint16(sb[0x38:]); m != 0xef53 {
+	bad := func(format string, args ...any) (Ext4, error) {
+		return Ext4{}, fmt.Errorf("ext4 superblock at byte %d: "+format, append([]any{off + 1024}, args...)...)
+	}
+	if m := binary.LittleEndian.Uint16(sb[sbMagic:]); m != 0xef53 {
 		return Ext4{}, fmt.Errorf("no ext2/3/4 file system at byte %d (magic %#04x)", off, m)
 	}
-	logBS := le32(0x18)
-	if logBS > 6 {
-		return Ext4{}, fmt.Errorf("ext4 superblock at byte %d: block size 2^%d out of range", off, 10+logBS)
+	if le32(sbFeatureROCompt)&roCompatMetaCsum != 0 {
+		if t := sb[sbChecksumType]; t != 1 {
+			return bad("checksum type %d, want 1 (crc32c)", t)
+		}
+		want := uint32(le32(sbChecksum))
+		if got := ^crc32.Update(0, crc32c, sb[:sbChecksum]); got != want {
+			return bad("superblock checksum %#08x does not match its content (%#08x): the superblock is damaged", want, got)
+		}
 	}
-	e := Ext4{BlockSize: 1024 << logBS, Blocks: le32(0x4), FreeBlocks: le32(0xc)}
-	if le32(0x60)&0x80 != 0 { // 64bit feature
-		e.Blocks |= le32(0x150) << 32
-		e.FreeBlocks |= le32(0x158) << 32
+	if rev := le32(sbRevLevel); rev > maxSupportedRevLvl {
+		return bad("revision %d, want 0 or 1", rev)
 	}
-	label := sb[0x78:0x88]
+	logBS := le32(sbLogBlockSize)
+	if logBS > maxLogBlockSize {
+		return bad("block size 2^%d out of range", 10+logBS)
+	}
+	e := Ext4{BlockSize: 1024 << logBS, Blocks: le32(sbBlocks), FreeBlocks: le32(sbFreeBlocks)}
+	if le32(sbFeatureIncompt)&incompat64Bit != 0 {
+		e.Blocks |= le32(sbBlocksHi) << 32
+		e.FreeBlocks |= le32(sbFreeBlocksHi) << 32
+	}
+	inodes, freeInodes := le32(sbInodes), le32(sbFreeInodes)
+	bpg, ipg, first := le32(sbBlocksPerGroup), le32(sbInodesPerGroup), le32(sbFirstDataBlock)
+	switch {
+	case e.Blocks == 0:
+		return bad("0 blocks")
+	case e.Blocks < 0 || e.FreeBlocks < 0:
+		return bad("%d blocks, %d free: out of range", uint64(e.Blocks), uint64(e.FreeBlocks))
+	case e.FreeBlocks > e.Blocks:
+		return bad("%d free blocks of %d", e.FreeBlocks, e.Blocks)
+	case first >= e.Blocks:
+		return bad("first data block %d of %d", first, e.Blocks)
+	case bpg == 0 || bpg > 8*e.BlockSize:
+		return bad("%d blocks per group (block size %d)", bpg, e.BlockSize)
+	case ipg == 0 || ipg > 8*e.BlockSize:
+		return bad("%d inodes per group (block size %d)", ipg, e.BlockSize)
+	case freeInodes > inodes:
+		return bad("%d free inodes of %d", freeInodes, inodes)
+	}
+	if groups := (e.Blocks - first + bpg - 1) / bpg; groups*ipg != inodes {
+		return bad("%d inodes, but %d groups of %d inodes", inodes, groups, ipg)
+	}
+	e.Errors = binary.LittleEndian.Uint16(sb[sbState:])&stateErrorsFound != 0
+	label := sb[sbLabel : sbLabel+16]
 	for i, c := range label {
 		if c == 0 {
 			label = label[:i]

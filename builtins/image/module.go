@@ -119,16 +119,21 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 				Doc: "The image file registered as instance 0 (what clone-0.raw links to), or None."},
 			{Name: "register", Args: "path", Fn: m.registerFn,
 				Doc: "Register the raw image at path as instance 0 (a query-verified MBR first).\n\n" +
+					"An image pifarm cannot use is refused before anything is written, with what is wrong and\n" +
+					"the fix: no readable FAT32 in partition 1 or no kernel8.img/dtb in it, no sound ext4\n" +
+					"superblock in partition 2 (magic, checksum, sizes), errors the kernel recorded in that file\n" +
+					"system (e2fsck -f), or a file system larger than partition 2.\n" +
 					"clone-0.raw in the cache becomes a link to it; the old link and the old .ker/.dtb/.sig are\n" +
 					"moved aside as NAME~ (stale boot files are dropped). Returns the absolute path.\n" +
 					"Dry run: prints `mv -f OLD OLD~` and `ln -s PATH LINK`."},
 			{Name: "plan_expand", Args: "image=0", Fn: m.expandBuiltin(m.PlanExpand),
 				Doc: "What expand would do (a query): struct(path, size_before, size, root_before, root, no_need,\n" +
-					"script) with sizes in bytes and partition 2 in sectors; script is the sfdisk script."},
+					"script) with sizes in bytes and partition 2 in sectors; script is the sfdisk script.\n" +
+					"An image pifarm cannot use (see register) is an error."},
 			{Name: "expand", Args: "image=0", Fn: m.expandBuiltin(m.Expand),
 				Doc: "Pad a raw image to the smallest configured size (image_sizes_gib) that holds it and grow\n" +
 					"partition 2 to end margin_percent before the end.\n\n" +
-					"Refuses images over the largest size, while any instance runs or another pifarm starts one\n" +
+					"Refuses images over the largest size or that pifarm cannot use (see register), while any instance runs or another pifarm starts one\n" +
 					"(the instance locks are held meanwhile), or while a partition is mounted. The file grows first (truncate, fsync), then the table is rewritten (go-diskfs;\n" +
 					"disk id and boot code kept), so no table ever points past the end of the file. Returns\n" +
 					"the plan (see plan_expand); no_need=True when the image is already right.\n" +
@@ -183,7 +188,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 				Doc: "Sizes and boot-file state of the instance's disk (a query): struct(path, real, format,\n" +
 					"file_size, used_by_fs, ext4_size, ext4_used, margin, recommended_margin (bytes), boot,\n" +
 					"warnings, text). used_by_fs is where the last partition ends; ext4_* come from the root\n" +
-					"file system's superblock; text is the report in MiB."},
+					"file system's superblock; text is the report in MiB. warnings include what makes the image\n" +
+					"unusable (see register)."},
 			{Name: "clone", Args: "instance, linked=False", Fn: m.cloneFn,
 				Doc: "Create instance N's qcow2 (N > 0) from instance 0's raw image: a full copy\n" +
 					"(`qemu-img convert -p -f raw -O qcow2`, progress on stderr), or with linked=True a qcow2\n" +

@@ -92,9 +92,14 @@ func (m *mod) Register(path string) (string, error) {
 		return "", err
 	}
 	q := d.Qcow2
-	d.Close()
 	if q {
+		d.Close()
 		return "", fmt.Errorf("%s: a qcow2 image; instance 0 needs a raw image (qemu-img convert -O raw %s IMG)", path, trace.Quote(path))
+	}
+	err = refuseUnusable("register", d)
+	d.Close()
+	if err != nil {
+		return "", err
 	}
 	link := m.f.Disk(0)
 	if cur, err := os.Readlink(link); err == nil && cur == abs {
@@ -165,15 +170,15 @@ func (m *mod) PlanExpand(path string) (*ExpandPlan, error) {
 			return nil, fmt.Errorf("%s: partition %d (type 0x%02x) follows the root partition; pifarm grows partition 2 only when it is the last", path, p.Index, p.Type)
 		}
 	}
-	root := l.Root()
-	minEnd := root.End()
-	if e, err := d.Root(); err == nil {
-		fsEnd := root.Start + uint64((e.Size()+SectorSize-1)/SectorSize)
-		minEnd = fsEnd
-		if fsEnd > root.End() {
-			return nil, fmt.Errorf("%s: the ext4 file system (%d bytes) is larger than partition 2 (%d bytes)", path, e.Size(), root.Bytes())
-		}
+	if err := refuseUnusable("expand", d); err != nil {
+		return nil, err
 	}
+	root := l.Root()
+	e, err := d.Root()
+	if err != nil {
+		return nil, err
+	}
+	minEnd := root.Start + uint64((e.Size()+SectorSize-1)/SectorSize)
 	pl := &ExpandPlan{Path: path, SizeBefore: l.FileSize, RootBefore: root.Sectors, layout: l, fsEnd: minEnd, marginRequested: m.f.Config.MarginPercent}
 	sizes := m.f.Config.ImageSizesGiB
 	maxS := int64(sizes[len(sizes)-1]) * gib

@@ -70,9 +70,9 @@ func (m *mod) Status(id int) (*Status, error) {
 	s.Recommended = int64(float64(l.FileSize) * m.f.Config.MarginPercent / 100)
 	if e, err := d.Root(); err == nil {
 		s.Ext4Size, s.Ext4Used = e.Size(), e.Used()
-	} else {
-		s.Warnings = append(s.Warnings, err.Error())
 	}
+	bootProblems, rootProblems := d.problems()
+	s.Warnings = append(append(s.Warnings, bootProblems...), rootProblems...)
 	ok := false
 	for _, sz := range m.f.Config.ImageSizesGiB {
 		if l.FileSize == int64(sz)*gib {
@@ -89,7 +89,9 @@ func (m *mod) Status(id int) (*Status, error) {
 		}
 	} else {
 		s.Boot = BootState{State: "unknown", Message: err.Error()}
-		s.Warnings = append(s.Warnings, err.Error())
+		if len(bootProblems) == 0 { // else said already
+			s.Warnings = append(s.Warnings, err.Error())
+		}
 	}
 	return s, nil
 }

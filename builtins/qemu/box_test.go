@@ -91,6 +91,7 @@ func newBox(t testing.TB) *box {
 		t.Fatalf("sfdisk: %v %s", err, out)
 	}
 	run(t, "dd", "if="+fat, "of="+img, "bs=512", "seek=8192", "conv=notrunc", "status=none")
+	run(t, "mkfs.ext4", "-q", "-F", "-E", "offset=46137344", img, "84M") // register refuses an image without a root file system
 	os.WriteFile(filepath.Join(dir, "prepare.star"), []byte(`SUMMARY = "register and provide boot files"
 ARGS = [args.positional("img", required = True)]
 def main(opts):
