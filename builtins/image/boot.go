@@ -148,16 +148,24 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 			return nil, err
 		}
 	}
-	if id >= 0 {
-		run, err := m.running()
-		if err != nil {
-			return nil, err
+	// The instance locks: no QEMU starts on the disk meanwhile, and no other
+	// pifarm writes the boot files' fixed temporary names.
+	release, err := m.lockInstances(fmt.Sprintf("provide boot files of instance %d", id))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	run, err := m.running()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range run {
+		if r.ID == id {
+			return nil, fmt.Errorf("provide boot files of instance %d: it is running (pid %d) and may be writing its boot partition; shut it down first (pifarm run guest --shutdown %d)", id, r.Pid, id)
 		}
-		for _, r := range run {
-			if r.ID == id {
-				return nil, fmt.Errorf("provide boot files of instance %d: it is running (pid %d) and may be writing its boot partition; shut it down first (pifarm run guest --shutdown %d)", id, r.Pid, id)
-			}
-		}
+	}
+	if err := m.removeLeftovers(id); err != nil {
+		return nil, err
 	}
 	d, err := m.open(path)
 	if err != nil {
@@ -196,14 +204,14 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 		if _, err := os.Lstat(dst); err == nil {
 			line = "cp -p " + trace.Quote(dst) + " " + trace.Quote(dst+"~") + "\n" + line
 		}
-		if err := m.d.Do(line, func() error { return trace.WriteAtomic(dst, b, 0o644, true) }); err != nil {
+		if err := m.d.Do(line, func() error { return m.writeCache(dst, b, 0o644, true) }); err != nil {
 			return nil, err
 		}
 	}
 	rec := newSigRecord(q.Sum, sizes, ids)
 	dst := m.f.Sig(id)
 	line := fmt.Sprintf("# record the boot files' signature %s (as %s) in %s", q.Sum, sumLine(d, sizes), dst)
-	if err := m.d.Do(line, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, true) }); err != nil {
+	if err := m.d.Do(line, func() error { return m.writeCache(dst, []byte(rec.String()), 0o644, true) }); err != nil {
 		return nil, err
 	}
 	return q, nil
@@ -310,13 +318,28 @@ func (m *mod) CheckBoot(id int) (BootState, error) {
 		}
 		return BootState{State: "outdated", Hashed: true, Message: fmt.Sprintf("instance %d: %s or %s in partition 1 of %s changed since its boot files were copied%s (an OS upgrade?); run: pifarm run image --provide-qboot %d", id, BootFiles[0].Name, BootFiles[1].Name, path, detail, id)}, nil
 	}
-	if !m.d.DryRun {
-		// same content, new identity: refresh the cheap-check record
-		rec = newSigRecord(sum, sizes, ids)
-		dst := m.f.Sig(id)
-		if err := m.d.Do("# refresh the unchanged-check record of "+dst, func() error { return trace.WriteAtomic(dst, []byte(rec.String()), 0o644, false) }); err != nil {
-			return BootState{}, err
-		}
+	if err := m.refreshSig(id, newSigRecord(sum, sizes, ids)); err != nil {
+		return BootState{}, err
 	}
 	return BootState{State: "ok", Hashed: true, Message: fmt.Sprintf("instance %d: boot files match %s", id, path)}, nil
+}
+
+// refreshSig rewrites instance id's .sig record after a re-hash found the
+// same boot files under a new identity (the cheap check holds again). It
+// is an optimisation: a dry run, or another pifarm (or this one, in a
+// clone) holding the instance's lock, skips it.
+func (m *mod) refreshSig(id int, rec sigRecord) error {
+	if m.d.DryRun {
+		return nil
+	}
+	unlock := tryLock(m.f.Lock(id))
+	if unlock == nil {
+		return nil
+	}
+	defer unlock()
+	if err := m.removeLeftovers(id); err != nil {
+		return err
+	}
+	dst := m.f.Sig(id)
+	return m.d.Do("# refresh the unchanged-check record of "+dst, func() error { return m.writeCache(dst, []byte(rec.String()), 0o644, false) })
 }

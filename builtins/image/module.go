@@ -146,7 +146,10 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"in clone-N.sig: the SHA-256 over, for each of the two files in that order, \"NAME\\nLENGTH\\n\"\n" +
 					"and its content (what QEMU boots from; other files in partition 1, the FAT's dirty flags\n" +
 					"and free-space hints do not count), with the disk's size/mtime/inode for a cheap\n" +
-					"unchanged-check. image: read this file instead of the instance's disk (a dry run that\n" +
+					"unchanged-check. Holds the instance locks meanwhile, and first removes the temporary files\n" +
+					"(.clone-N.ker.tmp and the like) that a killed pifarm left in the instance's folder; every\n" +
+					"file is written to such a name, synced and renamed, never through a symbolic link.\n" +
+					"image: read this file instead of the instance's disk (a dry run that\n" +
 					"registers it in the same recipe). Returns struct(kernel, dtb, sig, sum, sizes).\n" +
 					"Dry run: prints the equivalent `mcopy -n -o -i IMG@@OFFSET ::kernel8.img clone-N.ker`\n" +
 					"lines and how to compute the signature\n" +

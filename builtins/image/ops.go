@@ -52,11 +52,20 @@ func (m *mod) Registered() string {
 	return t
 }
 
+// mkdir creates the folder dir of the cache (and its parents). A symbolic
+// link there is refused in every mode: nothing is written through it.
 func (m *mod) mkdir(dir string) error {
-	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+	fi, err := os.Lstat(dir)
+	switch {
+	case err == nil && fi.IsDir():
 		return nil
+	case err == nil && fi.Mode()&os.ModeSymlink != 0:
+		t, _ := os.Readlink(dir)
+		return fmt.Errorf("mkdir -p %s: it is a symbolic link (to %s) and pifarm writes only into folders of its cache: remove the link (look at what it points to first)", dir, t)
 	}
-	return m.d.Do("mkdir -p "+trace.Quote(dir), func() error { return os.MkdirAll(dir, 0o755) })
+	return m.d.Do("mkdir -p "+trace.Quote(dir), func() error {
+		return m.withCache(func(c *cacheFS) error { return c.mkdirAll(dir) })
+	})
 }
 
 // moveAside renames path to path~ (one backup generation) when it exists.
@@ -69,7 +78,9 @@ func (m *mod) moveAside(paths ...string) error {
 	}
 	for _, p := range have {
 		line := "mv -f " + trace.Quote(p) + " " + trace.Quote(p+"~")
-		if err := m.d.Do(line, func() error { return os.Rename(p, p+"~") }); err != nil {
+		if err := m.d.Do(line, func() error {
+			return m.withCache(func(c *cacheFS) error { return c.rename(p, p+"~", false) })
+		}); err != nil {
 			return err
 		}
 	}
@@ -106,6 +117,11 @@ func (m *mod) Register(path string) (string, error) {
 		m.d.Note("%s is already registered as instance 0 (%s)", abs, link)
 		return abs, nil
 	}
+	release, err := m.lockInstances("register " + abs)
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	run, err := m.running()
 	if err != nil {
 		return "", err
@@ -123,7 +139,9 @@ func (m *mod) Register(path string) (string, error) {
 		return "", err
 	}
 	line := "ln -s " + trace.Quote(abs) + " " + trace.Quote(link)
-	if err := m.d.Do(line, func() error { return os.Symlink(abs, link) }); err != nil {
+	if err := m.d.Do(line, func() error {
+		return m.withCache(func(c *cacheFS) error { return c.symlink(abs, link) })
+	}); err != nil {
 		return "", err
 	}
 	return abs, nil
