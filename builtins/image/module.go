@@ -174,8 +174,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"The boot files' signatures stay valid (kernel8.img and the dtb are not written). Linked\n" +
 					"clones of the image whose guests have not written partition 1 read the seeded files from\n" +
 					"their base and stay valid (clones_kept); those whose qcow2 holds clusters of partition 1\n" +
-					"would mix two FATs and become invalid (clones_invalid). Returns\n" +
-					"struct(written, clones_kept, clones_invalid). Dry run: prints\n" +
+					"would mix two FATs and become invalid (clones_invalid). The kept clones' new records are\n" +
+					"prepared (synced) before the image is written, which a full cache therefore leaves\n" +
+					"untouched; a seed that failed or was killed later is completed by the next one\n" +
+					"(clones_repaired). Returns struct(written, clones_kept, clones_invalid, clones_repaired).\n" +
+					"Dry run: prints\n" +
 					"`printf '%s\\n' 'pi:****' | mcopy -n -o -i IMG@@OFFSET - ::userconf.txt` (password and hash\n" +
 					"masked). The FAT writer keeps both FATs and FSInfo right (fsck.vfat -n finds nothing)."},
 			{Name: "hash_password", Args: "password, salt=None", Fn: m.hashFn,
@@ -404,7 +407,8 @@ func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 		return nil, err
 	}
 	return mkstruct("seed", starlark.StringDict{"written": strList(res.Written),
-		"clones_kept": intList(res.ClonesKept), "clones_invalid": intList(res.ClonesInvalid)}), nil
+		"clones_kept": intList(res.ClonesKept), "clones_invalid": intList(res.ClonesInvalid),
+		"clones_repaired": intList(res.ClonesRepaired)}), nil
 }
 
 func (m *mod) hashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

@@ -19,6 +19,17 @@ type mod struct {
 	// lockWait bounds the wait for instance locks held by another pifarm
 	// (a start, a clone, a change of the image); 0 means defaultLockWait.
 	lockWait time.Duration
+	// fault, when set (tests), is called at the named steps of a change
+	// (see seeding); an error it returns is the step's failure.
+	fault func(step string) error
+}
+
+// hook calls the fault-injection hook of tests (nothing in pifarm).
+func (m *mod) hook(step string) error {
+	if m.fault == nil {
+		return nil
+	}
+	return m.fault(step)
 }
 
 // defaultLockWait is long enough for another pifarm's full clone of a
