@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
 
@@ -332,11 +333,11 @@ func (m *mod) refreshSig(id int, rec sigRecord) error {
 	if m.d.DryRun {
 		return nil
 	}
-	unlock := tryLock(m.f.Lock(id))
-	if unlock == nil {
+	l, err := farm.TryLock(m.f.Lock(id))
+	if err != nil || l == nil {
 		return nil
 	}
-	defer unlock()
+	defer l.Close()
 	if err := m.removeLeftovers(id); err != nil {
 		return err
 	}

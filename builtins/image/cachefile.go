@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"pifarm/builtins/trace"
 )
@@ -287,19 +286,4 @@ func (m *mod) removeLeftovers(id int) error {
 	return m.d.Do("rm -f "+trace.Join(left), func() error {
 		return m.withCache(func(c *cacheFS) error { return c.remove(left...) })
 	})
-}
-
-// tryLock takes the instance lock file at path (flock, as lockInstances)
-// if nobody holds it, without waiting and without following a link planted
-// there; it returns the unlock, or nil when the lock is not to be had.
-func tryLock(path string) (unlock func()) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil
-	}
-	return func() { f.Close() }
 }
