@@ -22,16 +22,33 @@ func (m *mod) baseFile(id int) string {
 type CloneResult struct {
 	Path, Base string
 	Linked     bool
+	// Made is false when replace was not asked for and the clone was
+	// there already (made meanwhile by another pifarm): it was kept as it
+	// is (Base and Linked are then those of the clone found).
+	Made bool
 }
 
 // Clone creates instance id's qcow2 from instance 0's raw image: a full
 // copy (`qemu-img convert -p`, with progress) or a linked clone (a qcow2
 // whose absolute backing file is the base, `-F raw`) that records the
-// base's identity. Written to a temporary name, then renamed; a replaced
-// clone is kept as NAME~. When instance 0's boot files are current they
-// are copied along with its signature (the same boot files: nothing is
-// read again).
+// base's identity. Written to a temporary name, made 0600 (a clone holds
+// the guest's /etc/shadow and host keys), then renamed; a replaced clone
+// is kept as NAME~. The instance folder is made (or narrowed to) 0700.
+// When instance 0's boot files are current they are copied along with its
+// signature (the same boot files: nothing is read again).
+//
+// Everything is decided under the instance locks. The base must not be
+// open for writing in another process (a QEMU of instance 0, also one
+// whose pidfile is gone) and a clone being replaced not open at all.
 func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
+	return m.clone(id, linked, true)
+}
+
+// clone is Clone; without replace, a clone that exists once the instance
+// locks are held (a parallel `pifarm run box --run N` made it while this
+// one waited for them) is kept and reported (Made false), neither
+// replaced nor refused.
+func (m *mod) clone(id int, linked, replace bool) (*CloneResult, error) {
 	if id <= 0 {
 		return nil, trace.Usagef("clone: instance %d: clones are instances 1 and up (0 is the raw image)", id)
 	}
@@ -48,11 +65,19 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		return nil, err
 	}
 	d.Close()
-	release, err := m.lockInstances(fmt.Sprintf("clone %d", id))
+	op := fmt.Sprintf("clone %d", id)
+	release, err := m.lockInstances(op)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	dst := m.f.Disk(id)
+	if !replace {
+		if st, err := m.CheckClone(id); err == nil && st.Exists {
+			m.d.Note("%s: %s exists already (made meanwhile by another pifarm): kept", op, dst)
+			return &CloneResult{Path: dst, Base: st.Base, Linked: st.Linked}, nil
+		}
+	}
 	run, err := m.running()
 	if err != nil {
 		return nil, err
@@ -62,15 +87,20 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 			return nil, fmt.Errorf("clone %d: instance %d is running (pid %d); stop it first", id, r.ID, r.Pid)
 		}
 	}
+	if err := m.refuseOpen(op, base, true); err != nil {
+		return nil, err
+	}
+	if err := m.refuseOpen(op, dst, false); err != nil {
+		return nil, err
+	}
 	if mnts, _ := m.mounts(base); len(mnts) > 0 {
 		return nil, fmt.Errorf("clone %d: %s is mounted (%s on %s); unmount first", id, base, mnts[0].Source, mnts[0].Target)
 	}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return nil, fmt.Errorf("clone %d: qemu-img is not installed (Debian: apt install qemu-utils)", id)
 	}
-	dst := m.f.Disk(id)
 	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
-	if err := m.mkdir(filepath.Dir(dst)); err != nil {
+	if err := m.f.MakeInstanceDir(m.d, id); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(tmp); err == nil {
@@ -93,6 +123,10 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		}
 		return nil, err
 	}
+	if err := m.d.Do("chmod 600 "+trace.Quote(tmp), func() error { return os.Chmod(tmp, 0o600) }); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
 	if err := m.moveAside(dst, m.baseFile(id), m.f.Kernel(id), m.f.DTB(id), m.f.Sig(id)); err != nil {
 		return nil, err
 	}
@@ -104,7 +138,7 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := m.d.WriteFile(m.baseFile(id), []byte(baseRecord(id, id0)), 0o644, false); err != nil {
+		if err := m.d.WriteFile(m.baseFile(id), []byte(baseRecord(id, id0)), 0o600, false); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +147,7 @@ func (m *mod) Clone(id int, linked bool) (*CloneResult, error) {
 			return nil, err
 		}
 	}
-	return &CloneResult{Path: dst, Base: base, Linked: linked}, nil
+	return &CloneResult{Path: dst, Base: base, Linked: linked, Made: true}, nil
 }
 
 // baseRecord is the content of a linked clone's .base file: the identity
@@ -138,7 +172,7 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 			if err != nil {
 				return err
 			}
-			return trace.WriteAtomic(to, b, 0o644, false)
+			return trace.WriteAtomic(to, b, 0o600, false)
 		})
 		if err != nil {
 			return err
@@ -162,7 +196,7 @@ func (m *mod) copyBootFiles(id int, dst string) error {
 		}
 		r := rec
 		r.Files = ids
-		return trace.WriteAtomic(sig, []byte(r.String()), 0o644, false)
+		return trace.WriteAtomic(sig, []byte(r.String()), 0o600, false)
 	})
 }
 
@@ -257,12 +291,14 @@ func parseFileID(s string) fileID {
 }
 
 // RemoveClone deletes instance id's clone with its backups, boot files
-// and base record. It refuses while the instance runs.
+// and base record. It refuses, under the instance locks, while the
+// instance runs or another process holds its disk open.
 func (m *mod) RemoveClone(id int) ([]string, error) {
 	if id <= 0 {
 		return nil, trace.Usagef("remove clone: instance %d: clones are instances 1 and up", id)
 	}
-	release, err := m.lockInstances(fmt.Sprintf("remove clone %d", id))
+	op := fmt.Sprintf("remove clone %d", id)
+	release, err := m.lockInstances(op)
 	if err != nil {
 		return nil, err
 	}
@@ -277,6 +313,9 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 		}
 	}
 	dst := m.f.Disk(id)
+	if err := m.refuseOpen(op, dst, false); err != nil {
+		return nil, err
+	}
 	var have []string
 	for _, p := range []string{dst, m.baseFile(id), m.f.Kernel(id), m.f.DTB(id), m.f.Sig(id)} {
 		for _, q := range []string{p, p + "~"} {

@@ -85,7 +85,7 @@ func TestClones(t *testing.T) {
 	}
 	tmp := filepath.Join(m.f.InstanceDir(1), ".clone-1.qcow2.tmp")
 	for _, want := range []string{
-		"mkdir -p " + m.f.InstanceDir(1),
+		"mkdir -p -m 700 " + m.f.InstanceDir(1),
 		fmt.Sprintf("qemu-img convert -p -f raw -O qcow2 %s %s", fx.path, tmp),
 		fmt.Sprintf("mv %s %s", tmp, m.f.Disk(1)),
 		fmt.Sprintf("ln -f %s %s", m.f.Kernel(0), m.f.Kernel(1)),
@@ -205,21 +205,7 @@ func TestLockedInstanceRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { holder.Process.Kill(); holder.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rel, busy, _, err := m.tryLockInstances("probe")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if busy >= 0 {
-			break
-		}
-		rel()
-		if time.Now().After(deadline) {
-			t.Fatal("flock never took the lock")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitLocked(t, m)
 	if _, err := m.Expand(fx.path); err == nil || !strings.Contains(err.Error(), "instance 3 is being started") {
 		t.Fatalf("expand under a held lock: %v", err)
 	}
@@ -247,20 +233,7 @@ func TestLockedInstanceWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holder.Wait()
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		rel, busy, _, err := m.tryLockInstances("probe")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if busy >= 0 {
-			break
-		}
-		rel()
-		if time.Now().After(deadline) {
-			t.Fatal("flock never took the lock")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitLocked(t, m)
 	t0 := time.Now()
 	if _, err := m.Seed(fx.path, SeedOptions{SSH: true}); err != nil {
 		t.Fatalf("seed while another pifarm briefly holds a lock: %v", err)

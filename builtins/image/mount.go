@@ -76,6 +76,9 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 			return &MountResult{Target: mnt, Source: x.Source, How: "already"}, nil
 		}
 	}
+	if err := m.refuseOpen(fmt.Sprintf("mount %s of %s", part, path), real, ro); err != nil {
+		return nil, err
+	}
 	if err := m.mkdir(mnt); err != nil {
 		return nil, err
 	}

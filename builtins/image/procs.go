@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"pifarm/builtins/farm"
 )
 
 // Running is one live QEMU instance found in the cache.
@@ -24,9 +25,11 @@ type Running struct {
 
 var instanceDirRE = regexp.MustCompile(`^raspi-clone-(\d+)$`)
 
-// running lists the instances whose pidfile (written by the qemu module)
-// names a live process. A pid that is gone, a zombie, or a process that
-// is no QEMU (pid reuse) does not count.
+// running lists the instances whose QEMU runs: the pidfile (written by
+// the qemu module's QEMU) names a live QEMU, or a live process holds the
+// lock QEMU keeps on its pidfile while it runs (a pidfile whose content
+// was overwritten). A pid that is gone, a zombie, or a process that is no
+// QEMU (pid reuse) does not count.
 func (m *mod) running() ([]Running, error) {
 	dir := filepath.Join(m.f.Config.CacheDir(), "clones")
 	ents, err := os.ReadDir(dir)
@@ -51,30 +54,91 @@ func (m *mod) running() ([]Running, error) {
 	return out, nil
 }
 
-// livePid reads a pidfile and returns the pid when that process is alive
-// and looks like QEMU; else 0.
+// livePid returns the pid of the live QEMU behind a pidfile, else 0: the
+// pid the file names when that process is alive and looks like QEMU, or
+// the holder of the file's lock. The file is read without following a
+// symbolic link.
 func livePid(pidfile string) int {
-	b, err := os.ReadFile(pidfile)
+	if pid := namedPid(pidfile); pid > 0 && qemuLike(pid) {
+		return pid
+	}
+	if locked, pid, err := farm.LockHolder(pidfile); err == nil && locked && pid > 0 && qemuLike(pid) {
+		return pid
+	}
+	return 0
+}
+
+// namedPid is the process id a pidfile holds, 0 when none.
+func namedPid(pidfile string) int {
+	fd, err := unix.Open(pidfile, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	f := os.NewFile(uintptr(fd), pidfile)
+	defer f.Close()
+	b := make([]byte, 64)
+	n, _ := f.Read(b)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
 	if err != nil || pid <= 0 {
 		return 0
 	}
+	return pid
+}
+
+// qemuLike reports whether pid is alive (not a zombie) and its command
+// line names QEMU.
+func qemuLike(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return false
 	}
 	// state is the field after the ")" that closes the command name
 	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
-		return 0
+		return false
 	}
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err == nil && len(cmd) > 0 && !bytes.Contains(cmd, []byte("qemu")) {
-		return 0
+	return err != nil || len(cmd) == 0 || bytes.Contains(cmd, []byte("qemu"))
+}
+
+// refuseOpen fails when a process other than this pifarm holds the disk
+// at path open: for writing, when the operation only reads it (a clone
+// copies it, a read-only mount), else in any way (a QEMU on a linked
+// clone reads its base; writing the base under it corrupts that guest).
+// Processes are found by the device and inode of their descriptors, not
+// by the text of a path (see farm.Holders), so a QEMU whose pidfile was
+// removed, or one started through another path to the cache, is found
+// too. The error names the process, the disk and the fix; nothing was
+// changed. It is a query: a dry run refuses as well.
+func (m *mod) refuseOpen(op, path string, readOnly bool) error {
+	hs, err := farm.Holders(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	return pid
+	if err != nil {
+		return fmt.Errorf("%s: which processes hold %s open: %w", op, path, err)
+	}
+	for _, h := range hs {
+		if readOnly && !h.Write {
+			continue
+		}
+		how := "open"
+		if h.Write {
+			how = "open for writing"
+		}
+		fix := "stop it first"
+		if h.IsQEMU(m.f.Config.QEMU.Binary) {
+			fix = "stop that QEMU first (pifarm run shutdown N, or pifarm run box --terminate N)"
+			if run, _ := m.running(); len(run) > 0 {
+				for _, r := range run {
+					if r.Pid == h.PID {
+						fix = fmt.Sprintf("it is the QEMU of instance %d: stop it first (pifarm run shutdown %d, or pifarm run box --terminate %d)", r.ID, r.ID, r.ID)
+					}
+				}
+			}
+		}
+		return fmt.Errorf("%s: %s is %s in %s; nothing was changed; %s", op, path, how, h, fix)
+	}
+	return nil
 }
 
 // Mount is a mounted file system that belongs to pifarm's images.
@@ -239,18 +303,17 @@ func (m *mod) tryLockInstances(op string) (release func(), busy int, path string
 		}
 		id, _ := strconv.Atoi(sm[1])
 		path := m.f.Lock(id)
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		f, err := farm.TryLock(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the folder was removed meanwhile (under its lock)
+		}
 		if err != nil {
 			release()
-			return nil, -1, "", fmt.Errorf("%s: lock %s: %w", op, path, err)
+			return nil, -1, "", fmt.Errorf("%s: %w", op, err)
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
+		if f == nil {
 			release()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, id, path, nil
-			}
-			return nil, -1, "", fmt.Errorf("%s: lock %s: %w", op, path, err)
+			return nil, id, path, nil
 		}
 		held = append(held, f)
 	}
