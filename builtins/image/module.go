@@ -196,15 +196,16 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"warnings, text). used_by_fs is where the last partition ends; ext4_* come from the root\n" +
 					"file system's superblock; text is the report in MiB. warnings include what makes the image\n" +
 					"unusable (see register)."},
-			{Name: "clone", Args: "instance, linked=False", Fn: m.cloneFn,
+			{Name: "clone", Args: "instance, linked=False, replace=True", Fn: m.cloneFn,
 				Doc: "Create instance N's qcow2 (N > 0) from instance 0's raw image: a full copy\n" +
 					"(`qemu-img convert -p -f raw -O qcow2`, progress on stderr), or with linked=True a qcow2\n" +
 					"whose absolute backing file is the base (`qemu-img create -f qcow2 -b BASE -F raw`) plus\n" +
 					"a record of the base's identity (clone-N.base). Written to a temporary name and renamed;\n" +
 					"a replaced clone is kept as NAME~. Refuses while instance 0 or N runs or the base is\n" +
 					"mounted. Instance 0's boot files are hard-linked along when current, with its signature\n" +
-					"(the clone boots from the same files; nothing is read again).\n" +
-					"Returns struct(path, base, linked)."},
+					"(the clone boots from the same files; nothing is read again). The disk is 0600, the\n" +
+					"folder 0700. replace=False keeps a clone that exists once the instance locks are held\n" +
+					"(made meanwhile by another pifarm). Returns struct(path, base, linked, made)."},
 			{Name: "check_clone", Args: "instance", Fn: m.checkCloneFn,
 				Doc: "Whether instance N's clone may be used (a query): struct(exists, linked, ok, base, reason).\n" +
 					"A linked clone is not ok once its base changed (size, mtime, inode) since it was made."},
@@ -485,19 +486,19 @@ func (m *mod) statusFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 
 func (m *mod) cloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	var v starlark.Value
-	linked := false
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v, "linked?", &linked); err != nil {
+	linked, replace := false, true
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v, "linked?", &linked, "replace?", &replace); err != nil {
 		return nil, err
 	}
 	id, err := m.instanceArg(v)
 	if err != nil {
 		return nil, err
 	}
-	r, err := m.Clone(id, linked)
+	r, err := m.clone(id, linked, replace)
 	if err != nil {
 		return nil, err
 	}
-	return mkstruct("clone", starlark.StringDict{"path": starlark.String(r.Path), "base": starlark.String(r.Base), "linked": starlark.Bool(r.Linked)}), nil
+	return mkstruct("clone", starlark.StringDict{"path": starlark.String(r.Path), "base": starlark.String(r.Base), "linked": starlark.Bool(r.Linked), "made": starlark.Bool(r.Made)}), nil
 }
 
 func (m *mod) checkCloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

@@ -269,6 +269,9 @@ func (m *mod) refuseBusy(op, path string, instance int) error {
 			return fmt.Errorf("%s %s: instance %d is running (pid %d); stop it first", op, path, r.ID, r.Pid)
 		}
 	}
+	if err := m.refuseOpen(op+" "+path, path, false); err != nil {
+		return err
+	}
 	mnts, err := m.mounts(path)
 	if err != nil {
 		return err
