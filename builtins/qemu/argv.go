@@ -45,8 +45,12 @@ type Plan struct {
 	Argv []string
 	// LAN and WLAN report whether the TAP NICs are in the command line.
 	LAN, WLAN bool
-	// Warnings explain what was left out.
+	// Warnings explain what was left out, and what listens beyond
+	// loopback.
 	Warnings []string
+	// VNCPassword: VNC listens beyond loopback with password=on; the start
+	// sets a password over QMP (see setVNCPassword).
+	VNCPassword bool
 }
 
 // tapUsable reports whether the TAP device name exists and can be attached
@@ -158,7 +162,11 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 		if vnc < 5900 {
 			return nil, fmt.Errorf("VNC port %d of instance %d is below 5900: VNC display numbers start at 5900 (fix ports.vnc in %s or start without VNC)", vnc, id, f.Config.Path)
 		}
-		a = append(a, "-display", "none", "-vnc", fmt.Sprintf("%s:%d", bind, vnc-5900))
+		v := fmt.Sprintf("%s:%d", bind, vnc-5900)
+		if o.GlobalBind {
+			v += ",password=on"
+		}
+		a = append(a, "-display", "none", "-vnc", v)
 	case DisplayGUI:
 		// Named explicitly: without a GUI module (Debian's qemu-system-gui)
 		// QEMU's default display would silently be VNC on 127.0.0.1:5900,
@@ -177,7 +185,10 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 	a = append(a, "-device", "usb-mouse", "-device", "usb-kbd",
 		"-netdev", fmt.Sprintf("user,id=wan,ipv6=off,net=%s,hostfwd=tcp:%s:%d-:22", f.WANNet(n), bind, f.SSHPort(n)),
 		"-device", "usb-net,netdev=wan,mac="+farm.GuestMAC(id, farm.NICWAN))
-	p := &Plan{}
+	p := &Plan{VNCPassword: o.GlobalBind && (o.Display == DisplayVNC || o.Display == "")}
+	if o.GlobalBind {
+		p.Warnings = append(p.Warnings, exposed(f, n, o))
+	}
 	for _, t := range []struct {
 		netdev, tap string
 		nic         int
@@ -201,6 +212,20 @@ func Command(f *farm.Farm, n *farm.Node, o Options) (*Plan, error) {
 	a = append(a, o.Extra...)
 	p.Argv = a
 	return p, nil
+}
+
+// exposed is the warning of a start with global_bind: what listens on all
+// addresses, and how it is protected.
+func exposed(f *farm.Farm, n *farm.Node, o Options) string {
+	var what []string
+	if !o.Console {
+		what = append(what, fmt.Sprintf("the serial console on TCP port %d with no password at all (whoever connects types into the guest's console: its login prompt, or a shell left logged in)", f.ConsolePort(n)))
+	}
+	if o.Display == DisplayVNC || o.Display == "" {
+		what = append(what, fmt.Sprintf("the screen, keyboard and mouse on VNC port %d (with a fresh password, kept in %s)", f.VNCPort(n), vncPasswordPath(f, n.ID)))
+	}
+	what = append(what, fmt.Sprintf("the guest's SSH server on port %d", f.SSHPort(n)))
+	return fmt.Sprintf("instance %d listens on all addresses (global bind), not only on 127.0.0.1: %s are open to every host that can reach this one; use a firewall, or start without --global-ip-bind and tunnel (ssh -L)", n.ID, strings.Join(what, ", "))
 }
 
 // optEscape doubles the commas of a value inside a QEMU option list

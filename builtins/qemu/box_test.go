@@ -15,7 +15,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"pifarm/builtins/qemu"
 	"pifarm/builtins/runtime"
@@ -277,4 +279,111 @@ func BenchmarkBoxTable(b *testing.B) {
 			b.Fatal(out)
 		}
 	}
+}
+
+// TestBoxCommandStdoutIsTheCommand: `pifarm run box --command N` prints the
+// command line alone on standard output, so that $(pifarm run box
+// --command N) is it; warnings (missing TAPs, what --global-ip-bind
+// exposes) go to standard error.
+func TestBoxCommandStdoutIsTheCommand(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config.star")
+	os.WriteFile(config, []byte(fmt.Sprintf(boxConfig, filepath.Join(dir, "cache"))), 0o644)
+	for _, tc := range []struct {
+		args   []string
+		stderr []string
+	}{
+		{[]string{"1"}, []string{"# warning: instance 1 starts without its LAN NIC", "# warning: instance 1 starts without its WLAN NIC"}},
+		{[]string{"--global-ip-bind", "2"}, []string{"# warning: instance 2 listens on all addresses (global bind)", "serial console on TCP port 20602 with no password"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := runtime.Main(runtime.Options{Args: append([]string{"-c", config, "run", "box", "--command"}, tc.args...), Stdout: &out, Stderr: &errb, Ctx: context.Background(), NotRoot: true})
+			if code != 0 {
+				t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
+			}
+			lines := strings.Split(out.String(), "\n")
+			if len(lines) != 2 || lines[1] != "" || !strings.HasPrefix(lines[0], "qemu-system-aarch64 -name ") || !strings.HasSuffix(lines[0], " -daemonize") {
+				t.Fatalf("standard output is not the command line alone:\n%s", out.String())
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(errb.String(), w) {
+					t.Errorf("standard error lacks %q:\n%s", w, errb.String())
+				}
+			}
+		})
+	}
+}
+
+// linkConfig writes a configuration like the box's whose cache is reached
+// through a symbolic link, and returns its path.
+func (b *box) linkConfig() string {
+	link := filepath.Join(b.dir, "cache-link")
+	if err := os.Symlink(b.cache, link); err != nil {
+		b.t.Fatal(err)
+	}
+	cfg := filepath.Join(b.dir, "link-config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(boxConfig, link)), 0o644)
+	return cfg
+}
+
+// TestBoxThroughASymlinkedCache: with the cache reached through a symbolic
+// link, the instance table shows a running QEMU (and deletes none of its
+// files), seeding the disk it runs on is refused, and --terminate stops it.
+func TestBoxThroughASymlinkedCache(t *testing.T) {
+	b := newBox(t)
+	out, code := b.pifarm("run", "box", "--run", "0")
+	b.want(out, code, 0, "<0> loner runs: QEMU pid ")
+	pid := regexp.MustCompile(`QEMU pid (\d+)`).FindStringSubmatch(out)[1]
+	link := b.linkConfig()
+	out, code = b.pifarm("-c", link, "run", "box")
+	b.want(out, code, 0, "0   loner    192.168.66.63  yes    "+pid)
+	for _, f := range []string{"qemu.pid", "qmp.sock"} {
+		if _, err := os.Stat(filepath.Join(b.cache, "clones/raspi-clone-0", f)); err != nil {
+			t.Fatalf("the table through the link removed %s: %v", f, err)
+		}
+	}
+	out, code = b.pifarm("-c", link, "run", "image", "--seed-ssh")
+	b.want(out, code, 1, "instance 0 is running (pid "+pid+")")
+	out, code = b.pifarm("-c", link, "run", "box", "--terminate", "0")
+	b.want(out, code, 0, "<0> loner terminated")
+}
+
+// TestBoxParallelRunsMakeOneClone: two `pifarm run box --run 2` at once on
+// an instance without a clone: one makes the clone, the other keeps it
+// (no replacement, no "running; stop it first"), one QEMU results and both
+// succeed.
+func TestBoxParallelRunsMakeOneClone(t *testing.T) {
+	b := newBox(t)
+	// Both find no clone, then wait for the instance locks (held here as
+	// another pifarm holds them while it changes the image).
+	holder := exec.Command("flock", "-o", filepath.Join(b.cache, "clones/raspi-clone-0/lock"), "sleep", "1")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	time.Sleep(100 * time.Millisecond)
+	outs := make([]string, 2)
+	codes := make([]int, 2)
+	var wg sync.WaitGroup
+	for i := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], codes[i] = b.pifarm("run", "box", "--run", "2")
+		}()
+	}
+	wg.Wait()
+	for i := range outs {
+		b.want(outs[i], codes[i], 0, "creating its clone of instance 0")
+	}
+	all := outs[0] + outs[1]
+	if strings.Count(all, "its clone was made meanwhile by another pifarm") != 1 || strings.Count(all, "runs: QEMU pid ") != 2 {
+		t.Fatalf("outputs:\n%s\n---\n%s", outs[0], outs[1])
+	}
+	if _, err := os.Stat(filepath.Join(b.cache, "clones/raspi-clone-2/clone-2.qcow2~")); err == nil {
+		t.Fatal("the clone made by one was replaced by the other")
+	}
+	out, code := b.pifarm("run", "box")
+	b.want(out, code, 0, "2   entwo    192.168.66.8   yes    ")
 }

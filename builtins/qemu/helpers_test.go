@@ -39,6 +39,12 @@ func testFarm(t testing.TB) *farm.Farm {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	return farmAt(t, dir)
+}
+
+// farmAt is the test farm with its cache at dir.
+func farmAt(t testing.TB, dir string) *farm.Farm {
+	t.Helper()
 	c, err := farm.Load("test-config.star", []byte(fmt.Sprintf(testConfig, dir)))
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,7 +45,8 @@ type Status struct {
 	// "unreachable" when the process lives but QMP does not answer.
 	State string
 	// Stale explains a pidfile that named no QEMU of this instance (it is
-	// removed, unless a start holds the instance lock or this is a dry run).
+	// removed when no QEMU can be behind it, unless a start holds the
+	// instance lock or this is a dry run).
 	Stale string
 	// Err is the QMP error when State is "unreachable".
 	Err string
@@ -55,6 +58,12 @@ type Status struct {
 	Warnings []string
 	// Line is the command line of a QEMU started now.
 	Line string
+	// VNCPasswordFile names the file (mode 0600) holding the VNC password
+	// of a QEMU whose VNC listens beyond loopback; "" when it has none.
+	VNCPasswordFile string
+
+	// dead: a stale pidfile behind which no QEMU can be (see find).
+	dead bool
 }
 
 func (in *Instances) poll() time.Duration {
@@ -71,21 +80,34 @@ func (in *Instances) timeout() time.Duration {
 	return 10 * time.Second
 }
 
-// readPid reads a pidfile: 0 and no error when there is none.
-func readPid(path string) (int, string, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, "", nil
+// readPid reads a pidfile: 0 and no error when there is none. It is opened
+// without following a symbolic link (and without blocking on a FIFO): a
+// link is an error satisfying farm.IsSymlinkErr.
+func readPid(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return 0, nil
+	case errors.Is(err, unix.ELOOP):
+		return 0, fmt.Errorf("pidfile %s is a symbolic link, which neither QEMU nor pifarm makes: %w", path, err)
+	case err != nil:
+		return 0, &os.PathError{Op: "open", Path: path, Err: err}
 	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("pidfile %s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64))
 	if err != nil {
-		return 0, "", err
+		return 0, fmt.Errorf("pidfile %s: %w", path, err)
 	}
 	s := strings.TrimSpace(string(b))
 	pid, err := strconv.Atoi(s)
 	if err != nil || pid <= 0 {
-		return 0, string(b), fmt.Errorf("pidfile %s holds %q, not a process id", path, s)
+		return 0, fmt.Errorf("pidfile %s holds %q, not a process id", path, s)
 	}
-	return pid, string(b), nil
+	return pid, nil
 }
 
 // procArgs returns the argument vector of a live, non-zombie process.
@@ -105,46 +127,126 @@ func procArgs(pid int) ([]string, bool) {
 }
 
 // Ours reports whether pid is the QEMU of instance id: its executable is a
-// qemu-system binary (or the configured one) and its command line carries
-// this instance's pidfile and QMP socket. why describes a foreign process.
+// qemu-system binary (or the configured one), and the file its -pidfile
+// names is this instance's pidfile, or it holds that file open. Files are
+// compared by device and inode (by resolved path when the pidfile is
+// gone), never by the text of a path: a cache reached through a symbolic
+// link is the same cache. why describes a foreign process.
 func (in *Instances) Ours(pid, id int) (ok bool, why string) {
 	args, alive := procArgs(pid)
 	if !alive {
 		return false, fmt.Sprintf("process %d is gone", pid)
 	}
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	exe = strings.TrimSuffix(exe, " (deleted)")
-	base := filepath.Base(exe)
-	desc := strings.Join(args, " ")
-	if len(desc) > 80 {
-		desc = desc[:77] + "..."
-	}
+	h := farm.Holder{PID: pid, Exe: strings.TrimSuffix(exe, " (deleted)"), Args: args}
 	if err != nil {
-		return false, fmt.Sprintf("process %d (%s) is not ours: %v", pid, desc, err)
+		return false, fmt.Sprintf("process %s is not ours: %v", h, err)
 	}
-	if !strings.HasPrefix(base, "qemu-system") && base != filepath.Base(in.F.Config.QEMU.Binary) {
-		return false, fmt.Sprintf("process %d is %s (%s), not QEMU", pid, exe, desc)
+	if !h.IsQEMU(in.F.Config.QEMU.Binary) {
+		return false, fmt.Sprintf("%s is %s, not QEMU", h, h.Exe)
 	}
-	pidOK, qmpOK := false, false
+	pidfile := in.F.Pidfile(id)
 	for i, a := range args {
-		if a == "-pidfile" && i+1 < len(args) && args[i+1] == in.F.Pidfile(id) {
-			pidOK = true
-		}
-		if a == "-qmp" && i+1 < len(args) && args[i+1] == qmpArg(in.F, id) {
-			qmpOK = true
+		if (a == "-pidfile" || a == "--pidfile") && i+1 < len(args) && sameFile(pid, args[i+1], pidfile) {
+			return true, ""
 		}
 	}
-	if !pidOK || !qmpOK {
-		return false, fmt.Sprintf("process %d is a QEMU, but not the one of instance %d (its command line lacks -pidfile %s -qmp unix:%s)", pid, id, in.F.Pidfile(id), in.F.QMP(id))
+	if held, _ := farm.Holds(pid, pidfile); held {
+		return true, ""
 	}
-	return true, ""
+	return false, fmt.Sprintf("process %d is a QEMU, but not the one of instance %d (its -pidfile is not %s, nor does it hold that file open)", pid, id, pidfile)
+}
+
+// sameFile reports whether path arg, as process pid sees it (a relative
+// one from its working folder), is the file at ours: the same device and
+// inode when both exist, else the same path once the symbolic links of
+// its folder are resolved.
+func sameFile(pid int, arg, ours string) bool {
+	if !filepath.IsAbs(arg) {
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil {
+			return false
+		}
+		arg = filepath.Join(cwd, arg)
+	}
+	a, errA := os.Stat(arg)
+	b, errB := os.Stat(ours)
+	switch {
+	case errA == nil && errB == nil:
+		return os.SameFile(a, b)
+	case errA == nil || errB == nil:
+		return false
+	}
+	return resolved(arg) == resolved(ours)
+}
+
+// resolved is p with the symbolic links of its folder resolved.
+func resolved(p string) string {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(p))
+	if err != nil {
+		return filepath.Clean(p)
+	}
+	return filepath.Join(dir, filepath.Base(p))
+}
+
+// found is what instance id's pidfile says about its QEMU.
+type found struct {
+	// pid is the instance's live QEMU, 0 when none was found.
+	pid int
+	// stale says why a pidfile names no QEMU of this instance.
+	stale string
+	// dead: no QEMU can be behind the pidfile (nobody holds the lock QEMU
+	// keeps on it while it runs, or it is a symbolic link), so the
+	// pidfile and the QMP socket may go.
+	dead bool
+}
+
+// find looks for instance id's QEMU: the process its pidfile names, or,
+// when that is garbage or another process, the one holding the pidfile's
+// lock (QEMU locks its pidfile for as long as it runs). Only a pidfile
+// that nobody locks is dead.
+func (in *Instances) find(id int) found {
+	pidfile := in.F.Pidfile(id)
+	pid, err := readPid(pidfile)
+	var why string
+	switch {
+	case farm.IsSymlinkErr(err):
+		return found{stale: err.Error(), dead: true}
+	case err != nil:
+		why = err.Error()
+	case pid == 0:
+		return found{}
+	default:
+		ok, w := in.Ours(pid, id)
+		if ok {
+			return found{pid: pid}
+		}
+		why = w
+	}
+	locked, holder, err := farm.LockHolder(pidfile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return found{} // QEMU exited and removed it just now
+	case err != nil:
+		return found{stale: fmt.Sprintf("%s; %v, so it is left alone", why, err)}
+	case !locked:
+		return found{stale: why, dead: true}
+	case holder > 0:
+		if ok, _ := in.Ours(holder, id); ok {
+			return found{pid: holder}
+		}
+		return found{stale: fmt.Sprintf("%s; pid %d holds a lock on it, so it is left alone", why, holder)}
+	}
+	return found{stale: why + "; a process not visible from here holds a lock on it, so it is left alone"}
 }
 
 // Status finds out whether instance n runs: pidfile, /proc and QMP. It never
-// looks at other processes. A stale pidfile is removed (through the door).
+// looks at other processes. A pidfile behind which no QEMU can be (see find)
+// is removed (through the door); one that may still belong to a QEMU is
+// only reported.
 func (in *Instances) Status(n *farm.Node) Status {
 	st := in.probe(n)
-	if st.Stale != "" {
+	if st.Stale != "" && st.dead {
 		in.cleanStale(n, false)
 	}
 	return st
@@ -153,25 +255,21 @@ func (in *Instances) Status(n *farm.Node) Status {
 func (in *Instances) probe(n *farm.Node) Status {
 	id := n.ID
 	st := Status{ID: id, Alias: n.Alias}
-	pid, _, err := readPid(in.F.Pidfile(id))
-	if err != nil {
-		st.Stale = err.Error()
+	q := in.find(id)
+	if q.pid == 0 {
+		st.Stale, st.dead = q.stale, q.dead
 		return st
 	}
-	if pid == 0 {
-		return st
+	st.Running, st.PID = true, q.pid
+	if _, err := os.Lstat(in.vncPasswordFile(id)); err == nil {
+		st.VNCPasswordFile = in.vncPasswordFile(id)
 	}
-	if ok, why := in.Ours(pid, id); !ok {
-		st.Stale = why
-		return st
-	}
-	st.Running, st.PID = true, pid
 	ctx := in.D.Context()
-	q, err := DialQMP(ctx, in.F.QMP(id), 2*time.Second)
+	qm, err := DialQMP(ctx, in.F.QMP(id), 2*time.Second)
 	if err == nil {
 		var rs RunStatus
-		rs, err = q.QueryStatus(ctx, 2*time.Second)
-		q.Close()
+		rs, err = qm.QueryStatus(ctx, 2*time.Second)
+		qm.Close()
 		st.State = rs.Status
 	}
 	if err != nil {
@@ -182,60 +280,90 @@ func (in *Instances) probe(n *farm.Node) Status {
 
 // cleanStale removes the pidfile and QMP socket of an instance whose QEMU is
 // gone. Unless locked (the caller holds the instance lock) it only does so
-// when no start holds the lock, and only when the pidfile still says what
-// made it stale.
+// when no start holds the lock. It removes the pidfile only when no QEMU
+// can be behind it (see find), and the socket only when nothing listens on
+// it.
 func (in *Instances) cleanStale(n *farm.Node, locked bool) {
 	id := n.ID
 	pidfile, sock := in.F.Pidfile(id), in.F.QMP(id)
 	line := "rm -f " + trace.Quote(pidfile) + " " + trace.Quote(sock)
 	in.D.Do(line, func() error {
 		if !locked {
-			l, err := tryLock(in.F.Lock(id))
+			l, err := farm.TryLock(in.F.Lock(id))
 			if err != nil || l == nil {
 				return nil // a start is under way: leave its files alone
 			}
 			defer l.Close()
 		}
-		if st := in.probe(n); st.Stale == "" && st.PID != 0 {
+		if q := in.find(id); q.pid != 0 || !q.dead {
 			return nil
 		}
 		os.Remove(pidfile)
-		if _, err := os.Stat(pidfile); err == nil {
+		if _, err := os.Lstat(pidfile); err == nil {
 			return nil
 		}
-		os.Remove(sock)
+		if !listening(sock) {
+			os.Remove(sock)
+		}
 		return nil
 	})
 }
 
-// tryLock takes the instance lock without waiting: nil when it is held.
-func tryLock(path string) (*os.File, error) {
-	fd, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+// listening reports whether a process accepts connections on the unix
+// socket at path (a QEMU's QMP socket). A refused connection or a missing
+// socket is not listening.
+func listening(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return true
+	}
+	return !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ENOENT)
+}
+
+// lock takes the instance lock, waiting for another pifarm's start (or
+// image change) to end, at most until deadline. A removed instance folder
+// is an error satisfying errors.Is(err, os.ErrNotExist).
+func (in *Instances) lock(id int, deadline time.Time) (*os.File, error) {
+	ls, err := in.lockAll([]int{id}, deadline)
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		fd.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return fd, nil
+	return ls[0], nil
 }
 
-// lock takes the instance lock, waiting for another pifarm's start to end,
-// at most until deadline.
-func (in *Instances) lock(id int, deadline time.Time) (*os.File, error) {
-	path := in.F.Lock(id)
+// lockAll takes the locks of the instances ids, waiting (at most until
+// deadline) while another pifarm holds one of them. It never waits while
+// holding some: when one is busy it lets all go and tries again, so two
+// pifarms taking overlapping sets never deadlock.
+func (in *Instances) lockAll(ids []int, deadline time.Time) ([]*os.File, error) {
 	start := time.Now()
 	for {
-		l, err := tryLock(path)
-		if err != nil || l != nil {
-			return l, err
+		held := make([]*os.File, 0, len(ids))
+		release := func() {
+			for _, l := range held {
+				l.Close()
+			}
 		}
+		busy := -1
+		for _, id := range ids {
+			l, err := farm.TryLock(in.F.Lock(id))
+			if err != nil {
+				release()
+				return nil, fmt.Errorf("instance %d: %w", id, err)
+			}
+			if l == nil {
+				busy = id
+				break
+			}
+			held = append(held, l)
+		}
+		if busy < 0 {
+			return held, nil
+		}
+		release()
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("instance %d: the lock %s is still held by another pifarm after %s", id, path, time.Since(start).Round(time.Millisecond))
+			return nil, fmt.Errorf("instance %d: the lock %s is still held by another pifarm after %s", busy, in.F.Lock(busy), time.Since(start).Round(time.Millisecond))
 		}
 		select {
 		case <-in.D.Context().Done():
@@ -245,13 +373,53 @@ func (in *Instances) lock(id int, deadline time.Time) (*os.File, error) {
 	}
 }
 
+// lockWait is how long a start or a removal waits for an instance lock.
+func (in *Instances) lockWait() time.Duration {
+	if in.LockWait > 0 {
+		return in.LockWait
+	}
+	return 10 * time.Minute
+}
+
+// refuseDiskInUse fails when another process holds instance n's disk open
+// for writing: a second QEMU on it would corrupt it. (A QEMU of a linked
+// clone reads instance 0's image, which does not count.) It is a query and
+// runs in a dry run too. When all is set, any holder counts (its files are
+// about to be removed).
+func (in *Instances) refuseDiskInUse(n *farm.Node, op string, all bool) error {
+	disk := in.F.Disk(n.ID)
+	hs, err := farm.Holders(disk)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("instance %d: %s: which processes hold %s open: %w", n.ID, op, disk, err)
+	}
+	for _, h := range hs {
+		if !h.Write && !all {
+			continue
+		}
+		fix := "stop it first"
+		if ok, _ := in.Ours(h.PID, n.ID); ok && in.find(n.ID).pid != h.PID {
+			fix = fmt.Sprintf("it is this instance's QEMU, whose pidfile %s is gone or names another process; stop it: pifarm run box --terminate %d", in.F.Pidfile(n.ID), n.ID)
+		} else if h.IsQEMU(in.F.Config.QEMU.Binary) {
+			fix = "it is a QEMU; stop it (pifarm run box --terminate N, or quit it where it was started)"
+		}
+		return fmt.Errorf("instance %d: %s: its disk %s is open in %s; %s", n.ID, op, disk, h, fix)
+	}
+	return nil
+}
+
 // Start starts instance n's QEMU unless it runs already, and returns once
 // QEMU answers on its QMP socket. In the background (the default) QEMU
 // daemonizes itself after it has opened its sockets and written its pidfile,
 // so no guessing is needed; with Console it runs in the foreground with the
 // serial console on this terminal and Start returns when it exits.
 // Concurrent starts of one instance (in this or other processes) serialise on
-// the instance lock: exactly one QEMU results.
+// the instance lock: exactly one QEMU results. Under the lock, the disk must
+// not be open for writing in another process (an orphaned QEMU, a writer of
+// the image module). A VNC display beyond loopback gets a fresh password
+// (see setVNCPassword).
 func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 	id := n.ID
 	plan, err := Command(in.F, n, o)
@@ -263,6 +431,11 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 		st.Already = true
 		return st, nil
 	}
+	var password string
+	if plan.VNCPassword {
+		password = newVNCPassword()
+		in.D.Secret(password)
+	}
 	warn := func() {
 		for _, w := range plan.Warnings {
 			in.D.Print("# warning: " + w)
@@ -270,43 +443,83 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 	}
 	if in.D.DryRun {
 		warn()
+		if err := in.refuseDiskInUse(n, "start", false); err != nil {
+			return Status{}, err
+		}
+		if _, err := os.Lstat(in.F.InstanceDir(id)); err == nil {
+			if err := in.F.MakeInstanceDir(in.D, id); err != nil {
+				return Status{}, err
+			}
+		}
 		st := Status{ID: id, Alias: n.Alias, Running: true, State: "running", LAN: plan.LAN, WLAN: plan.WLAN, Warnings: plan.Warnings, Line: in.D.Line(cmd)}
 		if o.Paused {
 			st.State = "prelaunch"
 		}
-		_, err := in.D.Exec(cmd)
-		return st, err
-	}
-	for _, p := range []struct{ what, path string }{{"kernel", in.F.Kernel(id)}, {"device tree", in.F.DTB(id)}, {"disk", in.F.Disk(id)}} {
-		if _, err := os.Stat(p.path); err != nil {
-			return Status{}, fmt.Errorf("instance %d: %s %s is missing (%v)", id, p.what, p.path, errors.Unwrap(err))
+		if err := in.vncPasswordFileFor(id, password); err != nil {
+			return st, err
 		}
+		if _, err := in.D.Exec(cmd); err != nil {
+			return st, err
+		}
+		if password != "" {
+			st.VNCPasswordFile = in.vncPasswordFile(id)
+			if err := in.setVNCPassword(id, password); err != nil {
+				return st, err
+			}
+		}
+		return st, nil
 	}
-	if err := os.MkdirAll(in.F.InstanceDir(id), 0o755); err != nil {
-		return Status{}, fmt.Errorf("instance %d: %w", id, err)
+	missing := func() error {
+		for _, p := range []struct{ what, path string }{{"kernel", in.F.Kernel(id)}, {"device tree", in.F.DTB(id)}, {"disk", in.F.Disk(id)}} {
+			if _, err := os.Stat(p.path); err != nil {
+				return fmt.Errorf("instance %d: %s %s is missing (%v)", id, p.what, p.path, errors.Unwrap(err))
+			}
+		}
+		return nil
 	}
-	lockWait := in.LockWait
-	if lockWait <= 0 {
-		lockWait = 10 * time.Minute
+	if err := missing(); err != nil {
+		return Status{}, err
 	}
-	l, err := in.lock(id, time.Now().Add(lockWait))
+	l, err := in.lock(id, time.Now().Add(in.lockWait()))
+	if errors.Is(err, os.ErrNotExist) {
+		return Status{}, fmt.Errorf("instance %d: its folder %s was removed (by another pifarm: --flush-clone or --remove-all-clones) while this start waited for the instance lock; nothing was started", id, in.F.InstanceDir(id))
+	}
 	if err != nil {
 		return Status{}, err
 	}
 	defer l.Close()
+	if err := missing(); err != nil {
+		return Status{}, fmt.Errorf("%w; it was removed (by another pifarm) while this start waited for the instance lock; nothing was started", err)
+	}
 	deadline := time.Now().Add(in.timeout())
 	if st := in.probe(n); st.Running {
 		st.Already = true
 		return st, nil
 	} else if st.Stale != "" {
+		if !st.dead {
+			return Status{}, fmt.Errorf("instance %d: not started: %s", id, st.Stale)
+		}
 		in.cleanStale(n, true)
 	}
-	// A socket or pidfile without a QEMU behind it would only confuse the
-	// wait below.
-	os.Remove(in.F.QMP(id))
+	if err := in.refuseDiskInUse(n, "start", false); err != nil {
+		return Status{}, err
+	}
+	if err := in.F.MakeInstanceDir(in.D, id); err != nil {
+		return Status{}, err
+	}
+	// A socket without a QEMU behind it would only confuse the wait
+	// below; one that answers belongs to a QEMU without a pidfile.
+	sock := in.F.QMP(id)
+	if listening(sock) {
+		return Status{}, fmt.Errorf("instance %d: not started: its QMP socket %s answers, but no QEMU of this instance has a pidfile (one started by hand?); quit that QEMU first", id, sock)
+	}
+	os.Remove(sock)
+	if err := in.vncPasswordFileFor(id, password); err != nil {
+		return Status{}, err
+	}
 	warn()
 	if o.Console {
-		return in.startForeground(n, cmd, plan, l, deadline)
+		return in.startForeground(n, cmd, plan, password, l, deadline)
 	}
 	if _, err := in.D.Exec(cmd); err != nil {
 		return Status{}, fmt.Errorf("instance %d: %w", id, err)
@@ -316,12 +529,19 @@ func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
 		return st, err
 	}
 	st.LAN, st.WLAN, st.Warnings, st.Line = plan.LAN, plan.WLAN, plan.Warnings, in.D.Line(cmd)
+	if password != "" {
+		st.VNCPasswordFile = in.vncPasswordFile(id)
+		if err := in.setVNCPassword(id, password); err != nil {
+			st.Warnings = append(st.Warnings, err.Error())
+			in.D.Print("# warning: " + err.Error())
+		}
+	}
 	return st, nil
 }
 
 // startForeground runs QEMU with the serial console on this terminal. The
 // lock is released once QMP answers; Start returns when QEMU exits.
-func (in *Instances) startForeground(n *farm.Node, cmd trace.Cmd, plan *Plan, l *os.File, deadline time.Time) (Status, error) {
+func (in *Instances) startForeground(n *farm.Node, cmd trace.Cmd, plan *Plan, password string, l *os.File, deadline time.Time) (Status, error) {
 	var st Status
 	err := in.D.Do(in.D.Line(cmd), func() error {
 		c := exec.Command(cmd.Argv[0], cmd.Argv[1:]...)
@@ -333,6 +553,9 @@ func (in *Instances) startForeground(n *farm.Node, cmd trace.Cmd, plan *Plan, l 
 		go func() { exited <- c.Wait() }()
 		var err error
 		st, err = in.awaitQMP(n, deadline, exited)
+		if err == nil && password != "" {
+			err = in.setVNCPassword(n.ID, password)
+		}
 		l.Close()
 		if err != nil {
 			c.Process.Kill()
@@ -361,7 +584,7 @@ func (in *Instances) awaitQMP(n *farm.Node, deadline time.Time, exited <-chan er
 			rs, err2 := q.QueryStatus(ctx, time.Until(deadline))
 			q.Close()
 			if err2 == nil {
-				pid, _, _ := readPid(in.F.Pidfile(id))
+				pid, _ := readPid(in.F.Pidfile(id))
 				return Status{ID: id, Alias: n.Alias, Running: true, PID: pid, State: rs.Status}, nil
 			}
 			err = err2
@@ -384,40 +607,52 @@ func (in *Instances) awaitQMP(n *farm.Node, deadline time.Time, exited <-chan er
 }
 
 // Quit stops instance n's QEMU with the QMP command quit, after making sure
-// the pidfile names this instance's QEMU, and waits until the process is
-// gone. It reports whether a QEMU was running. A pidfile naming another
-// process is refused with an error (nothing is signalled).
+// the process is this instance's QEMU, and waits until it is gone. It
+// reports whether a QEMU was running. The QEMU is the one the pidfile names
+// or, when that is garbage or another process, the one holding the
+// pidfile's lock; with no pidfile, a QEMU of this instance (by its
+// -pidfile) that holds the disk open (one whose pidfile was removed). A
+// pidfile naming another live process, or garbage, with no QEMU behind it
+// is refused with an error (nothing is signalled).
 func (in *Instances) Quit(n *farm.Node, timeout time.Duration) (bool, error) {
 	id := n.ID
-	pid, _, err := readPid(in.F.Pidfile(id))
-	if err != nil {
-		return false, fmt.Errorf("instance %d: refusing to terminate: %w", id, err)
-	}
-	if pid == 0 {
-		return false, nil
+	q := in.find(id)
+	if q.pid == 0 && q.stale == "" {
+		if q.pid = in.orphan(n); q.pid == 0 {
+			return false, nil
+		}
 	}
 	if !in.D.DryRun {
 		// No start of this instance may interleave with its termination.
 		l, err := in.lock(id, time.Now().Add(timeout))
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil // its folder is gone
+		}
 		if err != nil {
 			return false, err
 		}
 		defer l.Close()
-		if pid, _, err = readPid(in.F.Pidfile(id)); err != nil || pid == 0 {
-			return false, err
+		if q = in.find(id); q.pid == 0 && q.stale == "" {
+			if q.pid = in.orphan(n); q.pid == 0 {
+				return false, nil
+			}
 		}
 	}
-	if ok, why := in.Ours(pid, id); !ok {
-		if _, alive := procArgs(pid); !alive {
-			in.cleanStale(n, !in.D.DryRun)
-			return false, nil
+	if q.pid == 0 {
+		if named, err := readPid(in.F.Pidfile(id)); err == nil && named > 0 {
+			if _, alive := procArgs(named); !alive && q.dead {
+				in.cleanStale(n, !in.D.DryRun)
+				return false, nil
+			}
+			return false, fmt.Errorf("instance %d: refusing to terminate pid %d from %s: %s", id, named, in.F.Pidfile(id), q.stale)
 		}
-		return false, fmt.Errorf("instance %d: refusing to terminate pid %d from %s: %s", id, pid, in.F.Pidfile(id), why)
+		return false, fmt.Errorf("instance %d: refusing to terminate: %s", id, q.stale)
 	}
+	pid := q.pid
 	sock := in.F.QMP(id)
 	line := "printf '%s\\n' '{\"execute\":\"qmp_capabilities\"}' '{\"execute\":\"quit\"}' | socat - UNIX-CONNECT:" + trace.Quote(sock)
 	var qerr error
-	err = in.D.Do(line, func() error {
+	err := in.D.Do(line, func() error {
 		q, err := DialQMP(in.D.Context(), sock, 3*time.Second)
 		if err == nil {
 			_, err = q.Execute(in.D.Context(), 3*time.Second, "quit", nil)
@@ -430,8 +665,8 @@ func (in *Instances) Quit(n *farm.Node, timeout time.Duration) (bool, error) {
 		return true, err
 	}
 	if qerr != nil {
-		// QMP is wedged: fall back to SIGTERM, visibly, on the process
-		// just verified to be ours.
+		// QMP is wedged (or its socket is gone): fall back to SIGTERM,
+		// visibly, on the process just verified to be ours.
 		in.D.Print(fmt.Sprintf("# warning: instance %d: QMP quit failed (%v); sending SIGTERM to pid %d", id, qerr, pid))
 		if err := in.D.Do(fmt.Sprintf("kill -TERM %d", pid), func() error {
 			return syscall.Kill(pid, syscall.SIGTERM)
@@ -446,19 +681,33 @@ func (in *Instances) Quit(n *farm.Node, timeout time.Duration) (bool, error) {
 	if err := in.WaitPid(pid, timeout); err != nil {
 		return true, fmt.Errorf("instance %d: %w", id, err)
 	}
-	os.Remove(in.F.Pidfile(id))
-	os.Remove(sock)
+	// QEMU removes its pidfile as it exits; what it left is dead now.
+	if q := in.find(id); q.pid == 0 && q.dead {
+		os.Remove(in.F.Pidfile(id))
+	}
+	if !listening(sock) {
+		os.Remove(sock)
+	}
 	return true, nil
+}
+
+// orphan finds a QEMU of instance n (by its -pidfile, see Ours) among the
+// processes that hold its disk open: one whose pidfile was removed.
+func (in *Instances) orphan(n *farm.Node) int {
+	hs, _ := farm.Holders(in.F.Disk(n.ID))
+	for _, h := range hs {
+		if ok, _ := in.Ours(h.PID, n.ID); ok {
+			return h.PID
+		}
+	}
+	return 0
 }
 
 // WaitExit waits until instance n's QEMU has exited, at most timeout. It
 // returns at once when none runs.
 func (in *Instances) WaitExit(n *farm.Node, timeout time.Duration) error {
-	pid, _, _ := readPid(in.F.Pidfile(n.ID))
+	pid := in.find(n.ID).pid
 	if pid == 0 {
-		return nil
-	}
-	if ok, _ := in.Ours(pid, n.ID); !ok {
 		return nil
 	}
 	if in.D.DryRun {
@@ -518,27 +767,80 @@ func (in *Instances) WaitPid(pid int, timeout time.Duration) error {
 	}
 }
 
-// RemoveFiles deletes everything of instance id in its cache folder (disk,
-// boot files, backups, runtime files, keys) and the folder itself. Instance
-// 0's folder holds the link to the user's image and is refused; so is a
-// running instance.
-func (in *Instances) RemoveFiles(n *farm.Node) error {
-	id := n.ID
-	if id == 0 {
-		return fmt.Errorf("instance 0: refusing to remove the primary instance's files (its disk is your registered image)")
-	}
-	if st := in.Status(n); st.Running {
-		return fmt.Errorf("instance %d: refusing to remove its files while QEMU runs (pid %d); terminate it first", id, st.PID)
-	}
-	dir := in.F.InstanceDir(id)
-	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
-		in.D.Note("%s does not exist: nothing to remove", dir)
-		return nil
-	}
-	return in.D.Do("rm -rf "+trace.Quote(dir), func() error {
-		if err := os.RemoveAll(dir); err != nil {
-			return fmt.Errorf("instance %d: %w", id, err)
+// RemoveFiles deletes the cache folders of the instances nodes (disk, boot
+// files, backups, runtime files, keys): all of them or none. Instance 0's
+// folder holds the link to the user's image and is refused. The locks of
+// all are taken first (waiting, at most LockWait, while another pifarm
+// starts one or changes an image); under them no instance may run and no
+// process may hold a disk open. A folder that is not there is skipped. It
+// returns the ids whose folder was removed.
+func (in *Instances) RemoveFiles(nodes ...*farm.Node) ([]int, error) {
+	var todo []*farm.Node
+	for _, n := range nodes {
+		if n.ID == 0 {
+			return nil, fmt.Errorf("instance 0: refusing to remove the primary instance's files (its disk is your registered image)")
 		}
-		return nil
-	})
+		if _, err := os.Lstat(in.F.InstanceDir(n.ID)); errors.Is(err, os.ErrNotExist) {
+			in.D.Note("%s does not exist: nothing to remove", in.F.InstanceDir(n.ID))
+			continue
+		}
+		todo = append(todo, n)
+	}
+	// check refuses what may not go; before is whether it ran before the
+	// locks were taken, to tell a start that came meanwhile.
+	check := func(n *farm.Node, before bool) error {
+		if st := in.probe(n); st.Running {
+			if before {
+				return fmt.Errorf("instance %d: refusing to remove its files while QEMU runs (pid %d); terminate it first: pifarm run box --terminate %d", n.ID, st.PID, n.ID)
+			}
+			return fmt.Errorf("instance %d: refusing to remove its files: another pifarm started its QEMU (pid %d) while this one waited for the instance lock; terminate it first: pifarm run box --terminate %d", n.ID, st.PID, n.ID)
+		}
+		return in.refuseDiskInUse(n, "refusing to remove its files", true)
+	}
+	for _, n := range todo {
+		if err := check(n, true); err != nil {
+			return nil, err
+		}
+	}
+	if len(todo) == 0 {
+		return nil, nil
+	}
+	if !in.D.DryRun {
+		var ids []int
+		for _, n := range todo {
+			ids = append(ids, n.ID)
+		}
+		ls, err := in.lockAll(ids, time.Now().Add(in.lockWait()))
+		if errors.Is(err, os.ErrNotExist) {
+			// Another pifarm removed a folder meanwhile: look again.
+			return in.RemoveFiles(nodes...)
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			for _, l := range ls {
+				l.Close()
+			}
+		}()
+		for _, n := range todo {
+			if err := check(n, false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var removed []int
+	for _, n := range todo {
+		dir := in.F.InstanceDir(n.ID)
+		if err := in.D.Do("rm -rf "+trace.Quote(dir), func() error {
+			if err := os.RemoveAll(dir); err != nil {
+				return fmt.Errorf("instance %d: %w", n.ID, err)
+			}
+			return nil
+		}); err != nil {
+			return removed, err
+		}
+		removed = append(removed, n.ID)
+	}
+	return removed, nil
 }

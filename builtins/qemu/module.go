@@ -57,6 +57,33 @@ func (a *nodeArg) Unpack(v starlark.Value) error {
 	return nil
 }
 
+// nodesArg accepts an instance (see nodeArg) or a list or tuple of them.
+type nodesArg struct {
+	f  *farm.Farm
+	ns []*farm.Node
+}
+
+func (a *nodesArg) Unpack(v starlark.Value) error {
+	one := func(v starlark.Value) error {
+		n := &nodeArg{f: a.f}
+		if err := n.Unpack(v); err != nil {
+			return err
+		}
+		a.ns = append(a.ns, n.n)
+		return nil
+	}
+	l, ok := v.(starlark.Indexable)
+	if _, isStr := v.(starlark.String); !ok || isStr {
+		return one(v)
+	}
+	for i := 0; i < l.Len(); i++ {
+		if err := one(l.Index(i)); err != nil {
+			return fmt.Errorf("[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
 // seconds accepts an int or float number of seconds.
 type seconds struct{ d time.Duration }
 
@@ -103,6 +130,9 @@ func (in *Instances) StatusStruct(st Status) *starlarkstruct.Struct {
 		"wlan":     starlark.Bool(st.WLAN),
 		"warnings": strList(st.Warnings),
 		"line":     starlark.String(st.Line),
+		// vnc_password_file names the 0600 file with the VNC password of a
+		// QEMU whose VNC listens beyond loopback, else "".
+		"vnc_password_file": starlark.String(st.VNCPasswordFile),
 	})
 }
 
@@ -149,7 +179,9 @@ const startOptionsDoc = `node is an instance id, alias or farm.node(...) struct.
 this terminal (-serial mon:stdio, QEMU in the foreground; Ctrl-A X quits) instead of
 TCP 5800+N. gui: QEMU's own window (-display gtk; Debian package qemu-system-gui)
 instead of VNC. vnc: VNC display N (port 5900+N) on 127.0.0.1; False shows the screen
-nowhere. global_bind: console, VNC and the SSH forward listen on all addresses.
+nowhere. global_bind: console, VNC and the SSH forward listen on all addresses (a
+"# warning:" names each; VNC then asks for a fresh password, set over QMP and kept in
+the instance folder's vnc-password, mode 0600; the serial console has none).
 paused: CPUs stopped (-S). taps=False leaves out the LAN/WLAN NICs. extra: more QEMU
 arguments.
 
@@ -168,7 +200,7 @@ func (in *Instances) Module() *trace.Module {
 		Funcs: []trace.Func{
 			{Name: "command", Args: startArgs,
 				Doc: "The QEMU command line qemu.start would run for instance node (nothing is started).\n\n" +
-					startOptionsDoc + "\n\nReturns struct(argv, line, lan, wlan, warnings): lan/wlan tell whether the TAP NICs\nare in it, warnings why not.",
+					startOptionsDoc + "\n\nReturns struct(argv, line, lan, wlan, warnings): lan/wlan tell whether the TAP NICs\nare in it, warnings why not (and what global_bind exposes). The warnings are also\nprinted as \"# warning:\" lines, like qemu.start's: on standard error (in the trace\nwhen dry), so that a recipe's standard output can be exactly the command line.",
 				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 					node := &nodeArg{f: f}
 					o, err := in.startOptions(b.Name(), args, kwargs, node)
@@ -178,6 +210,11 @@ func (in *Instances) Module() *trace.Module {
 					p, err := Command(f, node.n, o)
 					if err != nil {
 						return nil, err
+					}
+					// Like qemu.start's: on standard error (in the trace
+					// when dry), never mixed into what a recipe prints.
+					for _, w := range p.Warnings {
+						d.Print("# warning: " + w)
 					}
 					return starlarkstruct.FromStringDict(starlark.String("qemu_command"), starlark.StringDict{
 						"argv": strList(p.Argv), "line": starlark.String(trace.Join(p.Argv)),
@@ -192,7 +229,10 @@ The kernel (.ker), device tree (.dtb) and disk must exist (checking the boot par
 signature and creating clones is the recipe's job, with the image module). QEMU
 daemonizes itself once its sockets are open; start then asks QMP for the run state and
 returns. Concurrent starts of one instance serialise on the instance lock (flock on
-the cache's lock file): one QEMU results, the others find it running. With console=True
+the cache's lock file): one QEMU results, the others find it running. Under the lock, a
+disk open for writing in another process (a QEMU whose pidfile is gone) is refused, naming
+it (a query: dry runs refuse too); so is a start whose instance folder or files another
+pifarm removed while it waited. The instance folder is made 0700. With console=True
 QEMU runs in the foreground and start returns when it exits.
 
 Returns the status (see qemu.status) with already=True when it was running before,
@@ -213,11 +253,18 @@ exact qemu-system-aarch64 line and starts nothing; missing TAPs print "# warning
 			{Name: "status", Args: "node",
 				Doc: `Whether instance node's QEMU runs, from its pidfile, /proc and QMP (never ps).
 
-Returns struct(id, alias, running, pid, state, stale, error, ...): pid is None when not
-running; state is QMP's run state ("running", "paused", ...) or "unreachable" (error
-says why); stale explains a pidfile that named no QEMU of this instance (process gone,
-pid reused by another program) — such a pidfile and its QMP socket are removed
-("rm -f ..." in the trace), unless a start holds the instance lock.`,
+The QEMU is the process the pidfile names when its /proc exe is qemu-system-* and its
+-pidfile is this instance's pidfile (the same file by device and inode, so a cache reached
+through a symbolic link is the same cache), or else the process holding the lock QEMU keeps
+on its pidfile while it runs (a pidfile overwritten with garbage or another pid).
+
+Returns struct(id, alias, running, pid, state, stale, error, vnc_password_file, ...): pid
+is None when not running; state is QMP's run state ("running", "paused", ...) or
+"unreachable" (error says why); stale explains a pidfile that named no QEMU of this
+instance (process gone, pid reused by another program). Only a pidfile that nobody locks
+(no QEMU can be behind it) is removed, with its QMP socket when nothing listens on it
+("rm -f ..." in the trace), and not while a start holds the instance lock; any other is
+only reported.`,
 				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 					node := &nodeArg{f: f}
 					if err := starlark.UnpackArgs(b.Name(), args, kwargs, "node", node); err != nil {
@@ -254,10 +301,11 @@ pid reused by another program) — such a pidfile and its QMP socket are removed
 			{Name: "quit", Args: "node, timeout=30",
 				Doc: `Terminate instance node's QEMU: QMP "quit", then wait until the process is gone.
 
-Only when the pidfile's pid is this instance's QEMU (its /proc exe is qemu-system-*
-and its command line holds this instance's -pidfile and -qmp socket); a pid of any
-other process is refused with an error and nothing is signalled. When QMP does not
-answer, the verified process gets SIGTERM (a "# warning:" and "kill -TERM PID" line).
+Only a process that is this instance's QEMU (see qemu.status: the pidfile's pid, or the
+holder of the pidfile's lock; with no pidfile, a QEMU of this instance by its -pidfile
+that holds the disk open, whose pidfile was removed); a pid of any other process with no
+QEMU behind the pidfile is refused with an error and nothing is signalled. When QMP does
+not answer, the verified process gets SIGTERM (a "# warning:" and "kill -TERM PID" line).
 Returns True when a QEMU was running, False when none was. Dry-run prints the
 equivalent "printf ... | socat - UNIX-CONNECT:qmp.sock" line.`,
 				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
@@ -344,15 +392,27 @@ command is an action: dry-run prints the equivalent socat line and returns "{}".
 					return starlark.String(out), err
 				}},
 			{Name: "remove_instance_files", Args: "node",
-				Doc: `Delete instance node's cache folder (clone disk, boot files, "~" backups, keys, runtime
-files). Refused for instance 0 (its disk is the user's registered image) and while the
-instance runs. Dry-run prints "rm -rf FOLDER".`,
+				Doc: `Delete the cache folder of instance node, or of each instance of a list (clone disk,
+boot files, "~" backups, keys, runtime files): all of them or none. Refused for instance
+0 (its disk is the user's registered image). The instance locks are taken first (waiting
+while another pifarm starts an instance or changes an image, like qemu.start); under
+them, an instance that runs (also one started meanwhile) or whose disk another process
+holds open is refused. A folder that is not there is skipped. Returns the ids whose
+folder was removed. Dry-run prints "rm -rf FOLDER".`,
 				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					node := &nodeArg{f: f}
-					if err := starlark.UnpackArgs(b.Name(), args, kwargs, "node", node); err != nil {
+					nodes := &nodesArg{f: f}
+					if err := starlark.UnpackArgs(b.Name(), args, kwargs, "node", nodes); err != nil {
 						return nil, err
 					}
-					return starlark.None, in.RemoveFiles(node.n)
+					ids, err := in.RemoveFiles(nodes.ns...)
+					if err != nil {
+						return nil, err
+					}
+					l := make([]starlark.Value, len(ids))
+					for i, id := range ids {
+						l[i] = starlark.MakeInt(id)
+					}
+					return starlark.NewList(l), nil
 				}},
 			{Name: "viewer", Args: "node, program=\"remote-viewer\"",
 				Doc: `Start a VNC viewer (remote-viewer vnc://localhost:5900+N) for instance node in the

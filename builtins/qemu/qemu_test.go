@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,24 +42,45 @@ func TestCommandLine(t *testing.T) {
 			alias, c, id, id, c, id, id, format, c, id, id, map[string]string{"raw": "raw", "qcow2": "qcow2"}[format])
 	}
 	usb := "-device usb-mouse -device usb-kbd"
+	// What a global bind exposes is named in a warning.
+	exposes := func(id int, what ...string) []string {
+		return append([]string{fmt.Sprintf("instance %d listens on all addresses (global bind), not only on 127.0.0.1: ", id)}, what...)
+	}
+	console := func(id int) string {
+		return fmt.Sprintf("the serial console on TCP port %d with no password at all", 20200+id)
+	}
+	vncPw := func(id int) string {
+		return fmt.Sprintf("VNC port %d (with a fresh password, kept in %s/raspi-clone-%d/vnc-password)", 20300+id, c, id)
+	}
+	sshd := func(id int) string { return fmt.Sprintf("the guest's SSH server on port %d", 20100+id) }
 	for _, tc := range []struct {
-		name string
-		n    *farm.Node
-		o    Options
-		want string
+		name     string
+		n        *farm.Node
+		o        Options
+		want     string
+		warning  []string // substrings of the one warning, nil for none
+		password bool
 	}{
 		{"clone in the background", n2, Options{NoTAP: true},
 			head("entwo", 2, "qcow2") + " -display none -vnc 127.0.0.1:14402 -serial tcp:127.0.0.1:20202,server=on,wait=off " + usb +
 				" -netdev user,id=wan,ipv6=off,net=100.65.5.0/24,hostfwd=tcp:127.0.0.1:20102-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:02 " +
-				tail(2) + " -daemonize"},
+				tail(2) + " -daemonize", nil, false},
 		{"primary, global bind, gui", n0, Options{NoTAP: true, GlobalBind: true, Display: DisplayGUI},
 			head("loner", 0, "raw") + " -display gtk -serial tcp:0.0.0.0:20200,server=on,wait=off " + usb +
 				" -netdev user,id=wan,ipv6=off,net=100.65.63.0/24,hostfwd=tcp:0.0.0.0:20100-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:00 " +
-				tail(0) + " -daemonize"},
+				tail(0) + " -daemonize", exposes(0, console(0), sshd(0)), false},
+		{"clone, global bind, VNC with a password", n2, Options{NoTAP: true, GlobalBind: true},
+			head("entwo", 2, "qcow2") + " -display none -vnc 0.0.0.0:14402,password=on -serial tcp:0.0.0.0:20202,server=on,wait=off " + usb +
+				" -netdev user,id=wan,ipv6=off,net=100.65.5.0/24,hostfwd=tcp:0.0.0.0:20102-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:02 " +
+				tail(2) + " -daemonize", exposes(2, console(2), vncPw(2), sshd(2)), true},
+		{"global bind, console on this terminal, no screen", n2, Options{NoTAP: true, GlobalBind: true, Console: true, Display: DisplayNone},
+			head("entwo", 2, "qcow2") + " -display none -serial mon:stdio " + usb +
+				" -netdev user,id=wan,ipv6=off,net=100.65.5.0/24,hostfwd=tcp:0.0.0.0:20102-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:02 " +
+				tail(2), exposes(2, sshd(2)), false},
 		{"console in the foreground, no screen, paused", n2, Options{NoTAP: true, Console: true, Display: DisplayNone, Paused: true},
 			head("entwo", 2, "qcow2") + " -S -display none -serial mon:stdio " + usb +
 				" -netdev user,id=wan,ipv6=off,net=100.65.5.0/24,hostfwd=tcp:127.0.0.1:20102-:22 -device usb-net,netdev=wan,mac=52:54:50:00:00:02 " +
-				tail(2)},
+				tail(2), nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := Command(f, tc.n, tc.o)
@@ -68,8 +90,30 @@ func TestCommandLine(t *testing.T) {
 			if got := trace.Join(p.Argv); got != tc.want {
 				t.Errorf("command line\n got %s\nwant %s", got, tc.want)
 			}
-			if p.LAN || p.WLAN || len(p.Warnings) != 0 {
+			if p.LAN || p.WLAN {
 				t.Errorf("taps=False still planned TAPs: %+v", p)
+			}
+			if p.VNCPassword != tc.password {
+				t.Errorf("VNC password %v, want %v", p.VNCPassword, tc.password)
+			}
+			if tc.warning == nil {
+				if len(p.Warnings) != 0 {
+					t.Errorf("warnings %q", p.Warnings)
+				}
+				return
+			}
+			if len(p.Warnings) != 1 {
+				t.Fatalf("warnings %q, want one", p.Warnings)
+			}
+			for _, w := range tc.warning {
+				if !strings.Contains(p.Warnings[0], w) {
+					t.Errorf("warning %q lacks %q", p.Warnings[0], w)
+				}
+			}
+			for _, w := range []string{"console", "VNC"} {
+				if !slices.ContainsFunc(tc.warning, func(s string) bool { return strings.Contains(s, w) }) && strings.Contains(p.Warnings[0], w) {
+					t.Errorf("warning %q names %s, which is not exposed", p.Warnings[0], w)
+				}
 			}
 		})
 	}
@@ -402,7 +446,7 @@ func TestStartWaitsForALockHeldLongerThanQMPTimeout(t *testing.T) {
 	}
 	defer holder.Wait()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		l, err := tryLock(f.Lock(4))
+		l, err := farm.TryLock(f.Lock(4))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -443,22 +487,22 @@ func TestRunningAndRemoveFiles(t *testing.T) {
 	if len(running) != 1 || running[0] != 2 {
 		t.Fatalf("running %v", running)
 	}
-	if err := in.RemoveFiles(n2); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("while QEMU runs (pid %d)", st.PID)) {
+	if _, err := in.RemoveFiles(n2); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("while QEMU runs (pid %d)", st.PID)) {
 		t.Fatalf("remove while running: %v", err)
 	}
 	n0, _ := f.Resolve("0")
-	if err := in.RemoveFiles(n0); err == nil || !strings.Contains(err.Error(), "primary") {
+	if _, err := in.RemoveFiles(n0); err == nil || !strings.Contains(err.Error(), "primary") {
 		t.Fatalf("remove 0: %v", err)
 	}
 	os.WriteFile(f.Disk(1)+"~", []byte("old"), 0o644)
 	dry, dout := testInstances(t, f, true)
-	if err := dry.RemoveFiles(n1); err != nil || dout.String() != "rm -rf "+f.InstanceDir(1)+"\n" {
+	if _, err := dry.RemoveFiles(n1); err != nil || dout.String() != "rm -rf "+f.InstanceDir(1)+"\n" {
 		t.Fatalf("dry remove: %v %q", err, dout.String())
 	}
 	if _, err := os.Stat(f.Disk(1)); err != nil {
 		t.Fatal("dry run removed the clone")
 	}
-	if err := in.RemoveFiles(n1); err != nil {
+	if ids, err := in.RemoveFiles(n1); err != nil || len(ids) != 1 {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(f.InstanceDir(1)); !errors.Is(err, os.ErrNotExist) {

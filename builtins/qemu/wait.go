@@ -121,14 +121,9 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 	}
 }
 
-// alive reports whether instance n's pidfile names its live QEMU (no QMP).
+// alive reports whether instance n's QEMU runs (pidfile and /proc, no QMP).
 func (in *Instances) alive(n *farm.Node) bool {
-	pid, _, err := readPid(in.F.Pidfile(n.ID))
-	if err != nil || pid == 0 {
-		return false
-	}
-	ok, _ := in.Ours(pid, n.ID)
-	return ok
+	return in.find(n.ID).pid != 0
 }
 
 // readUntil sends a carriage return and reads conn until re matches the
