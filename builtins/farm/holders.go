@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -131,7 +132,14 @@ func fdWrites(pid int, fd string) bool {
 		return true
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return infoWrites(f)
+}
+
+// infoWrites reads the "flags:" line (octal) of a /proc/PID/fdinfo/FD
+// text: whether the descriptor may write. A missing or unreadable line
+// counts as writing.
+func infoWrites(r io.Reader) bool {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "flags:"); ok {
 			fl, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)

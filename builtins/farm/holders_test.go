@@ -258,3 +258,36 @@ func TestMakeInstanceDir(t *testing.T) {
 		t.Fatalf("a file in the way: %v", err)
 	}
 }
+
+func TestInfoWrites(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want bool
+	}{
+		{"pos:\t0\nflags:\t0100000\nmnt_id:\t29\n", false}, // O_RDONLY|O_LARGEFILE
+		{"pos:\t0\nflags:\t02100002\n", true},              // O_RDWR|O_CLOEXEC|O_LARGEFILE
+		{"flags:\t0100001\n", true},                        // O_WRONLY
+		{"flags:\t02000000\n", false},                      // O_RDONLY|O_CLOEXEC
+		{"flags:\tnonsense\n", true},
+		{"pos:\t0\n", true},
+		{"", true},
+	} {
+		if got := infoWrites(strings.NewReader(tc.text)); got != tc.want {
+			t.Errorf("%q: write %v, want %v", tc.text, got, tc.want)
+		}
+	}
+}
+
+// FuzzInfoWrites: any fdinfo text is read without panicking, and only a
+// well-formed flags line with a read-only access mode counts as not
+// writing.
+func FuzzInfoWrites(f *testing.F) {
+	for _, s := range []string{"flags:\t0100000\n", "flags:\t02100002\n", "pos:\t0\n", "flags:", "flags:\t-1\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		if !infoWrites(strings.NewReader(text)) && !strings.Contains(text, "flags:") {
+			t.Fatalf("%q: not writing without a flags line", text)
+		}
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -154,3 +155,5 @@ func stopAll(t testing.TB, in *Instances) {
 		}
 	}
 }
+
+func syscallMkfifo(path string) error { return unix.Mkfifo(path, 0o600) }

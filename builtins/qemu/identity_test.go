@@ -433,3 +433,54 @@ func TestStartAfterRemovalMeanwhile(t *testing.T) {
 		t.Fatalf("the folder came back: %v", err)
 	}
 }
+
+// FuzzReadPid: any pidfile content is read without panicking; a pid comes
+// back exactly when the content, blanks trimmed, is a positive decimal
+// number, and garbage is an error naming the file.
+func FuzzReadPid(f *testing.F) {
+	for _, s := range []string{"1234\n", "", "hello\n", "-5", "0", " 42 ", "99999999999999999999", "12\x0034"} {
+		f.Add(s)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, content string) {
+		path := filepath.Join(dir, "qemu.pid")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pid, err := readPid(path)
+		want, perr := strconv.Atoi(strings.TrimSpace(content))
+		if len(content) > 64 {
+			return // only the first 64 bytes are read
+		}
+		switch {
+		case perr == nil && want > 0:
+			if err != nil || pid != want {
+				t.Fatalf("%q: %d %v, want %d", content, pid, err, want)
+			}
+		default:
+			if err == nil || pid != 0 || !strings.Contains(err.Error(), path) {
+				t.Fatalf("%q: %d %v, want an error naming %s", content, pid, err, path)
+			}
+		}
+	})
+}
+
+func TestReadPidRefusesLinksAndFIFOs(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	os.WriteFile(target, []byte("1\n"), 0o600)
+	link := filepath.Join(dir, "link.pid")
+	os.Symlink(target, link)
+	fifo := filepath.Join(dir, "fifo.pid")
+	if err := syscallMkfifo(fifo); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{link: "is a symbolic link", fifo: "not a regular file"} {
+		if pid, err := readPid(path); err == nil || pid != 0 || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %d %v, want %q", path, pid, err, want)
+		}
+	}
+	if pid, err := readPid(filepath.Join(dir, "none")); pid != 0 || err != nil {
+		t.Errorf("missing pidfile: %d %v", pid, err)
+	}
+}
