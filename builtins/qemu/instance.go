@@ -569,6 +569,9 @@ func (in *Instances) startForeground(n *farm.Node, cmd trace.Cmd, plan *Plan, pa
 		return nil
 	})
 	st.LAN, st.WLAN, st.Warnings = plan.LAN, plan.WLAN, plan.Warnings
+	if password != "" {
+		st.VNCPasswordFile = in.vncPasswordFile(n.ID)
+	}
 	return st, err
 }
 
