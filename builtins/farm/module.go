@@ -2,7 +2,6 @@ package farm
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -95,35 +94,14 @@ func (f *Farm) ConfigStruct() *starlarkstruct.Struct {
 	return starlarkstruct.FromStringDict(starlark.String("config"), d)
 }
 
+// NewModule is the `farm` Starlark module of f on the door d, with the
+// signature of every registered module (see Farm.Module).
+func NewModule(d *trace.Door, f *Farm) *trace.Module { return f.Module(d) }
+
 // Module is the `farm` Starlark module: the node table, the configuration,
 // rendered guest tables, and read-only facts about the host.
 func (f *Farm) Module(d *trace.Door) *trace.Module {
-	one := func(name string, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (string, error) {
-		var v starlark.Value
-		if err := starlark.UnpackPositionalArgs(name, args, kwargs, 1, &v); err != nil {
-			return "", err
-		}
-		switch x := v.(type) {
-		case starlark.String:
-			return string(x), nil
-		case starlark.Int:
-			return x.String(), nil
-		case *starlarkstruct.Struct:
-			id, err := x.Attr("id")
-			if err == nil {
-				return id.String(), nil
-			}
-		}
-		return "", fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
-	}
-	text := func(name, doc string, fn func() string) trace.Func {
-		return trace.Func{Name: name, Doc: doc, Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-			if err := starlark.UnpackPositionalArgs(name, args, kwargs, 0); err != nil {
-				return nil, err
-			}
-			return starlark.String(fn()), nil
-		}}
-	}
+	m := &module{f: f}
 	return &trace.Module{
 		Name: "farm",
 		Doc:  "The node table, the configuration (config.star) and read-only facts about the host.",
@@ -133,94 +111,132 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 			"verbose": starlark.Bool(d.Verbose),
 		},
 		Funcs: []trace.Func{
-			{Name: "node", Args: "ref",
-				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, name,\nlan, wan, lan_net, wan_net, ssh_port, console_port, vnc_port, vnc_display, mac_wan,\nmac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel, ssid, lan_tap, wlan_tap and the\ncache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					ref, err := one("node", b, args, kwargs)
-					if err != nil {
-						return nil, err
-					}
-					n, err := f.Resolve(ref)
-					if err != nil {
-						return nil, err
-					}
-					return f.NodeStruct(n), nil
-				}},
-			{Name: "nodes", Args: "", Doc: "Every node of the table, ordered by id (see farm.node).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					if err := starlark.UnpackPositionalArgs("nodes", args, kwargs, 0); err != nil {
-						return nil, err
-					}
-					var l []starlark.Value
-					for _, n := range f.Nodes() {
-						l = append(l, f.NodeStruct(n))
-					}
-					return starlark.NewList(l), nil
-				}},
-			text("hosts", "The guest's /etc/hosts rendered from the node table.", f.Hosts),
-			text("iftab", "The guest's /etc/iftab (hardware interface names by MAC) rendered from the node table.", f.IfTab),
-			text("wifitab", "The guest's /etc/wifitab (alias, channel, SSID) rendered from the node table.", f.WifiTab),
-			{Name: "env", Args: "name, default=\"\"", Doc: "The host environment variable name, or default when unset or empty.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var name, def string
-					if err := starlark.UnpackArgs("env", args, kwargs, "name", &name, "default?", &def); err != nil {
-						return nil, err
-					}
-					if v := os.Getenv(name); v != "" {
-						return starlark.String(v), nil
-					}
-					return starlark.String(def), nil
-				}},
-			{Name: "user", Args: "", Doc: "The invoking user's login name (behind sudo: SUDO_USER).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					return starlark.String(InvokingUser()), nil
-				}},
-			{Name: "exists", Args: "path", Doc: "Whether a host path exists (~ and $VARS expanded).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var p string
-					if err := starlark.UnpackPositionalArgs("exists", args, kwargs, 1, &p); err != nil {
-						return nil, err
-					}
-					_, err := os.Stat(ExpandPath(p))
-					return starlark.Bool(err == nil), nil
-				}},
-			{Name: "read", Args: "path, default=None", Doc: "The content of a host file (~ and $VARS expanded); default when it does not exist\n(an error when no default is given).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var p string
-					var def starlark.Value
-					if err := starlark.UnpackArgs("read", args, kwargs, "path", &p, "default?", &def); err != nil {
-						return nil, err
-					}
-					data, err := os.ReadFile(ExpandPath(p))
-					if errors.Is(err, os.ErrNotExist) && def != nil {
-						return def, nil
-					}
-					if err != nil {
-						return nil, err
-					}
-					return starlark.String(data), nil
-				}},
-			{Name: "path", Args: "p", Doc: "p with ~ and $VARS expanded, made absolute.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var p string
-					if err := starlark.UnpackPositionalArgs("path", args, kwargs, 1, &p); err != nil {
-						return nil, err
-					}
-					return starlark.String(ExpandPath(p)), nil
-				}},
-			{Name: "which", Args: "program", Doc: "The full path of a host program on PATH, or None.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var p string
-					if err := starlark.UnpackPositionalArgs("which", args, kwargs, 1, &p); err != nil {
-						return nil, err
-					}
-					if full, err := lookPath(p); err == nil {
-						return starlark.String(full), nil
-					}
-					return starlark.None, nil
-				}},
+			{Name: "node", Args: "ref", Fn: m.node,
+				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, name,\nlan, wan, lan_net, wan_net, ssh_port, console_port, vnc_port, vnc_display, mac_wan,\nmac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel, ssid, lan_tap, wlan_tap and the\ncache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
+			{Name: "nodes", Args: "", Fn: m.nodes,
+				Doc: "Every node of the table, ordered by id (see farm.node)."},
+			{Name: "hosts", Fn: m.hosts,
+				Doc: "The guest's /etc/hosts rendered from the node table."},
+			{Name: "iftab", Fn: m.iftab,
+				Doc: "The guest's /etc/iftab (hardware interface names by MAC) rendered from the node table."},
+			{Name: "wifitab", Fn: m.wifitab,
+				Doc: "The guest's /etc/wifitab (alias, channel, SSID) rendered from the node table."},
+			{Name: "env", Args: "name, default=\"\"", Fn: env,
+				Doc: "The host environment variable name, or default when unset or empty."},
+			{Name: "user", Args: "", Fn: invokingUser,
+				Doc: "The invoking user's login name (behind sudo: SUDO_USER)."},
+			{Name: "exists", Args: "path", Fn: exists,
+				Doc: "Whether a host path exists (~ and $VARS expanded)."},
+			{Name: "read", Args: "path, default=None", Fn: read,
+				Doc: "The content of a host file (~ and $VARS expanded); default when it does not exist\n(an error when no default is given)."},
+			{Name: "path", Args: "p", Fn: path,
+				Doc: "p with ~ and $VARS expanded, made absolute."},
+			{Name: "which", Args: "program", Fn: which,
+				Doc: "The full path of a host program on PATH, or None."},
 		},
 	}
+}
+
+// module holds what the farm module's functions act on.
+type module struct{ f *Farm }
+
+func (m *module) node(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	ref := InstanceRef{Farm: m.f}
+	if err := trace.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &ref); err != nil {
+		return nil, err
+	}
+	return m.f.NodeStruct(ref.Node), nil
+}
+
+func (m *module) nodes(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+		return nil, err
+	}
+	var l []starlark.Value
+	for _, n := range m.f.Nodes() {
+		l = append(l, m.f.NodeStruct(n))
+	}
+	return starlark.NewList(l), nil
+}
+
+func (m *module) hosts(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	return rendered(b, args, kwargs, m.f.Hosts)
+}
+
+func (m *module) iftab(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	return rendered(b, args, kwargs, m.f.IfTab)
+}
+
+func (m *module) wifitab(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	return rendered(b, args, kwargs, m.f.WifiTab)
+}
+
+// rendered is the text of a table rendered from the node table (hosts,
+// iftab, wifitab), which take no arguments.
+func rendered(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, render func() string) (starlark.Value, error) {
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+		return nil, err
+	}
+	return starlark.String(render()), nil
+}
+
+func env(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var name, def string
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "name", &name, "default?", &def); err != nil {
+		return nil, err
+	}
+	if v := os.Getenv(name); v != "" {
+		return starlark.String(v), nil
+	}
+	return starlark.String(def), nil
+}
+
+func invokingUser(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	return starlark.String(InvokingUser()), nil
+}
+
+func exists(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &p); err != nil {
+		return nil, err
+	}
+	_, err := os.Stat(ExpandPath(p))
+	return starlark.Bool(err == nil), nil
+}
+
+func read(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	var def starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "path", &p, "default?", &def); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(ExpandPath(p))
+	if errors.Is(err, os.ErrNotExist) && def != nil {
+		return def, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return starlark.String(data), nil
+}
+
+func path(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &p); err != nil {
+		return nil, err
+	}
+	return starlark.String(ExpandPath(p)), nil
+}
+
+func which(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &p); err != nil {
+		return nil, err
+	}
+	if full, err := lookPath(p); err == nil {
+		return starlark.String(full), nil
+	}
+	return starlark.None, nil
 }
 
 // InvokingUser is the login name of the user who ran pifarm (SUDO_USER when
