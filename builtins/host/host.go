@@ -5,7 +5,9 @@
 package host
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"go.starlark.net/starlark"
@@ -16,111 +18,71 @@ import (
 
 // New returns the host module.
 func New(d *trace.Door, f *farm.Farm) *trace.Module {
+	m := &module{d: d}
 	return &trace.Module{
 		Name: "host",
 		Doc:  "Commands and files on the host, each action through the tracing door.",
 		Funcs: []trace.Func{
-			{Name: "run", Args: "argv, sudo=False, stdin=None, check=True, stream=False",
+			{Name: "run", Args: "argv, sudo=False, stdin=None, check=True, stream=False", Fn: m.run,
 				Doc: "Run a host command (an action): argv is a list of words, never a shell string.\n" +
 					"sudo=True prefixes the configured privilege command (unless pifarm runs as root).\n" +
 					"stdin: text fed to the command (shown as a here-document in the trace).\n" +
 					"check=True makes a non-zero exit an error; stream=True copies output to the terminal.\n" +
 					"Returns struct(stdout, stderr, exit_code). Dry run: prints the command, returns\n" +
-					"empty output and exit_code 0.",
-				Fn: func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					return run(d, false, args, kwargs)
-				}},
-			{Name: "query", Args: "argv, check=True",
-				Doc: "Run a read-only host command in every mode (also in a dry run).\nReturns struct(stdout, stderr, exit_code).",
-				Fn: func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					return run(d, true, args, kwargs)
-				}},
-			{Name: "write", Args: "path, content, mode=0o644, backup=True",
-				Doc: "Write content to a host file atomically (temporary file, then rename), keeping the\nreplaced file as path~ when backup is set. Dry run: prints the equivalent shell.",
-				Fn: func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var path, content string
-					mode, backup := 0o644, true
-					if err := starlark.UnpackArgs("write", args, kwargs, "path", &path, "content", &content, "mode?", &mode, "backup?", &backup); err != nil {
-						return nil, err
-					}
-					path = farm.ExpandPath(path)
-					return starlark.None, d.WriteFile(path, []byte(content), os.FileMode(mode), backup)
-				}},
-			{Name: "mkdir", Args: "path, mode=0o755",
-				Doc: "Create a host folder and its parents (mkdir -p); existing is fine.",
-				Fn: func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var path string
-					mode := 0o755
-					if err := starlark.UnpackArgs("mkdir", args, kwargs, "path", &path, "mode?", &mode); err != nil {
-						return nil, err
-					}
-					path = farm.ExpandPath(path)
-					if fi, err := os.Stat(path); err == nil && fi.IsDir() {
-						return starlark.None, nil
-					}
-					return starlark.None, d.Do(fmt.Sprintf("mkdir -p -m %o %s", mode, trace.Quote(path)), func() error {
-						return os.MkdirAll(path, os.FileMode(mode))
-					})
-				}},
-			{Name: "remove", Args: "path",
-				Doc: "Remove a host file (rm -f); a missing file is fine. Folders are refused.",
-				Fn: func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					var path string
-					if err := starlark.UnpackPositionalArgs("remove", args, kwargs, 1, &path); err != nil {
-						return nil, err
-					}
-					path = farm.ExpandPath(path)
-					fi, err := os.Lstat(path)
-					if os.IsNotExist(err) {
-						return starlark.None, nil
-					}
-					if err == nil && fi.IsDir() {
-						return nil, fmt.Errorf("%s is a folder; host.remove only removes files", path)
-					}
-					return starlark.None, d.Do("rm -f "+trace.Quote(path), func() error { return os.Remove(path) })
-				}},
+					"empty output and exit_code 0."},
+			{Name: "query", Args: "argv, check=True", Fn: m.query,
+				Doc: "Run a read-only host command in every mode (also in a dry run).\nReturns struct(stdout, stderr, exit_code)."},
+			{Name: "write", Args: "path, content, mode=0o644, backup=True", Fn: m.write,
+				Doc: "Write content to a host file atomically (temporary file, then rename), keeping the\nreplaced file as path~ when backup is set. Dry run: prints the equivalent shell."},
+			{Name: "mkdir", Args: "path, mode=0o755", Fn: m.mkdir,
+				Doc: "Create a host folder and its parents (mkdir -p); existing is fine."},
+			{Name: "remove", Args: "path", Fn: m.remove,
+				Doc: "Remove a host file (rm -f); a missing file is fine. Folders are refused."},
 		},
 	}
 }
 
-func run(d *trace.Door, query bool, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var argvV *starlark.List
-	var stdin starlark.Value = starlark.None
+// module holds the door the host module acts through.
+type module struct{ d *trace.Door }
+
+func (m *module) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var argv trace.StringList
+	var stdin trace.OptString
 	sudo, check, stream := false, true, false
-	var err error
-	if query {
-		err = starlark.UnpackArgs("query", args, kwargs, "argv", &argvV, "check?", &check)
-	} else {
-		err = starlark.UnpackArgs("run", args, kwargs, "argv", &argvV, "sudo?", &sudo, "stdin?", &stdin, "check?", &check, "stream?", &stream)
-	}
-	if err != nil {
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "argv", &argv, "sudo?", &sudo, "stdin?", &stdin, "check?", &check, "stream?", &stream); err != nil {
 		return nil, err
 	}
-	var argv []string
-	for i := 0; i < argvV.Len(); i++ {
-		s, ok := starlark.AsString(argvV.Index(i))
-		if !ok {
-			return nil, fmt.Errorf("argv[%d] is %s, want a string", i, argvV.Index(i).Type())
-		}
-		argv = append(argv, s)
-	}
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("empty argv")
-	}
-	c := trace.Cmd{Argv: argv, Sudo: sudo}
-	if s, ok := starlark.AsString(stdin); ok {
-		c.Heredoc = s
-	}
+	c := trace.Cmd{Argv: argv.Strings, Sudo: sudo, Heredoc: stdin.S}
 	if stream {
 		c.Stdout, c.Stderr = os.Stdout, os.Stderr
 	}
-	var res trace.Result
-	if query {
-		res, err = d.Query(c)
-	} else {
-		res, err = d.Exec(c)
+	return m.command(c, false, check)
+}
+
+func (m *module) query(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var argv trace.StringList
+	check := true
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "argv", &argv, "check?", &check); err != nil {
+		return nil, err
 	}
-	if err != nil && (check || res.ExitCode == -1 || d.Context().Err() != nil) {
+	return m.command(trace.Cmd{Argv: argv.Strings}, true, check)
+}
+
+// command runs c through the door, as a query or an action, and returns
+// its result; a failure is an error with check, and always when the
+// command could not run or the run was interrupted.
+func (m *module) command(c trace.Cmd, query, check bool) (starlark.Value, error) {
+	if len(c.Argv) == 0 {
+		return nil, errors.New("empty argv (give the command as a list of words)")
+	}
+	var res trace.Result
+	var err error
+	if query {
+		res, err = m.d.Query(c)
+	} else {
+		res, err = m.d.Exec(c)
+	}
+	if err != nil && (check || res.ExitCode == -1 || m.d.Context().Err() != nil) {
 		return nil, err
 	}
 	return starlarkstruct.FromStringDict(starlark.String("result"), starlark.StringDict{
@@ -128,4 +90,38 @@ func run(d *trace.Door, query bool, args starlark.Tuple, kwargs []starlark.Tuple
 		"stderr":    starlark.String(res.Stderr),
 		"exit_code": starlark.MakeInt(res.ExitCode),
 	}), nil
+}
+
+func (m *module) write(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var path, content string
+	mode, backup := 0o644, true
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "path", &path, "content", &content, "mode?", &mode, "backup?", &backup); err != nil {
+		return nil, err
+	}
+	return nil, m.d.WriteFile(farm.ExpandPath(path), []byte(content), os.FileMode(mode), backup)
+}
+
+func (m *module) mkdir(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var path string
+	mode := 0o755
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "path", &path, "mode?", &mode); err != nil {
+		return nil, err
+	}
+	return nil, m.d.MkdirAll(farm.ExpandPath(path), os.FileMode(mode))
+}
+
+func (m *module) remove(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var path string
+	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &path); err != nil {
+		return nil, err
+	}
+	path = farm.ExpandPath(path)
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil // nothing to remove, nothing to print
+	case err == nil && fi.IsDir():
+		return nil, fmt.Errorf("%s is a folder; host.remove only removes files", path)
+	}
+	return nil, m.d.Remove(path)
 }

@@ -1,31 +1,23 @@
 package host
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"go.starlark.net/starlark"
-	"go.starlark.net/syntax"
 	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
+	"pifarm/builtins/startest"
 )
 
 // exec runs a Starlark snippet with the host module in the given mode and
 // returns the trace output.
 func exec(t *testing.T, dry bool, src string) (string, error) {
 	t.Helper()
-	var out bytes.Buffer
-	d := trace.New(context.Background(), dry, false, &out)
-	d.Root = false
-	m := New(d, farm.New(farm.Default()))
-	th := &starlark.Thread{Name: "test"}
-	opts := &syntax.FileOptions{TopLevelControl: true, GlobalReassign: true}
-	_, err := starlark.ExecFileOptions(opts, th, "test.star", src, starlark.StringDict{"host": m.Struct()})
-	return out.String(), err
+	fx := startest.New(t, startest.Options{Dry: dry, Farm: farm.New(farm.Default())})
+	fx.Add(New(fx.Door, fx.Farm))
+	_, err := fx.Exec("test.star", src)
+	return fx.Output(), err
 }
 
 func TestDryRunPrintsAndChangesNothing(t *testing.T) {
@@ -83,5 +75,30 @@ host.remove("`+f+`")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err %v, want %q", tc.src, err, tc.want)
 		}
+	}
+}
+
+// TestDryRunLinesFollowTheFiles: mkdir of an existing folder and remove of
+// a missing file print nothing (nothing would happen); remove of a file
+// prints the rm -f that a live run does.
+func TestDryRunLinesFollowTheFiles(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "f.txt")
+	if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ src, want string }{
+		{`host.mkdir("` + dir + `")`, ""},
+		{`host.remove("` + filepath.Join(dir, "missing") + `")`, ""},
+		{`host.remove("` + f + `")`, "rm -f " + f + "\n"},
+		{`host.mkdir("` + filepath.Join(dir, "a b") + `", mode = 0o700)`, "mkdir -p -m 700 '" + filepath.Join(dir, "a b") + "'\n"},
+	} {
+		out, err := exec(t, true, tc.src)
+		if err != nil || out != tc.want {
+			t.Errorf("%s: trace %q, %v; want %q", tc.src, out, err, tc.want)
+		}
+	}
+	if _, err := os.Stat(f); err != nil {
+		t.Fatal("a dry run removed the file")
 	}
 }
