@@ -497,14 +497,16 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 			return c, nil
 		}
 		var mm *HostKeyMismatch
+		var ne *xssh.AlgorithmNegotiationError
 		switch {
 		case errors.As(err, &mm):
 			return nil, mm
-		case len(cfg.HostKeyAlgorithms) > 0 && strings.Contains(err.Error(), "no common algorithm for host key"):
+		case len(cfg.HostKeyAlgorithms) > 0 && errors.As(err, &ne) && ne.What == "host key":
 			// Pinned to the recorded key types, and the server has none of them.
 			return nil, &HostKeyMismatch{Msg: fmt.Sprintf("host key mismatch for %s: %s records a key of type %s, but the server offers none of that type (%v). %s",
 				t.Addr(), t.KnownHosts, strings.Join(cfg.HostKeyAlgorithms, ", "), err, resetHint(t))}
 		case strings.Contains(err.Error(), "unable to authenticate"):
+			// x/crypto/ssh has no error type for a refused log-in, only this text.
 			return nil, fmt.Errorf("%s@%s: authentication failed (tried: %s)", a.User, t.Addr(), strings.Join(tried, ", "))
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%s@%s: %w", a.User, t.Addr(), ctx.Err())
@@ -563,11 +565,9 @@ func isTimeout(err error) bool {
 }
 
 // retryable: the port is not there yet, or the forwarder closed before
-// the server spoke.
+// the server spoke (x/crypto/ssh wraps the handshake's EOF and reset).
 func retryable(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection reset") ||
-		strings.HasSuffix(err.Error(), ": EOF")
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
 }
 
 // Banner reads the server's identification line ("SSH-2.0-...") without

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -78,34 +77,18 @@ instance is a node (farm.node), an id or alias (a QEMU instance is reached at
 name or address ("host" or "host:port"). port overrides the port. Log-in
 uses key (a private key file) or the user's keys, then password when given
 (a string, or a list tried in turn on the one connection).
-timeout bounds the TCP connect and the SSH handshake together; a refused
-port, or a forward that closes before the server speaks (the guest's sshd
-not up yet), is retried until then. Connections are reused: connecting
-again with the same user, host and port returns the open one. With
-fail=False a connection or log-in failure returns None instead of an error
-(a changed host key is always an error).
-
-Methods of a connection c:
-
-  c.run(cmd, stdin=None, stdin_file=None, pty=False, stream=False, check=True, timeout=None)
-      run a shell command; returns struct(stdout, stderr, exit_code).
-      stdin is a string or bytes, stdin_file a host file; stream copies the
-      output to the terminal as it arrives; check makes a non-zero exit an
-      error quoting stderr's tail; exit_code is -1 when the connection
-      closed first (poweroff) or, with check=False, when timeout (seconds)
-      ran out (the reason then ends stderr).
-  c.put(content, path, mode=None, owner=None)
-      write content (string or bytes) to path; mode like "644" or 0o644,
-      owner like "pi" or "pi:pi".
-  c.upload(local_dir, remote_dir)
-      copy the tree under local_dir into remote_dir as one tar stream into
-      tar -x (entries owned by root, existing folders keep owner and mode);
-      returns struct(files, bytes).
-  c.close()
+timeout (seconds, positive) bounds the TCP connect and the SSH handshake
+together; a refused port, or a forward that closes before the server speaks
+(the guest's sshd not up yet), is retried until then. Connections are
+reused: connecting again with the same user, host and port returns the open
+one. With fail=False a connection or log-in failure returns None instead of
+an error (a changed host key is always an error).
 
 Dry run: every command prints as "ssh -p 5701 root@localhost '...'" (stdin as
 a here-document or "< file", uploads as "tar ... | ssh ..."), passwords
-masked; run returns exit_code 0 and empty output.`},
+masked; run returns exit_code 0 and empty output.
+
+` + connMethods.Reference()},
 			{Name: "login_error", Args: `instance, port=None, user="root", password=None, key=None, timeout=10`, Fn: m.loginError,
 				Doc: `Try to log in (as ssh.connect does) and return None when it works, else why
 not (refused port, timeout, authentication failure, changed host key) as text.
@@ -128,145 +111,102 @@ else None. A query: runs in dry-run too; logs in to nothing.`},
 	}
 }
 
-// target resolves an instance argument.
-func (m *module) target(v starlark.Value, port int) (Target, error) {
-	var ref string
-	switch x := v.(type) {
-	case starlark.String:
-		ref = string(x)
-	case starlark.Int:
-		ref = x.String()
-	case starlark.HasAttrs:
-		id, err := x.Attr("id")
-		if err != nil || id == nil {
-			return Target{}, fmt.Errorf("want an instance id, alias, node or host, got %s", v.Type())
-		}
-		ref = id.String()
-	default:
-		return Target{}, fmt.Errorf("want an instance id, alias, node or host, got %s", v.Type())
-	}
-	n, err := m.f.Resolve(ref)
-	if err != nil {
-		looksHost := strings.ContainsAny(ref, ".:") || ref == "localhost"
-		if _, nerr := strconv.Atoi(ref); nerr == nil || !looksHost {
-			return Target{}, err
-		}
-		host, p := ref, 22
-		if h, ps, serr := net.SplitHostPort(ref); serr == nil {
-			host = h
-			if p, err = strconv.Atoi(ps); err != nil {
-				return Target{}, trace.Usagef("bad port in %q", ref)
-			}
-		}
-		if host == "localhost" {
-			host = "127.0.0.1"
+// instanceRef is the Unpacker of an instance argument: a node, an id or
+// alias, or a host name or address ("host", "host:port": a string with a
+// dot or a colon, or localhost) that names no node.
+func (m *module) instanceRef() farm.InstanceRef {
+	return farm.InstanceRef{Farm: m.f, Also: "host", Other: func(ref string) bool {
+		return strings.ContainsAny(ref, ".:") || ref == "localhost"
+	}}
+}
+
+// target is where an instance argument connects: a node's SSH port (its
+// LAN address, port 22, for a hardware box), or the host it names, with
+// port overriding the port when not 0.
+func (m *module) target(ref *farm.InstanceRef, port int) (Target, error) {
+	if n := ref.Node; n != nil {
+		t := Target{Host: "127.0.0.1", Port: m.f.SSHPort(n), KnownHosts: m.f.KnownHosts(n.ID)}
+		if n.LANMAC != "" { // a hardware box
+			t.Host, t.Port = n.LAN, 22
 		}
 		if port != 0 {
-			p = port
+			t.Port = port
 		}
-		return Target{Host: host, Port: p, KnownHosts: filepath.Join(m.f.ConfDir(), "known_hosts"), Shared: true}, nil
+		return t, nil
 	}
-	t := Target{Host: "127.0.0.1", Port: m.f.SSHPort(n), KnownHosts: m.f.KnownHosts(n.ID)}
-	if n.LANMAC != "" { // a hardware box
-		t.Host, t.Port = n.LAN, 22
+	host, p := ref.Text, 22
+	if h, ps, err := net.SplitHostPort(ref.Text); err == nil {
+		host = h
+		if p, err = strconv.Atoi(ps); err != nil {
+			return Target{}, trace.Usagef("bad port in %q", ref.Text)
+		}
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
 	}
 	if port != 0 {
-		t.Port = port
+		p = port
 	}
-	return t, nil
+	return Target{Host: host, Port: p, KnownHosts: filepath.Join(m.f.ConfDir(), "known_hosts"), Shared: true}, nil
 }
 
-func seconds(v starlark.Value, def time.Duration) (time.Duration, error) {
-	switch x := v.(type) {
-	case nil, starlark.NoneType:
-		return def, nil
-	case starlark.Int:
-		n, _ := x.Int64()
-		return time.Duration(n) * time.Second, nil
-	case starlark.Float:
-		return time.Duration(float64(x) * float64(time.Second)), nil
-	}
-	return 0, fmt.Errorf("timeout: want seconds (int or float), got %s", v.Type())
-}
+// portArg is an optional port: None (0, the instance's own) or an integer.
+type portArg int
 
-func optInt(v starlark.Value, name string) (int, error) {
-	if v == nil || v == starlark.None {
-		return 0, nil
+// Unpack implements starlark.Unpacker.
+func (p *portArg) Unpack(v starlark.Value) error {
+	if v == starlark.None {
+		return nil
 	}
 	n, err := starlark.AsInt32(v)
 	if err != nil {
-		return 0, fmt.Errorf("%s: want an integer, got %s", name, v.Type())
+		return fmt.Errorf("want an integer or None, got %s", v.Type())
 	}
-	return n, nil
+	*p = portArg(n)
+	return nil
 }
 
-func optString(v starlark.Value, name string) (string, error) {
-	if v == nil || v == starlark.None {
-		return "", nil
-	}
-	s, ok := starlark.AsString(v)
-	if !ok {
-		return "", fmt.Errorf("%s: want a string, got %s", name, v.Type())
-	}
-	return s, nil
+// login holds the arguments of ssh.connect and ssh.login_error.
+type login struct {
+	ref      farm.InstanceRef
+	port     portArg
+	user     string
+	password trace.StringList
+	key      trace.OptString
+	timeout  trace.Seconds
+	fail     bool
 }
 
-func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var inst, pv, pwv, kv, tv starlark.Value
-	user, fail := "root", true
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &inst, "port?", &pv, "user?", &user,
-		"password?", &pwv, "key?", &kv, "timeout?", &tv, "fail?", &fail); err != nil {
-		return nil, err
+// loginArgs unpacks the arguments of connect (with fail) and login_error
+// (without), timeout defaulting to def.
+func (m *module) loginArgs(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, def time.Duration, withFail bool) (*login, error) {
+	a := &login{ref: m.instanceRef(), user: "root", password: trace.StringList{OneString: true}, timeout: trace.Seconds{D: def}, fail: true}
+	pairs := []any{"instance", &a.ref, "port?", &a.port, "user?", &a.user, "password?", &a.password, "key?", &a.key, "timeout?", &a.timeout}
+	if withFail {
+		pairs = append(pairs, "fail?", &a.fail)
 	}
-	port, err := optInt(pv, "port")
-	if err != nil {
-		return nil, err
-	}
-	var pws []string
-	switch x := pwv.(type) {
-	case nil, starlark.NoneType:
-	case starlark.String:
-		pws = []string{string(x)}
-	case starlark.Indexable:
-		for i := 0; i < x.Len(); i++ {
-			s, ok := starlark.AsString(x.Index(i))
-			if !ok {
-				return nil, fmt.Errorf("password: element %d is not a string", i)
-			}
-			pws = append(pws, s)
-		}
-	default:
-		return nil, fmt.Errorf("password: want a string or a list of strings, got %s", pwv.Type())
-	}
-	key, err := optString(kv, "key")
-	if err != nil {
-		return nil, err
-	}
+	return a, trace.UnpackArgs(b.Name(), args, kwargs, pairs...)
+}
+
+// dial returns the open connection of a's user, host and port, or makes it.
+func (m *module) dial(a *login) (*connValue, error) {
+	key := a.key.S
 	if key != "" {
 		key = farm.ExpandPath(key)
 	}
-	timeout, err := seconds(tv, 30*time.Second)
+	t, err := m.target(&a.ref, int(a.port))
 	if err != nil {
 		return nil, err
 	}
-	t, err := m.target(inst, port)
-	if err != nil {
-		return nil, err
-	}
-	id := user + "@" + t.Addr()
+	id := a.user + "@" + t.Addr()
 	m.mu.Lock()
 	if cv, ok := m.conns[id]; ok && cv.c.alive() && (key == "" || cv.c.A.KeyFile == key) {
 		m.mu.Unlock()
 		return cv, nil
 	}
 	m.mu.Unlock()
-	c, err := Dial(m.d, t, Auth{User: user, Passwords: pws, KeyFile: key}, m.keys, timeout)
+	c, err := Dial(m.d, t, Auth{User: a.user, Passwords: a.password.Strings, KeyFile: key}, m.keys, a.timeout.D)
 	if err != nil {
-		var mm *HostKeyMismatch
-		if !fail && !errors.As(err, &mm) {
-			m.d.Note("ssh: %v", err)
-			return starlark.None, nil
-		}
 		return nil, err
 	}
 	cv := &connValue{c: c, m: m}
@@ -276,21 +216,29 @@ func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 	return cv, nil
 }
 
-func (m *module) loginError(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	hasTimeout := len(args) >= 6
-	for _, kv := range kwargs {
-		switch k, _ := starlark.AsString(kv[0]); k {
-		case "fail":
-			return nil, fmt.Errorf("%s: unexpected keyword argument fail", b.Name())
-		case "timeout":
-			hasTimeout = true
-		}
-	}
-	if !hasTimeout {
-		kwargs = append(kwargs, starlark.Tuple{starlark.String("timeout"), starlark.MakeInt(10)})
-	}
-	_, err := m.connect(th, b, args, kwargs)
+func (m *module) connect(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	a, err := m.loginArgs(b, args, kwargs, 30*time.Second, true)
 	if err != nil {
+		return nil, err
+	}
+	cv, err := m.dial(a)
+	if err != nil {
+		var mm *HostKeyMismatch
+		if !a.fail && !trace.IsUsage(err) && !errors.As(err, &mm) {
+			m.d.Note("ssh: %v", err)
+			return starlark.None, nil
+		}
+		return nil, err
+	}
+	return cv, nil
+}
+
+func (m *module) loginError(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	a, err := m.loginArgs(b, args, kwargs, 10*time.Second, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.dial(a); err != nil {
 		if trace.IsUsage(err) {
 			return nil, err
 		}
@@ -323,39 +271,28 @@ func (m *module) publicKey(_ *starlark.Thread, b *starlark.Builtin, args starlar
 }
 
 func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var inst, pv, tv starlark.Value
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &inst, "port?", &pv, "timeout?", &tv); err != nil {
+	ref, timeout := m.instanceRef(), trace.Seconds{D: 2 * time.Second}
+	var port portArg
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "port?", &port, "timeout?", &timeout); err != nil {
 		return nil, err
 	}
-	port, err := optInt(pv, "port")
+	t, err := m.target(&ref, int(port))
 	if err != nil {
 		return nil, err
 	}
-	timeout, err := seconds(tv, 2*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	t, err := m.target(inst, port)
-	if err != nil {
-		return nil, err
-	}
-	if s := Banner(t.Addr(), timeout); s != "" {
+	if s := Banner(t.Addr(), timeout.D); s != "" {
 		return starlark.String(s), nil
 	}
 	return starlark.None, nil
 }
 
 func (m *module) command(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var inst, pv starlark.Value
-	cmd, user := "", "root"
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &inst, "cmd?", &cmd, "port?", &pv, "user?", &user); err != nil {
+	ref, cmd, user := m.instanceRef(), "", "root"
+	var port portArg
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "cmd?", &cmd, "port?", &port, "user?", &user); err != nil {
 		return nil, err
 	}
-	port, err := optInt(pv, "port")
-	if err != nil {
-		return nil, err
-	}
-	t, err := m.target(inst, port)
+	t, err := m.target(&ref, int(port))
 	if err != nil {
 		return nil, err
 	}
@@ -365,166 +302,4 @@ func (m *module) command(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 		line = strings.TrimSuffix(line, " ''")
 	}
 	return starlark.String(line), nil
-}
-
-// connValue is the Starlark face of a Conn.
-type connValue struct {
-	c *Conn
-	m *module
-}
-
-func (v *connValue) String() string        { return fmt.Sprintf("<ssh %s>", v.c.label()) }
-func (v *connValue) Type() string          { return "ssh_connection" }
-func (v *connValue) Freeze()               {}
-func (v *connValue) Truth() starlark.Bool  { return starlark.True }
-func (v *connValue) Hash() (uint32, error) { return 0, fmt.Errorf("unhashable: ssh_connection") }
-
-// AttrNames lists the connection's fields and methods.
-func (v *connValue) AttrNames() []string {
-	return []string{"close", "host", "port", "put", "run", "upload", "user"}
-}
-
-// Attr returns a field or a method bound to the connection.
-func (v *connValue) Attr(name string) (starlark.Value, error) {
-	switch name {
-	case "host":
-		return starlark.String(v.c.T.Host), nil
-	case "port":
-		return starlark.MakeInt(v.c.T.Port), nil
-	case "user":
-		return starlark.String(v.c.A.User), nil
-	}
-	var fn func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error)
-	switch name {
-	case "run":
-		fn = v.run
-	case "put":
-		fn = v.put
-	case "upload":
-		fn = v.upload
-	case "close":
-		fn = v.close
-	default:
-		return nil, nil
-	}
-	full := "ssh_connection." + name
-	return starlark.NewBuiltin(full, func(th *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-		r, err := fn(th, b, args, kw)
-		if err != nil {
-			return nil, &trace.BuiltinError{Op: full, Err: err}
-		}
-		if r == nil {
-			r = starlark.None
-		}
-		return r, nil
-	}), nil
-}
-
-func bytesOf(v starlark.Value, name string) ([]byte, error) {
-	switch x := v.(type) {
-	case starlark.String:
-		return []byte(x), nil
-	case starlark.Bytes:
-		return []byte(x), nil
-	}
-	return nil, fmt.Errorf("%s: want a string or bytes, got %s", name, v.Type())
-}
-
-func (v *connValue) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var cmd string
-	var stdin, sf, tv starlark.Value
-	pty, stream, check := false, false, true
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "cmd", &cmd, "stdin?", &stdin, "stdin_file?", &sf,
-		"pty?", &pty, "stream?", &stream, "check?", &check, "timeout?", &tv); err != nil {
-		return nil, err
-	}
-	o := RunOpts{Pty: pty, Stream: stream, Check: check}
-	var err error
-	if stdin != nil && stdin != starlark.None {
-		if o.Stdin, err = bytesOf(stdin, "stdin"); err != nil {
-			return nil, err
-		}
-	}
-	f, err := optString(sf, "stdin_file")
-	if err != nil {
-		return nil, err
-	}
-	if f != "" {
-		o.StdinFile = farm.ExpandPath(f)
-	}
-	if o.Timeout, err = seconds(tv, 0); err != nil {
-		return nil, err
-	}
-	r, err := v.c.Run(cmd, o)
-	if err != nil {
-		return nil, err
-	}
-	return starlarkstruct.FromStringDict(starlark.String("result"), starlark.StringDict{
-		"stdout":    starlark.String(r.Stdout),
-		"stderr":    starlark.String(r.Stderr),
-		"exit_code": starlark.MakeInt(r.ExitCode),
-	}), nil
-}
-
-func (v *connValue) put(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var content, mv, ov starlark.Value
-	var path string
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "content", &content, "path", &path, "mode?", &mv, "owner?", &ov); err != nil {
-		return nil, err
-	}
-	data, err := bytesOf(content, "content")
-	if err != nil {
-		return nil, err
-	}
-	mode := ""
-	switch x := mv.(type) {
-	case nil, starlark.NoneType:
-	case starlark.Int:
-		n, ok := x.Int64()
-		if !ok || n < 0 || n > 0o7777 {
-			return nil, fmt.Errorf("mode %s out of range", x)
-		}
-		mode = strconv.FormatInt(n, 8)
-	case starlark.String:
-		mode = string(x)
-		if _, err := strconv.ParseUint(mode, 8, 32); err != nil {
-			return nil, fmt.Errorf("mode %q is not an octal number", mode)
-		}
-	default:
-		return nil, fmt.Errorf("mode: want an octal string or an int, got %s", mv.Type())
-	}
-	owner, err := optString(ov, "owner")
-	if err != nil {
-		return nil, err
-	}
-	return starlark.None, v.c.Put(data, path, mode, owner)
-}
-
-func (v *connValue) upload(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var local, remote string
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "local_dir", &local, "remote_dir", &remote); err != nil {
-		return nil, err
-	}
-	r, err := v.c.Upload(farm.ExpandPath(local), remote)
-	if err != nil {
-		return nil, err
-	}
-	return starlarkstruct.FromStringDict(starlark.String("upload"), starlark.StringDict{
-		"files": starlark.MakeInt64(r.Files),
-		"bytes": starlark.MakeInt64(r.Bytes),
-	}), nil
-}
-
-func (v *connValue) close(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs); err != nil {
-		return nil, err
-	}
-	v.m.mu.Lock()
-	for k, cv := range v.m.conns {
-		if cv == v {
-			delete(v.m.conns, k)
-		}
-	}
-	v.m.mu.Unlock()
-	return starlark.None, v.c.Close()
 }

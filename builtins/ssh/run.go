@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	xssh "golang.org/x/crypto/ssh"
@@ -134,24 +133,6 @@ func tailText(b []byte, lines, max int) string {
 	return s
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
-}
-
 func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 	if c.client == nil {
 		return Result{}, nil
@@ -161,7 +142,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 		return Result{}, fmt.Errorf("%s: new session: %w", c.label(), err)
 	}
 	defer sess.Close()
-	var stdout, stderr syncBuffer
+	var stdout, stderr trace.SyncBuffer
 	var ow, ew io.Writer = &stdout, &stderr
 	if o.Stream {
 		ow, ew = io.MultiWriter(&stdout, os.Stdout), io.MultiWriter(&stderr, os.Stderr)

@@ -13,16 +13,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
-	"go.starlark.net/starlarktest"
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/farm"
+	"pifarm/builtins/startest"
 	"pifarm/builtins/trace"
 )
 
@@ -329,29 +329,20 @@ func TestKeyLoginPutAndUpload(t *testing.T) {
 	}
 }
 
-func runStar(t *testing.T, d *trace.Door, f *farm.Farm, keys *Keys, src string) error {
+// fixture is a startest fixture with the ssh module on a test farm, its
+// keys in test folders (never the user's home).
+func fixture(t *testing.T, o startest.Options, f *farm.Farm, keys Keys) *startest.Fixture {
 	t.Helper()
-	thread := &starlark.Thread{Name: "test", Load: func(th *starlark.Thread, module string) (starlark.StringDict, error) {
-		return starlarktest.LoadAssertModule()
-	}}
-	starlarktest.SetReporter(thread, t)
-	mod := New(d, f)
-	if keys != nil {
-		// Point the module at a test home: rebuild it around the keys.
-		mod = newWithKeys(d, f, *keys)
-	}
-	predeclared := starlark.StringDict{
-		"ssh":    mod.Struct(),
-		"struct": starlark.NewBuiltin("struct", starlarkstruct.Make),
-	}
-	_, err := starlark.ExecFile(thread, "test.star", "load('assert.star', 'assert')\n"+src, predeclared)
-	return err
+	o.Farm = f
+	fx := startest.New(t, o)
+	fx.Add(newWithKeys(fx.Door, fx.Farm, keys))
+	return fx
 }
 
 func TestStarlarkConnectionReuseAndResults(t *testing.T) {
 	f := testFarm(t)
 	srv := fakeguest.NewSSHServer(t, addr(11))
-	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+	fixture(t, startest.Options{}, f, Keys{Home: t.TempDir(), ConfDir: t.TempDir()}).Run("reuse.star", `
 c = ssh.connect("n11", user = "pi", password = "raspberry", timeout = 5)
 assert.eq(c.port, 21111)
 assert.true(ssh.connect(11, user = "pi", password = "raspberry") == c)
@@ -367,9 +358,6 @@ assert.eq(ssh.command(11), "ssh -p 21111 root@localhost")
 assert.eq(ssh.command("n11", "id -u", user = "pi"), "ssh -p 21111 pi@localhost 'id -u'")
 c.close()
 `)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if n := srv.Connections(); n != 2 { // one probe, one login
 		t.Fatalf("%d connections, want 2 (reuse)", n)
 	}
@@ -378,11 +366,10 @@ c.close()
 func TestDryRunPrintsSSHLinesAndConnectsNowhere(t *testing.T) {
 	f := testFarm(t)
 	srv := fakeguest.NewSSHServer(t, addr(12))
-	var out bytes.Buffer
-	d := trace.New(context.Background(), true, false, &out)
 	conf := filepath.Join(t.TempDir(), "conf")
 	local := t.TempDir()
-	err := runStar(t, d, f, &Keys{Home: t.TempDir(), ConfDir: conf}, fmt.Sprintf(`
+	fx := fixture(t, startest.Options{Dry: true}, f, Keys{Home: t.TempDir(), ConfDir: conf})
+	fx.Run("dry.star", fmt.Sprintf(`
 keyfile = ssh.public_key_file()
 assert.eq(ssh.public_key(), "ssh-ed25519 AAAA-created-by-a-live-run pifarm")  # the key creation shows once
 c = ssh.connect(12, user = "pi", password = "raspberry")
@@ -395,9 +382,6 @@ c.upload(%q, "/")
 root = ssh.connect(12)
 root.run("resize2fs /dev/mmcblk0p2", pty = True)
 `, local))
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := fmt.Sprintf(`mkdir -p -m 700 %[1]s && ssh-keygen -q -t ed25519 -N '' -C pifarm -f %[1]s/id_ed25519
 # ssh: log in as pi on 127.0.0.1:21112 with password ****
 ssh -p 21112 pi@localhost 'id -u'
@@ -409,8 +393,8 @@ printf %%s 'no newline' | ssh -p 21112 pi@localhost 'cat > /etc/hostname && chmo
 tar -C %[2]s --owner=0 --group=0 -cf - . | ssh -p 21112 pi@localhost 'mkdir -p / && tar -x --no-same-owner --no-overwrite-dir -C / -f -'
 ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
 `, conf, local)
-	if out.String() != want {
-		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", out.String(), want)
+	if fx.Output() != want {
+		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", fx.Output(), want)
 	}
 	if srv.Connections() != 0 {
 		t.Fatal("dry run connected")
@@ -423,30 +407,24 @@ ssh -t -p 21112 root@localhost 'resize2fs /dev/mmcblk0p2'
 func TestPasswordListAndFailFalse(t *testing.T) {
 	f := testFarm(t)
 	fakeguest.NewSSHServer(t, addr(13))
-	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+	fixture(t, startest.Options{}, f, Keys{Home: t.TempDir(), ConfDir: t.TempDir()}).Run("pwlist.star", `
 assert.eq(ssh.connect(13, user = "pi", password = ["nope", "wrong"], fail = False), None)
 assert.eq(ssh.connect(38, user = "pi", password = "x", timeout = 0.3, fail = False), None)
 assert.fails(lambda: ssh.connect(13, user = "pi", password = ["nope", "wrong"]), "authentication failed \\(tried: 2 passwords\\)")
 c = ssh.connect(13, user = "pi", password = ["raspberrypi", "raspberry"])
 assert.eq(c.run("echo ok").stdout, "ok\n")
 `)
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestLoginError(t *testing.T) {
 	f := testFarm(t)
 	fakeguest.NewSSHServer(t, addr(14))
-	err := runStar(t, live(), f, &Keys{Home: t.TempDir(), ConfDir: t.TempDir()}, `
+	fixture(t, startest.Options{}, f, Keys{Home: t.TempDir(), ConfDir: t.TempDir()}).Run("loginerror.star", `
 assert.eq(ssh.login_error(14, user = "pi", password = "raspberry"), None)
 assert.true("authentication failed" in ssh.login_error(14, password = "wrong"))
 assert.true("connection refused" in ssh.login_error(37, password = "x", timeout = 0.2))
 assert.fails(lambda: ssh.login_error("nosuchnode"), "unknown instance")
 `)
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestTargets(t *testing.T) {
@@ -481,7 +459,12 @@ nodes = [
 		{starlark.MakeInt(9), 0, Target{}, "unknown instance"},
 		{starlark.String("host:port"), 0, Target{}, "bad port"},
 	} {
-		got, err := m.target(tc.in, tc.port)
+		ref := m.instanceRef()
+		err := ref.Unpack(tc.in)
+		var got Target
+		if err == nil {
+			got, err = m.target(&ref, tc.port)
+		}
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("%s: error %v, want %q", tc.in, err, tc.err)
@@ -664,5 +647,34 @@ func TestImmediateFailureDoesNotClaimAWait(t *testing.T) {
 	_, err = Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 10*time.Second)
 	if err == nil || strings.Contains(err.Error(), "gave up after") || time.Since(start) > 5*time.Second {
 		t.Fatalf("after %s: %v", time.Since(start), err)
+	}
+}
+
+// TestArgs runs testdata/args.star: the arguments of every function and
+// method, and the errors of wrong ones (### markers).
+func TestArgs(t *testing.T) {
+	if err := connMethods.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	fx := fixture(t, startest.Options{Dry: true}, testFarm(t), noKeys(t))
+	fx.RunChunks("testdata/args.star")
+}
+
+// TestRetryable: what Dial retries, by the errors x/crypto/ssh and the
+// dialer wrap (never by their text).
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, true},
+		{fmt.Errorf("ssh: handshake failed: %w", &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}), true},
+		{fmt.Errorf("ssh: handshake failed: %w", io.EOF), true},
+		{fmt.Errorf("ssh: handshake failed: %w", &xssh.AlgorithmNegotiationError{What: "host key"}), false},
+		{errors.New("ssh: unable to authenticate, attempted methods [none password], no supported methods remain"), false},
+	} {
+		if got := retryable(tc.err); got != tc.want {
+			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
