@@ -277,12 +277,15 @@ func (d *Door) Query(c Cmd) (Result, error) {
 	return d.run(c)
 }
 
-func (d *Door) run(c Cmd) (Result, error) {
+func (d *Door) run(c Cmd) (Result, error) { return d.runIn(d.Context(), c) }
+
+// runIn runs c until it exits or ctx is done.
+func (d *Door) runIn(ctx context.Context, c Cmd) (Result, error) {
 	argv := d.argv(c)
 	if len(argv) == 0 {
 		return Result{}, errors.New("trace: empty command")
 	}
-	cmd := exec.CommandContext(d.Context(), argv[0], argv[1:]...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = c.Dir
 	if c.Env != nil {
 		cmd.Env = append(os.Environ(), c.Env...)
@@ -313,7 +316,7 @@ func (d *Door) run(c Cmd) (Result, error) {
 		} else {
 			res.ExitCode = -1
 		}
-		if ctxErr := d.Context().Err(); ctxErr != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
 			return res, fmt.Errorf("%s: %w", d.Mask(Join(argv)), ctxErr)
 		}
 		msg := strings.TrimSpace(string(errb.Bytes()))
