@@ -8,7 +8,6 @@ package qemu_test
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,11 +20,10 @@ import (
 
 	"pifarm/builtins/qemu"
 	"pifarm/builtins/runtime"
+	"pifarm/builtins/startest"
 )
 
 var sigRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
-
-var update = flag.Bool("update", false, "rewrite testdata/box-*.trace")
 
 func init() {
 	b, err := os.ReadFile("../../config.star")
@@ -143,13 +141,11 @@ func TestBoxRecipe(t *testing.T) {
 	// the image module's: when it changes them, review and refresh with
 	// go test ./builtins/qemu -run BoxRecipe -update.)
 	out, code := b.pifarm("-n", "run", "box", "--run", "2")
-	golden := "testdata/box-run2.trace"
-	if *update {
-		os.WriteFile(golden, []byte(out), 0o644)
+	if code != 0 {
+		t.Fatalf("dry run of --run 2 (exit %d):\n%s", code, out)
 	}
-	want, _ := os.ReadFile(golden)
-	if code != 0 || out != string(want) {
-		t.Fatalf("dry run of --run 2 (exit %d):\n%s\nwant (%s):\n%s", code, out, golden, want)
+	if !startest.Golden(t, "testdata/box-run2.trace", out) {
+		t.FailNow()
 	}
 	if _, err := os.Stat(filepath.Dir(clone2)); err == nil {
 		t.Fatal("dry run made the clone folder")

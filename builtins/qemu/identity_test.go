@@ -79,7 +79,7 @@ func TestStatusThroughASymlinkedCache(t *testing.T) {
 		{"table", func() Status { return via.All()[1] }},
 	} {
 		st := probe.run()
-		if !st.Running || st.PID != pid || st.Stale != "" || st.State != "prelaunch" {
+		if !st.Running || st.PID != pid || st.StaleReason != "" || st.State != "prelaunch" {
 			t.Fatalf("%s through the link: %+v", probe.name, st)
 		}
 		mustExist(t, f.Pidfile(1), f.QMP(1))
@@ -123,7 +123,7 @@ func TestPidfileNotNamingItsQEMU(t *testing.T) {
 			for _, dry := range []bool{true, false} {
 				x, out := testInstances(t, f, dry)
 				x.D.Verbose = true
-				if st := x.Status(n); !st.Running || st.PID != pid || st.Stale != "" {
+				if st := x.Status(n); !st.Running || st.PID != pid || st.StaleReason != "" {
 					t.Fatalf("dry=%v status: %+v", dry, st)
 				}
 				if out.Len() != 0 {
@@ -304,7 +304,7 @@ func TestGlobalBindVNCPassword(t *testing.T) {
 		"# warning: instance 4 listens on all addresses (global bind)",
 		"cat > " + dry.vncPasswordFile(4) + " <<'EOF'\n****\nEOF\nchmod 600 " + dry.vncPasswordFile(4) + "\n",
 		"-vnc 0.0.0.0:14404,password=on ",
-		`'{"execute":"change-vnc-password","arguments":{"password":"****"}}' | socat - UNIX-CONNECT:` + f.QMP(4) + "\n",
+		`'{"arguments":{"password":"****"},"execute":"change-vnc-password"}' | socat - UNIX-CONNECT:` + f.QMP(4) + "\n",
 	} {
 		if !strings.Contains(dout.String(), want) {
 			t.Errorf("dry trace lacks %q:\n%s", want, dout.String())

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -191,8 +192,10 @@ func (q *QMP) ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
+// isReset reports whether err is the peer closing the connection under a
+// read or write (ECONNRESET, EPIPE).
 func isReset(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe"))
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // RunStatus is the reply of query-status.

@@ -2,14 +2,12 @@ package qemu
 
 import (
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
 )
 
 // A VNC display that listens beyond loopback (global_bind) is started with
@@ -61,12 +59,10 @@ func (in *Instances) vncPasswordFileFor(id int, password string) error {
 		if _, err := os.Lstat(path); err != nil {
 			return nil
 		}
-		return in.D.Do("rm -f "+trace.Quote(path), func() error {
-			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("instance %d: %w", id, err)
-			}
-			return nil
-		})
+		if err := in.D.Remove(path); err != nil {
+			return fmt.Errorf("instance %d: %w", id, err)
+		}
+		return nil
 	}
 	if err := in.D.WriteFile(path, []byte(password+"\n"), 0o600, false); err != nil {
 		return fmt.Errorf("instance %d: VNC password file: %w", id, err)
@@ -78,16 +74,15 @@ func (in *Instances) vncPasswordFileFor(id int, password string) error {
 // QMP. The trace line masks it.
 func (in *Instances) setVNCPassword(id int, password string) error {
 	sock := in.F.QMP(id)
-	line := "printf '%s\\n' '{\"execute\":\"qmp_capabilities\"}' " +
-		trace.Quote(`{"execute":"change-vnc-password","arguments":{"password":"`+password+`"}}`) +
-		" | socat - UNIX-CONNECT:" + trace.Quote(sock)
-	err := in.D.Do(line, func() error {
+	const command = "change-vnc-password"
+	args := map[string]string{"password": password}
+	err := in.D.QMP(sock, command, args, func() error {
 		q, err := DialQMP(in.D.Context(), sock, 3*time.Second)
 		if err != nil {
 			return err
 		}
 		defer q.Close()
-		_, err = q.Execute(in.D.Context(), 3*time.Second, "change-vnc-password", map[string]string{"password": password})
+		_, err = q.Execute(in.D.Context(), 3*time.Second, command, args)
 		return err
 	})
 	if err != nil {

@@ -72,17 +72,13 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 	}
 	ctx := in.D.Context()
 	deadline := time.Now().Add(timeout)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var seen strings.Builder
 	var retry time.Duration
 	connected := false
 	var dialErr error
 	ran := in.alive(n)
 	for {
-		var d net.Dialer
-		dctx, cancel := contextDeadline(ctx, deadline)
-		conn, err := d.DialContext(dctx, "tcp", addr)
-		cancel()
+		conn, err := dialLoopback(ctx, port, deadline)
 		if err != nil && (dialErr == nil || !isTimeout(err)) {
 			dialErr = err
 		}
@@ -192,15 +188,11 @@ func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, e
 	}
 	ctx := in.D.Context()
 	deadline := time.Now().Add(timeout)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var last string
 	var retry time.Duration
 	ran := in.alive(n)
 	for {
-		var d net.Dialer
-		dctx, cancel := contextDeadline(ctx, deadline)
-		conn, err := d.DialContext(dctx, "tcp", addr)
-		cancel()
+		conn, err := dialLoopback(ctx, port, deadline)
 		if err == nil {
 			stop := closeOnCancel(ctx, conn)
 			// QEMU's forward to a paused or busy guest may neither answer
@@ -244,9 +236,13 @@ func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, e
 	}
 }
 
-// contextDeadline is ctx bounded by deadline.
-func contextDeadline(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
-	return context.WithDeadline(ctx, deadline)
+// dialLoopback connects to TCP port on 127.0.0.1 (a port QEMU listens on
+// for the instance), giving up at deadline or when ctx ends.
+func dialLoopback(ctx context.Context, port int, deadline time.Time) (net.Conn, error) {
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	var d net.Dialer
+	return d.DialContext(dctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 }
 
 // closeOnCancel closes c when ctx is cancelled, until stop is called.
