@@ -150,7 +150,7 @@ func (in *Instances) WaitPid(pid int, timeout time.Duration) error {
 			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 			if n, err := unix.Poll(fds, ms); err == nil && n > 0 {
 				return nil
-			} else if err != nil && err != unix.EINTR {
+			} else if err != nil && !errors.Is(err, unix.EINTR) {
 				break
 			}
 		}
