@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
-	"go.starlark.net/starlarktest"
 	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/farm"
+	"pifarm/builtins/startest"
 	"pifarm/builtins/trace"
 )
 
@@ -263,30 +262,18 @@ func TestInterruptStopsExpect(t *testing.T) {
 	}
 }
 
-// runStar runs a Starlark snippet with the console module and assert.
-func runStar(t *testing.T, d *trace.Door, f *farm.Farm, src string) error {
+// fixture is a startest fixture with the console module on a test farm.
+func fixture(t *testing.T, o startest.Options) *startest.Fixture {
 	t.Helper()
-	thread := &starlark.Thread{Name: "test", Load: func(th *starlark.Thread, module string) (starlark.StringDict, error) {
-		if module == "assert.star" {
-			return starlarktest.LoadAssertModule()
-		}
-		return nil, fmt.Errorf("no %s", module)
-	}}
-	starlarktest.SetReporter(thread, t)
-	predeclared := starlark.StringDict{
-		"console": New(d, f).Struct(),
-		"struct":  starlark.NewBuiltin("struct", starlarkstruct.Make),
-	}
-	_, err := starlark.ExecFile(thread, "test.star", "load('assert.star', 'assert')\n"+src, predeclared)
-	return err
+	o.Farm = testFarm(t)
+	fx := startest.New(t, o)
+	return fx.Add(New(fx.Door, fx.Farm))
 }
 
 func TestStarlarkSession(t *testing.T) {
-	f := testFarm(t)
 	fakeguest.NewConsole(t, addr(11))
-	var out bytes.Buffer
-	d := trace.New(context.Background(), false, true, &out)
-	err := runStar(t, d, f, `
+	fx := fixture(t, startest.Options{Verbose: true})
+	fx.Run("session.star", `
 assert.true(console.probe("n11"))
 assert.true(not console.probe(38))
 assert.fails(lambda: console.open(38, timeout = 1), "console 21038: connect to 127.0.0.1:21038: .*connection refused \\(is the instance running\\?\\)")
@@ -308,10 +295,7 @@ assert.eq(s.expect("never", timeout = 0.1, fail = False), None)
 s.close()
 assert.fails(lambda: s.run("true"), "closed")
 `)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trace := out.String()
+	trace := fx.Output()
 	for _, want := range []string{"# console 21011: send 'pi'", "# console 21011: send '****'", "# console 21011: run 'echo hi;", "# console 21011: send 'exit'"} {
 		if !strings.Contains(trace, want) {
 			t.Errorf("verbose trace lacks %q:\n%s", want, trace)
@@ -323,11 +307,9 @@ assert.fails(lambda: s.run("true"), "closed")
 }
 
 func TestDryRunTouchesNothing(t *testing.T) {
-	f := testFarm(t)
 	fc := fakeguest.NewConsole(t, addr(12))
-	var out bytes.Buffer
-	d := trace.New(context.Background(), true, false, &out)
-	err := runStar(t, d, f, `
+	fx := fixture(t, startest.Options{Dry: true})
+	fx.Run("dry.star", `
 s = console.open(12)
 assert.true(s.login("pi"))
 r = s.run("sudo systemctl enable --now ssh")
@@ -337,9 +319,6 @@ s.sendline("halt")
 assert.eq(s.wait_halted(), "reboot: Power down")
 s.close()
 `)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := `# console 21012: connect to 127.0.0.1:21012
 # console 21012: log in as pi (fresh prompt; a logged-in shell is logged out first; passwords ****, **** in turn)
 # console 21012: send 'pi'
@@ -349,8 +328,8 @@ s.close()
 # console 21012: wait until the guest reports it stopped (reboot: System halted / reboot: Power down)
 # console 21012: disconnect
 `
-	if out.String() != want {
-		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", out.String(), want)
+	if fx.Output() != want {
+		t.Fatalf("dry-run trace:\n%s\nwant:\n%s", fx.Output(), want)
 	}
 	if n := fc.Connections(); n != 0 {
 		t.Fatalf("dry run connected %d times", n)
@@ -446,4 +425,13 @@ func TestReopenClosesTheDeadSession(t *testing.T) {
 	if _, err := old.s.conn.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("the dead session's socket is still open (write: %v)", err)
 	}
+}
+
+// TestArgs runs testdata/args.star: the arguments of every function and
+// method, and the errors of wrong ones (### markers).
+func TestArgs(t *testing.T) {
+	if err := sessionMethods.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	fixture(t, startest.Options{Dry: true}).RunChunks("testdata/args.star")
 }
