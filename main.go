@@ -24,9 +24,8 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "net" {
 		os.Exit(pnet.Main(os.Args[2:]))
 	}
-	runtime.DefaultConfig = defaultConfig
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	code := runtime.Main(runtime.Options{Args: os.Args[1:], Ctx: ctx})
+	code := runtime.Main(runtime.Options{Args: os.Args[1:], Ctx: ctx, DefaultConfig: defaultConfig})
 	stop()
 	os.Exit(code)
 }

@@ -84,7 +84,7 @@ def main(opts):
 				}()
 			}
 			var out bytes.Buffer
-			code := runtime.Main(runtime.Options{Args: []string{"-c", cfg, "run", recipe}, Stdout: &out, Stderr: &out, Ctx: ctx})
+			code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: []string{"-c", cfg, "run", recipe}, Stdout: &out, Stderr: &out, Ctx: ctx})
 			if !cancelled.IsZero() && time.Since(cancelled) > 8*time.Second {
 				t.Errorf("the run took %s after Ctrl-C to end", time.Since(cancelled))
 			}

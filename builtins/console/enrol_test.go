@@ -127,19 +127,20 @@ func (g *fakeGuest) sshCommands() []string {
 	return g.ssh.Commands()
 }
 
-func init() {
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	runtime.DefaultConfig = b
-}
+	return b
+}()
 
 // pifarmRun runs pifarm in-process with a config of the test's own.
 func pifarmRun(t *testing.T, cfg string, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
+	code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
 	return out.String(), code
 }
 

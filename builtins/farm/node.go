@@ -152,9 +152,17 @@ func (f *Farm) WANNet(n *Node) string { return net24(n.WAN) }
 func (f *Farm) LANNet(n *Node) string { return net24(n.LAN) }
 
 // LANRouter is the .1 address of the LAN network with its prefix, the
-// bridge's address when the host routes for the LAN.
+// bridge's address when the host routes for the LAN; "" without nodes (a
+// farm of Default(), which no loaded configuration is).
 func (f *Farm) LANRouter() string {
-	ip := net.ParseIP(f.Nodes()[0].LAN).To4()
+	nodes := f.Nodes()
+	if len(nodes) == 0 {
+		return ""
+	}
+	ip := net.ParseIP(nodes[0].LAN).To4()
+	if ip == nil {
+		return ""
+	}
 	return fmt.Sprintf("%d.%d.%d.1/24", ip[0], ip[1], ip[2])
 }
 

@@ -28,13 +28,14 @@ import (
 	"pifarm/builtins/runtime"
 )
 
-func init() {
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	runtime.DefaultConfig = b
-}
+	return b
+}()
 
 // chrootGuest is the guest's root folder.
 type chrootGuest struct {
@@ -395,7 +396,7 @@ nodes = [
 func (r *rig) pifarm(args ...string) (string, string, int) {
 	r.t.Helper()
 	var out, errb bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", r.cfg, "run", r.recipe}, args...), Stdout: &out, Stderr: &errb})
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", r.cfg, "run", r.recipe}, args...), Stdout: &out, Stderr: &errb, DefaultConfig: defaultConfig})
 	return out.String(), errb.String(), code
 }
 

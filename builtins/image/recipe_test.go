@@ -20,13 +20,14 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/golden/*.trace")
 
-func init() {
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	runtime.DefaultConfig = b
-}
+	return b
+}()
 
 // sh runs a fixture-making command.
 func sh(t *testing.T, stdin, name string, args ...string) {
@@ -125,7 +126,7 @@ nodes = [
 		}
 		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
 		var out, errb bytes.Buffer
-		code := runtime.Main(runtime.Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: st.notRoot})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &errb, NotRoot: st.notRoot})
 		got := out.String()
 		if errb.Len() > 0 {
 			got += "--- stderr\n" + errb.String()
@@ -164,7 +165,7 @@ func TestRecipeSeedSSHPasswordEnv(t *testing.T) {
 		var out, errb bytes.Buffer
 		argv := append([]string{"-c", cfg}, strings.Fields(args)...)
 		argv = append(argv, "-i", img)
-		code := runtime.Main(runtime.Options{Args: argv, Stdout: &out, Stderr: &errb, NotRoot: true})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: argv, Stdout: &out, Stderr: &errb, NotRoot: true})
 		if code != 0 {
 			t.Errorf("pifarm %s: exit %d\n%s%s", args, code, out.String(), errb.String())
 		}
@@ -201,7 +202,7 @@ nodes = [
 		{"run image --umount-root", 0, "unmounted mnt/root"},
 	} {
 		var out bytes.Buffer
-		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
 		if code != st.code || !strings.Contains(out.String(), st.want) {
 			t.Fatalf("pifarm %s: exit %d (want %d), output lacks %q:\n%s", st.args, code, st.code, st.want, out.String())
 		}
@@ -225,7 +226,7 @@ func TestRecipeBadOptionsChangeNothing(t *testing.T) {
 	} {
 		var out bytes.Buffer
 		args := append([]string{"-c", cfg, "run", "image", "-i", img}, strings.Fields(tc.args)...)
-		code := runtime.Main(runtime.Options{Args: args, Stdout: &out, Stderr: &out})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &out})
 		if code != 1 || !strings.Contains(out.String(), tc.want) {
 			t.Fatalf("%s: exit %d:\n%s", tc.args, code, out.String())
 		}
@@ -264,7 +265,7 @@ func TestRecipeMountsBehindSymlinkedCache(t *testing.T) {
 		{"run image --umount-root", 0, "unmounted mnt/root"},
 	} {
 		var out bytes.Buffer
-		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", cfg}, strings.Fields(st.args)...), Stdout: &out, Stderr: &out})
 		if code != st.code || !strings.Contains(out.String(), st.want) {
 			t.Fatalf("pifarm %s: exit %d (want %d), output lacks %q:\n%s", st.args, code, st.code, st.want, out.String())
 		}
@@ -283,13 +284,13 @@ func TestRecipeEmptyDiskImage(t *testing.T) {
 	cfg := filepath.Join(dir, "config.star")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", filepath.Join(dir, "cache"))), 0o644)
 	var out bytes.Buffer
-	if code := runtime.Main(runtime.Options{Args: []string{"-c", cfg, "run", "image", "-i", img}, Stdout: &out, Stderr: &out}); code != 0 {
+	if code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: []string{"-c", cfg, "run", "image", "-i", img}, Stdout: &out, Stderr: &out}); code != 0 {
 		t.Fatalf("register: exit %d\n%s", code, out.String())
 	}
 	before := fileSum(t, img)
 	for _, args := range [][]string{{"run", "image", "--disk-image=", "--expand-image"}, {"run", "box", "-i", ""}} {
 		out.Reset()
-		code := runtime.Main(runtime.Options{Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", cfg}, args...), Stdout: &out, Stderr: &out})
 		if code != 2 || !strings.Contains(out.String(), "the image path is empty") {
 			t.Errorf("%q: exit %d, want 2 and a usage error:\n%s", args, code, out.String())
 		}

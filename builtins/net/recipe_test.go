@@ -12,21 +12,21 @@ import (
 	"pifarm/builtins/runtime"
 )
 
-func init() {
-	// What main.go embeds.
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	runtime.DefaultConfig = b
-}
+	return b
+}()
 
 // pifarmRun runs `pifarm -c CONFIG ARGS...` in-process, privileged (the
 // tests run with CAP_NET_ADMIN), and returns stdout+stderr and the status.
 func pifarmRun(t *testing.T, config string, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", config}, args...), Stdout: &out, Stderr: &out})
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", config}, args...), Stdout: &out, Stderr: &out, DefaultConfig: defaultConfig})
 	return out.String(), code
 }
 

@@ -25,13 +25,14 @@ import (
 
 var sigRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
 
-func init() {
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	runtime.DefaultConfig = b
-}
+	return b
+}()
 
 // boxConfig uses ports ssh 20500+N, console 20600+N, VNC 20700+N.
 const boxConfig = `
@@ -113,7 +114,7 @@ def main(opts):
 // cache path replaced by $CACHE, the folder by $DIR) and the exit status.
 func (b *box) pifarm(args ...string) (string, int) {
 	var out bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", b.config}, args...), Stdout: &out, Stderr: &out, Ctx: context.Background(), NotRoot: true})
+	code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", b.config}, args...), Stdout: &out, Stderr: &out, Ctx: context.Background(), NotRoot: true})
 	s := strings.ReplaceAll(out.String(), b.cache, "$CACHE")
 	s = strings.ReplaceAll(s, b.dir, "$DIR")
 	// The signature is the image module's business, not this trace's.
@@ -294,7 +295,7 @@ func TestBoxCommandStdoutIsTheCommand(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errb bytes.Buffer
-			code := runtime.Main(runtime.Options{Args: append([]string{"-c", config, "run", "box", "--command"}, tc.args...), Stdout: &out, Stderr: &errb, Ctx: context.Background(), NotRoot: true})
+			code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: append([]string{"-c", config, "run", "box", "--command"}, tc.args...), Stdout: &out, Stderr: &errb, Ctx: context.Background(), NotRoot: true})
 			if code != 0 {
 				t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
 			}

@@ -47,76 +47,83 @@ func field(name string) string {
 	return strings.ReplaceAll(strings.ToLower(name), "-", "_")
 }
 
-// argsModule is the `args` module recipes use to declare their command line.
-func argsModule() *trace.Module {
+// argsModule is the `args` module recipes use to declare their command
+// line. It needs neither the door nor the farm; it takes them to have the
+// signature of every registered module.
+func argsModule(*trace.Door, *farm.Farm) *trace.Module {
 	return &trace.Module{
 		Name: "args",
 		Doc:  "Declarations of a recipe's command line: assign a list of them to OPTIONS and ARGS.",
 		Funcs: []trace.Func{
-			{Name: "flag", Args: "short, long, help",
-				Doc: "A flag option: -s/--long. In main(opts) it is opts.long (True when given).\nshort may be \"\" for a long-only option.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					o := &optSpec{def: starlark.False}
-					if err := starlark.UnpackArgs("flag", args, kwargs, "short", &o.short, "long", &o.long, "help?", &o.help); err != nil {
-						return nil, err
-					}
-					return o, o.check()
-				}},
-			{Name: "option", Args: "short, long, metavar, help, default=None",
-				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					o := &optSpec{takesValue: true, def: starlark.None}
-					if err := starlark.UnpackArgs("option", args, kwargs, "short", &o.short, "long", &o.long,
-						"metavar", &o.metavar, "help?", &o.help, "default?", &o.def); err != nil {
-						return nil, err
-					}
-					return o, o.check()
-				}},
-			{Name: "instance", Args: "default=\"0\", required=False, help=\"\"",
-				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent.",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					p := &posSpec{name: "instance", instance: true}
-					var def starlark.Value = starlark.String("0")
-					if err := starlark.UnpackArgs("instance", args, kwargs, "default?", &def, "required?", &p.required, "help?", &p.help); err != nil {
-						return nil, err
-					}
-					if def != starlark.None {
-						switch d := def.(type) {
-						case starlark.String:
-							p.def = string(d)
-						case starlark.Int:
-							p.def = d.String()
-						default:
-							return nil, fmt.Errorf("instance: default must be an id, an alias or None, got %s", def.Type())
-						}
-					}
-					return p, nil
-				}},
-			{Name: "instances", Args: "help=\"\"",
-				Doc: "Any number of positional instances: opts.instances is a list of farm.node(...) structs\n(empty when none is given).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					p := &posSpec{name: "instances", instance: true, many: true}
-					if err := starlark.UnpackArgs("instances", args, kwargs, "help?", &p.help); err != nil {
-						return nil, err
-					}
-					return p, nil
-				}},
-			{Name: "positional", Args: "name, help=\"\", required=False, many=False, default=None",
-				Doc: "A positional string argument: opts.<name> (a list with many=True).",
-				Fn: func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-					p := &posSpec{}
-					var def starlark.Value = starlark.None
-					if err := starlark.UnpackArgs("positional", args, kwargs, "name", &p.name, "help?", &p.help,
-						"required?", &p.required, "many?", &p.many, "default?", &def); err != nil {
-						return nil, err
-					}
-					if s, ok := starlark.AsString(def); ok {
-						p.def = s
-					}
-					return p, nil
-				}},
+			{Name: "flag", Args: "short, long, help", Fn: argsFlag,
+				Doc: "A flag option: -s/--long. In main(opts) it is opts.long (True when given).\nshort may be \"\" for a long-only option."},
+			{Name: "option", Args: "short, long, metavar, help, default=None", Fn: argsOption,
+				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default."},
+			{Name: "instance", Args: "default=\"0\", required=False, help=\"\"", Fn: argsInstance,
+				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent."},
+			{Name: "instances", Args: "help=\"\"", Fn: argsInstances,
+				Doc: "Any number of positional instances: opts.instances is a list of farm.node(...) structs\n(empty when none is given)."},
+			{Name: "positional", Args: "name, help=\"\", required=False, many=False, default=None", Fn: argsPositional,
+				Doc: "A positional string argument: opts.<name> (a list with many=True)."},
 		},
 	}
+}
+
+func argsFlag(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	o := &optSpec{def: starlark.False}
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "short", &o.short, "long", &o.long, "help?", &o.help); err != nil {
+		return nil, err
+	}
+	return o, o.check()
+}
+
+func argsOption(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	o := &optSpec{takesValue: true, def: starlark.None}
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "short", &o.short, "long", &o.long,
+		"metavar", &o.metavar, "help?", &o.help, "default?", &o.def); err != nil {
+		return nil, err
+	}
+	return o, o.check()
+}
+
+func argsInstance(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	p := &posSpec{name: "instance", instance: true}
+	var def starlark.Value = starlark.String("0")
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "default?", &def, "required?", &p.required, "help?", &p.help); err != nil {
+		return nil, err
+	}
+	if def != starlark.None {
+		switch d := def.(type) {
+		case starlark.String:
+			p.def = string(d)
+		case starlark.Int:
+			p.def = d.String()
+		default:
+			return nil, fmt.Errorf("default must be an id, an alias or None, got %s", def.Type())
+		}
+	}
+	return p, nil
+}
+
+func argsInstances(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	p := &posSpec{name: "instances", instance: true, many: true}
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "help?", &p.help); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func argsPositional(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	p := &posSpec{}
+	var def starlark.Value = starlark.None
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "name", &p.name, "help?", &p.help,
+		"required?", &p.required, "many?", &p.many, "default?", &def); err != nil {
+		return nil, err
+	}
+	if s, ok := starlark.AsString(def); ok {
+		p.def = s
+	}
+	return p, nil
 }
 
 func (o *optSpec) check() error {
@@ -372,9 +379,7 @@ func (s *spec) usage(long bool) string {
 	}
 	for _, p := range s.pos {
 		n := strings.ToUpper(p.name)
-		if p.instance && !p.many {
-			n = "N"
-		} else if p.instance {
+		if p.instance {
 			n = "N"
 		}
 		if p.many {

@@ -49,7 +49,7 @@ func BenchmarkCommandDryRun(b *testing.B) {
 // BenchmarkInProcessDryRun is the same dry run without process start-up.
 func BenchmarkInProcessDryRun(b *testing.B) {
 	for i := 0; i < b.N; i++ {
-		if code := Main(Options{Args: []string{"-n", "run", "testdata/recipes/demo.star", "--run", "-o", "/tmp/pifarm-golden/demo/x", "entwo"}, Stdout: io.Discard, Stderr: io.Discard}); code != 0 {
+		if code := Main(Options{Args: []string{"-n", "run", "testdata/recipes/demo.star", "--run", "-o", "/tmp/pifarm-golden/demo/x", "entwo"}, Stdout: io.Discard, Stderr: io.Discard, DefaultConfig: defaultConfig}); code != 0 {
 			b.Fatal(code)
 		}
 	}

@@ -17,14 +17,15 @@ import (
 // -ldflags "-X pifarm/builtins/runtime.Version=...".
 var Version = "0.1.0"
 
-// DefaultConfig is the embedded config.star, set by main.
-var DefaultConfig []byte
-
 // Options is one invocation of the pifarm command.
 type Options struct {
 	Args           []string
 	Stdout, Stderr io.Writer
 	Ctx            context.Context
+	// DefaultConfig is the built-in config.star (main embeds it): what
+	// `pifarm config` prints and the base every other configuration is
+	// read over. Without it, a command that needs a configuration fails.
+	DefaultConfig []byte
 	// NotRoot makes the door add the privilege prefix even when running as
 	// root (golden tests).
 	NotRoot bool
@@ -38,7 +39,9 @@ const (
 	usageHeader = "usage: pifarm [-n] [-v] [-c FILE] COMMAND [ARGS...]"
 )
 
-const shortHelp = usageHeader + `
+// shortHelp is `pifarm --help`; modules is the module list (moduleIndex).
+func shortHelp(modules string) string {
+	return usageHeader + `
 
 commands:
   run RECIPE [ARGS...]     run a bundled recipe (by name), a bundled path
@@ -55,15 +58,17 @@ options:
       --version            print the version
 
 'pifarm run RECIPE --help' prints a recipe's own options.
-`
+
+builtin modules (pifarm doc MODULE for one):
+` + modules
+}
 
 const longHelp = `
 pifarm develops software on a farm of Raspberry Pi 3 B+ nodes: QEMU guests
 (instance 0 on a raw RaspiOS image, instances N > 0 on qcow2 clones of it) and
-hardware boxes, all running copies of one disk image. Go builtins (farm, image,
-qemu, console, ssh, net) do every side effect; bundled Starlark recipes compose
-them: image (pimage), box (pibox), guest/enrol/shutdown/status (pijack) and
-bridge (pinet).
+hardware boxes, all running copies of one disk image. The Go builtin modules
+listed above do every side effect; bundled Starlark recipes compose them: image
+(pimage), box (pibox), guest/enrol/shutdown/status (pijack) and bridge (pinet).
 
 Dry run: with -n every builtin prints the equivalent shell command of each
 action it would take (sudo shown where it would be used, passwords masked) and
@@ -145,9 +150,10 @@ func parseGlobals(args []string) (*globals, error) {
 	return g, nil
 }
 
-// findConfig applies the lookup order and loads the configuration; ctx
-// (Ctrl-C) stops a config.star that does not finish.
-func findConfig(ctx context.Context, explicit string) (*farm.Config, error) {
+// findConfig applies the lookup order and loads the configuration over the
+// built-in one (builtin, config.star's text); ctx (Ctrl-C) stops a
+// config.star that does not finish.
+func findConfig(ctx context.Context, builtin []byte, explicit string) (*farm.Config, error) {
 	candidates := []string{}
 	if explicit != "" {
 		candidates = append(candidates, explicit)
@@ -173,7 +179,10 @@ func findConfig(ctx context.Context, explicit string) (*farm.Config, error) {
 			}
 		}
 	}
-	base, err := farm.Load("the built-in config.star", DefaultConfig)
+	if builtin == nil {
+		return nil, errors.New("no built-in config.star (Options.DefaultConfig is empty: the pifarm command sets it from the embedded file)")
+	}
+	base, err := farm.Load("the built-in config.star", builtin)
 	if err != nil {
 		return nil, fmt.Errorf("the built-in config.star: %w", err)
 	}
@@ -224,7 +233,7 @@ func Main(o Options) int {
 			fmt.Fprintf(o.Stderr, "%s\n(pifarm --help lists the commands)\n", usageHeader)
 			return ExitUsage
 		}
-		fmt.Fprint(o.Stdout, shortHelp)
+		fmt.Fprint(o.Stdout, shortHelp(moduleIndex()))
 		if g.verbose {
 			fmt.Fprint(o.Stdout, longHelp)
 		}
@@ -232,10 +241,10 @@ func Main(o Options) int {
 	}
 	cmd, rest := g.rest[0], g.rest[1:]
 	if cmd == "config" {
-		o.Stdout.Write(DefaultConfig)
+		o.Stdout.Write(o.DefaultConfig)
 		return ExitOK
 	}
-	cfg, err := findConfig(o.Ctx, g.config)
+	cfg, err := findConfig(o.Ctx, o.DefaultConfig, g.config)
 	if err != nil {
 		fmt.Fprintf(o.Stderr, "pifarm: %v\n", err)
 		if o.Ctx.Err() != nil {
@@ -285,7 +294,7 @@ func Main(o Options) int {
 		for _, n := range names {
 			s, err := rt.Summary(n)
 			if err != nil {
-				s = "(broken: " + firstLine(errorText(err)) + ")"
+				s = "(broken: " + lastLine(errorText(err)) + ")"
 			}
 			fmt.Fprintf(o.Stdout, "%-*s  %s\n", w, n, s)
 		}
@@ -341,9 +350,11 @@ func (rt *Runtime) doc(args []string, stdout, stderr io.Writer) int {
 	return ExitUsage
 }
 
-func firstLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
+// lastLine is the last line of s: of a Starlark backtrace, the error
+// itself ("Error: ...").
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
 // rootCause is the innermost Go error beneath Starlark's wrapping, when it

@@ -136,7 +136,7 @@ func TestEndlessRecursionShortBacktrace(t *testing.T) {
 // is reported as an error naming the file, not a crash with a stack trace.
 func TestPanicInStarlarkIsAnError(t *testing.T) {
 	goldenEnv(t)
-	cfg, err := findConfig(context.Background(), "testdata/golden/config.star")
+	cfg, err := findConfig(context.Background(), defaultConfig, "testdata/golden/config.star")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func FuzzRecipeSource(f *testing.F) {
 		"load(\"lib.star\", \"twice\")\nprint(twice(2))\n",
 		"load(\"lib.star\", \"nosuch\")\n",
 		"load(\"broken.star\", \"f\")\n",
-		"load(\"@pifarm//lib/common.star\", \"shq\")\nprint(shq(\"a'b\"))\n",
+		"load(\"@pifarm//lib/common.star\", \"shjoin\")\nprint(shjoin([\"a'b\"]))\n",
 		"load(\"@pifarm//../x.star\", \"x\")\n",
 		"def main(opts):\n    fail(\"no\", 1, None)\n",
 		"def main(opts):\n    farm.node(\"nosuch\")\n",
@@ -72,7 +72,7 @@ func FuzzRecipeSource(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		var out, errb bytes.Buffer
-		code := Main(Options{Args: []string{"-n", "-c", cfg, "run", p}, Stdout: &out, Stderr: &errb, Ctx: ctx, NotRoot: true})
+		code := Main(Options{Args: []string{"-n", "-c", cfg, "run", p}, Stdout: &out, Stderr: &errb, Ctx: ctx, NotRoot: true, DefaultConfig: defaultConfig})
 		e := errb.String()
 		if code < 0 || code > 2 {
 			t.Fatalf("exit %d for\n%s\nstderr:\n%s", code, src, e)

@@ -27,9 +27,6 @@ import (
 	"pifarm/recipes"
 )
 
-// fileOptions are the Starlark dialect of recipes and their library.
-var fileOptions = &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, GlobalReassign: true, Recursion: true}
-
 // BundledPrefix names the embedded recipe tree in load() statements:
 // load("@pifarm//lib/args.star", "x").
 const BundledPrefix = "@pifarm//"
@@ -51,16 +48,13 @@ type loadEntry struct {
 	busy    bool
 }
 
-// New builds the door, the farm and every module for one run.
+// New builds the farm and every registered module for one run on the door
+// d, which takes the configuration's privilege command.
 func New(d *trace.Door, cfg *farm.Config, stdout io.Writer) *Runtime {
 	f := farm.New(cfg)
 	d.Priv = cfg.Privilege
 	rt := &Runtime{Door: d, Farm: f, Stdout: stdout, cache: map[string]*loadEntry{}}
-	rt.Modules = append(rt.Modules, f.Module(d))
-	for _, mk := range modules {
-		rt.Modules = append(rt.Modules, mk(d, f))
-	}
-	rt.Modules = append(rt.Modules, argsModule())
+	rt.Modules = buildModules(d, f)
 	rt.predeclared = starlark.StringDict{
 		"json":   json.Module,
 		"time":   sltime.Module,
@@ -123,9 +117,11 @@ func resolveLoad(from source, module string) (source, error) {
 	}
 }
 
-// newThread makes a thread sharing the run's print, load and context.
-func (rt *Runtime) newThread(name string, from source) *starlark.Thread {
-	th := &starlark.Thread{Name: name}
+// newThread makes a thread sharing the run's print, load and context:
+// cancelling the run's context (Ctrl-C) cancels the thread. Call stop when
+// the thread is done.
+func (rt *Runtime) newThread(name string, from source) (th *starlark.Thread, stop func()) {
+	th = &starlark.Thread{Name: name}
 	th.Print = func(_ *starlark.Thread, msg string) {
 		if rt.Door.DryRun {
 			for _, line := range strings.Split(msg, "\n") {
@@ -142,11 +138,10 @@ func (rt *Runtime) newThread(name string, from source) *starlark.Thread {
 		}
 		return rt.exec(src)
 	}
-	th.SetLocal(trace.ContextKey, rt.Door.Context())
 	ctx := rt.Door.Context()
-	stop := context.AfterFunc(ctx, func() { th.Cancel("interrupted") })
-	_ = stop
-	return th
+	th.SetLocal(trace.ContextKey, ctx)
+	stopCancel := context.AfterFunc(ctx, func() { th.Cancel("interrupted") })
+	return th, func() { stopCancel() }
 }
 
 // exec runs a file once and caches its globals (load semantics).
@@ -165,8 +160,9 @@ func (rt *Runtime) exec(src source) (starlark.StringDict, error) {
 		e.busy, e.err = false, fmt.Errorf("load %s: %w", src.display(), err)
 		return nil, e.err
 	}
-	th := rt.newThread(src.display(), src)
-	g, err := starlark.ExecFileOptions(fileOptions, th, src.display(), data, rt.predeclared)
+	th, stop := rt.newThread(src.display(), src)
+	defer stop()
+	g, err := starlark.ExecFileOptions(trace.FileOptions(), th, src.display(), data, rt.predeclared)
 	e.busy, e.globals, e.err = false, g, err
 	return g, err
 }
@@ -258,7 +254,8 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 		_, err = rt.exec(src)
 		return err
 	}
-	th := rt.newThread(name, src)
+	th, stop := rt.newThread(name, src)
+	defer stop()
 	_, err = starlark.Call(th, mainFn, starlark.Tuple{p.opts()}, nil)
 	return err
 }
@@ -292,7 +289,7 @@ func isScript(src source) bool {
 	if err != nil {
 		return false
 	}
-	f, err := fileOptions.Parse(src.display(), data, 0)
+	f, err := trace.FileOptions().Parse(src.display(), data, 0)
 	if err != nil {
 		return false
 	}
@@ -381,13 +378,9 @@ func (rt *Runtime) Summary(name string) (summary string, err error) {
 // errorText renders an error for the user: the innermost Starlark
 // backtrace (file:line of the recipe) and the Go error that caused it.
 func errorText(err error) string {
-	var ee *starlark.EvalError
 	var inner *starlark.EvalError
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		if x, ok := e.(*starlark.EvalError); ok {
-			if ee == nil {
-				ee = x
-			}
 			inner = x
 		}
 	}
@@ -404,7 +397,6 @@ func errorText(err error) string {
 		}
 		return err.Error()
 	}
-	_ = ee
 	return backtrace(inner)
 }
 

@@ -3,34 +3,33 @@ package runtime
 import (
 	"bytes"
 	"context"
-	"flag"
+	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarktest"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/startest"
 	"pifarm/builtins/trace"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden .trace files")
-
-func init() {
+// defaultConfig is what main.go embeds: the repository's config.star.
+var defaultConfig = func() []byte {
 	b, err := os.ReadFile("../../config.star")
 	if err != nil {
 		panic(err)
 	}
-	DefaultConfig = b
-}
+	return b
+}()
 
 // pifarm runs the command in-process and returns stdout, stderr and status.
 func pifarm(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := Main(Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: true})
+	code := Main(Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: true, DefaultConfig: defaultConfig})
 	return out.String(), errb.String(), code
 }
 
@@ -73,22 +72,8 @@ func TestGolden(t *testing.T) {
 			os.Chdir(root)
 			out, errs, code := pifarm(t, args...)
 			os.Chdir(wd)
-			got := out
-			if errs != "" {
-				got += "--- stderr\n" + errs
-			}
-			got += "--- exit " + strconv.Itoa(code) + "\n"
-			want := strings.TrimSuffix(c, ".args") + ".trace"
-			if *update {
-				os.WriteFile(want, []byte(got), 0o644)
-				return
-			}
-			b, err := os.ReadFile(want)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if string(b) != got {
-				t.Errorf("trace of `pifarm %s` differs\n--- got\n%s--- want\n%s", strings.TrimSpace(string(raw)), got, b)
+			if !startest.Golden(t, strings.TrimSuffix(c, ".args")+".trace", startest.Transcript(out, errs, code)) {
+				t.Logf("the command: pifarm %s", strings.TrimSpace(string(raw)))
 			}
 		})
 	}
@@ -157,6 +142,11 @@ func TestHelpAndLists(t *testing.T) {
 	if code != 0 || !strings.Contains(o, "run RECIPE") || strings.Contains(o, "Exit status") {
 		t.Fatalf("--help: %d %s", code, o)
 	}
+	for _, m := range trace.Names(buildModules(trace.New(nil, true, false, io.Discard), farm.New(farm.Default()))) {
+		if !strings.Contains(o, "\n  "+m+" ") {
+			t.Errorf("--help does not list the module %s:\n%s", m, o)
+		}
+	}
 	o, _, _ = pifarm(t, "-hv")
 	if !strings.Contains(o, "Exit status") {
 		t.Fatalf("-hv lacks the long explanation:\n%s", o)
@@ -218,7 +208,7 @@ func TestConfigLookupOrder(t *testing.T) {
 	defer os.Chdir(wd)
 	explicit := ""
 	margin := func() float64 {
-		c, err := findConfig(context.Background(), explicit)
+		c, err := findConfig(context.Background(), defaultConfig, explicit)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -289,37 +279,33 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
-// TestStar runs the .star tests in testdata/star with starlarktest's assert
-// module and the recipes' runtime (modules, load of the bundled library).
+// TestStar runs the .star tests in testdata/star on the startest fixture
+// with the recipes' runtime: every registered module (dry run, golden
+// configuration) and load() of the bundled library.
 func TestStar(t *testing.T) {
 	goldenEnv(t)
 	files, _ := filepath.Glob("testdata/star/*_test.star")
 	if len(files) == 0 {
 		t.Fatal("no .star tests")
 	}
-	cfg, err := findConfig(context.Background(), "testdata/golden/config.star")
+	cfg, err := findConfig(context.Background(), defaultConfig, "testdata/golden/config.star")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			var out bytes.Buffer
-			d := trace.New(nil, true, false, &out)
-			rt := New(d, cfg, &out)
-			assert, err := starlarktest.LoadAssertModule()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for k, v := range assert {
-				rt.predeclared[k] = v
-			}
+			fx := startest.New(t, startest.Options{Dry: true, Farm: farm.New(cfg)})
+			rt := New(fx.Door, cfg, io.Discard)
+			fx.Add(rt.Modules...)
 			abs, _ := filepath.Abs(f)
-			th := rt.newThread(f, source{Path: abs})
-			starlarktest.SetReporter(th, t)
-			src, _ := os.ReadFile(abs)
-			if _, err := starlark.ExecFileOptions(fileOptions, th, abs, src, rt.predeclared); err != nil {
-				t.Fatal(errorText(err))
+			fx.Load = func(_ *starlark.Thread, module string) (starlark.StringDict, error) {
+				src, err := resolveLoad(source{Path: abs}, module)
+				if err != nil {
+					return nil, err
+				}
+				return rt.exec(src)
 			}
+			fx.Run(abs, nil)
 		})
 	}
 }
@@ -335,7 +321,7 @@ func TestInterruptCancelsBlockingBuiltin(t *testing.T) {
 	time.AfterFunc(200*time.Millisecond, cancel)
 	var out, errb bytes.Buffer
 	t0 := time.Now()
-	code := Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx})
+	code := Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: defaultConfig})
 	if d := time.Since(t0); d > 5*time.Second {
 		t.Fatalf("took %v after the interrupt", d)
 	}
@@ -363,7 +349,9 @@ func interruptedMain(t *testing.T, args ...string) (int, string) {
 	time.AfterFunc(200*time.Millisecond, cancel)
 	var out, errb bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- Main(Options{Args: args, Stdout: &out, Stderr: &errb, Ctx: ctx}) }()
+	go func() {
+		done <- Main(Options{Args: args, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: defaultConfig})
+	}()
 	select {
 	case code := <-done:
 		return code, errb.String()
