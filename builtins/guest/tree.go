@@ -575,6 +575,12 @@ func badText(s string) string {
 	return ""
 }
 
+// shQuote quotes s for a POSIX shell as dash reads it: unchanged when it
+// holds only characters no shell treats specially, else in single quotes
+// (a single quote inside is closed, escaped and reopened). Everything else
+// stays literal inside the quotes, a newline included, so a multi-line script stays multi-line: the
+// guest's sh may not know bash's $'\n' (trace.Quote writes control
+// characters that way to keep a trace line one line).
 func shQuote(s string) string {
 	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:,=+@%") == "" {
 		return s

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.starlark.net/starlark"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/startest"
 	"pifarm/recipes"
 )
 
@@ -265,9 +267,9 @@ func TestBundledTrees(t *testing.T) {
 
 func TestStarlarkModule(t *testing.T) {
 	dir := hostTree(t)
-	m := NewFS(bundledFS()).Struct()
-	thread := &starlark.Thread{Name: "test"}
-	src := `
+	fx := startest.New(t, startest.Options{Dry: true, Farm: farm.New(farm.Default())})
+	fx.Add(NewFS(bundledFS())).Set("USER", starlark.String(dir))
+	g := fx.Run("test.star", `
 t = guest.tree("base", None, "", USER)
 files = t.files
 pk = guest.packages(t, ["git", "rsync"])
@@ -276,11 +278,7 @@ perm = t.permissions[0]
 tarlen = len(t.tar())
 su = guest.sudoers("first.last")
 q = guest.quote("it's")
-`
-	g, err := starlark.ExecFile(thread, "test.star", src, starlark.StringDict{"guest": m, "USER": starlark.String(dir)})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	if got := g["pk"].String(); got != `["hostapd", "i2c-tools", "rsync", "git"]` {
 		t.Errorf("packages %s", got)
 	}
@@ -295,13 +293,52 @@ q = guest.quote("it's")
 	}
 	for _, bad := range []struct{ src, want string }{
 		{`guest.packages(["ok", "Not OK"])`, `guest.packages: list 1: "Not OK" is not a Debian package name`},
+		{`guest.packages([1])`, `guest.packages: list 1: 1 is not a string`},
 		{`guest.check_user("Root")`, `"Root" is not a user name`},
+		{`guest.sudoers("a b")`, `guest.sudoers: "a b" is not a user name`},
 		{`guest.tree("nosuch")`, `no bundled guest tree "nosuch"`},
 		{`guest.tree(1)`, `want a tree name or folder`},
+		{`guest.tree(base = 1)`, `guest.tree: unexpected keyword argument "base"`},
+		{`guest.tree("base").mode("/nosuch")`, `guest.tree.mode: /nosuch is not a file of guest.tree(base)`},
+		{`guest.tree("base").tar(extra = {"/x": 1})`, `guest.tree.tar: extra wants {path: text} strings`},
 	} {
-		_, err := starlark.ExecFile(thread, "bad.star", bad.src, starlark.StringDict{"guest": m})
+		_, err := fx.Exec("bad.star", bad.src)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: err = %v, want %q", bad.src, err, bad.want)
+		}
+	}
+}
+
+// TestQuoteKeepsLines: guest.quote is what a POSIX sh reads back as s, a
+// newline kept as a newline inside the quotes (dash knows no $'\n').
+func TestQuoteKeepsLines(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"plain-1.0_x/y:z,a=b+c@d%e", "plain-1.0_x/y:z,a=b+c@d%e"},
+		{"", "''"},
+		{"a b", "'a b'"},
+		{"it's", `'it'\''s'`},
+		{"two\nlines\n", "'two\nlines\n'"},
+		{"$(reboot)", "'$(reboot)'"},
+		{"a^b", "'a^b'"},
+	} {
+		if got := shQuote(tc.in); got != tc.want {
+			t.Errorf("shQuote(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+		out, err := exec.Command("sh", "-c", "printf %s "+shQuote(tc.in)).Output()
+		if err != nil || string(out) != tc.in {
+			t.Errorf("sh read %s back as %q (%v), want %q", shQuote(tc.in), out, err, tc.in)
+		}
+	}
+}
+
+func TestTreeMethodsRegistration(t *testing.T) {
+	if err := treeMethods.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	v := &treeValue{t: &Tree{}}
+	for _, name := range v.AttrNames() {
+		if a, err := v.Attr(name); a == nil || err != nil {
+			t.Errorf("t.%s: %v, %v", name, a, err)
 		}
 	}
 }
