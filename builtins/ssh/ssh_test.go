@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,6 +57,38 @@ func noKeys(t *testing.T) Keys {
 }
 
 func live() *trace.Door { return trace.New(context.Background(), false, false, nil) }
+
+// serve accepts connections on addr until the test ends, handing each to
+// handle and closing it when handle returns or the test ends.
+func serve(t *testing.T, addr string, handle func(c net.Conn)) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() { handle(c); c.Close() }()
+		}
+	}()
+}
 
 func TestRunWithPasswordAndTrustOnFirstUse(t *testing.T) {
 	f := testFarm(t)
@@ -149,22 +182,9 @@ func TestServerStartingLateIsWaitedFor(t *testing.T) {
 
 func TestSilentServerHitsTheHandshakeDeadline(t *testing.T) {
 	f := testFarm(t)
-	ln, err := net.Listen("tcp", addr(5))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // accept, say nothing
-		}
-	}()
+	serve(t, addr(5), func(c net.Conn) { io.Copy(io.Discard, c) }) // accept, say nothing
 	start := time.Now()
-	_, err = Dial(live(), target(f, 5), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 400*time.Millisecond)
+	_, err := Dial(live(), target(f, 5), Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 400*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "handshake timed out") || time.Since(start) > 2*time.Second {
 		t.Fatalf("error after %s: %v", time.Since(start), err)
 	}
@@ -476,25 +496,14 @@ func TestRecordedKeyTypeGoneIsAMismatch(t *testing.T) {
 // An error that is not retried does not claim that pifarm waited.
 func TestImmediateFailureDoesNotClaimAWait(t *testing.T) {
 	f := testFarm(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:26023")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// a banner, then a packet whose padding exceeds its length
-			c.Write([]byte("SSH-2.0-broken\r\n\x00\x00\x00\x0c\xff\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
-			time.AfterFunc(3*time.Second, func() { c.Close() })
-		}
-	}()
+	serve(t, "127.0.0.1:26023", func(c net.Conn) {
+		// a banner, then a packet whose padding exceeds its length
+		c.Write([]byte("SSH-2.0-broken\r\n\x00\x00\x00\x0c\xff\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
+		time.Sleep(3 * time.Second)
+	})
 	tg := Target{Host: "127.0.0.1", Port: 26023, KnownHosts: f.KnownHosts(1)}
 	start := time.Now()
-	_, err = Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 10*time.Second)
+	_, err := Dial(live(), tg, Auth{User: "pi", Passwords: []string{"raspberry"}}, noKeys(t), 10*time.Second)
 	if err == nil || strings.Contains(err.Error(), "gave up after") || time.Since(start) > 5*time.Second {
 		t.Fatalf("after %s: %v", time.Since(start), err)
 	}
