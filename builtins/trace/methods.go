@@ -95,14 +95,8 @@ func (m *Methods[T]) Attr(recv T, name string) (starlark.Value, error) {
 	return nil, nil
 }
 
-// wrapBuiltinErr names the builtin full in err once: an error that already
-// starts with the name (starlark.UnpackArgs's) is returned as it is.
-func wrapBuiltinErr(full string, err error) error {
-	if s := err.Error(); strings.HasPrefix(s, full+":") || strings.HasPrefix(s, full+" ") {
-		return err
-	}
-	return &BuiltinError{Op: full, Err: err}
-}
+// wrapBuiltinErr names the builtin full in err once, as Module does (named).
+func wrapBuiltinErr(full string, err error) error { return named(full, err) }
 
 // AttrNames lists the fields and methods, sorted.
 func (m *Methods[T]) AttrNames() []string {

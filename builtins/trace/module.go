@@ -52,10 +52,7 @@ func (m *Module) Struct() *starlarkstruct.Module {
 			}
 			v, err := f.Fn(thread, b, args, kwargs)
 			if err != nil {
-				if strings.HasPrefix(err.Error(), full+":") || strings.HasPrefix(err.Error(), full+" ") {
-					return nil, err
-				}
-				return nil, &BuiltinError{Op: full, Err: err}
+				return nil, named(full, err)
 			}
 			if v == nil {
 				v = starlark.None
@@ -78,6 +75,22 @@ type BuiltinError struct {
 
 func (e *BuiltinError) Error() string { return e.Op + ": " + e.Err.Error() }
 func (e *BuiltinError) Unwrap() error { return e.Err }
+
+// named names the builtin full (module.function, TYPE.method) in err once,
+// as a BuiltinError. An error that names it already is returned as it is:
+// a BuiltinError of full (found with errors.As), and an argument error of
+// starlark.UnpackArgs called with the builtin's name, which starlark-go
+// makes with fmt.Errorf, worded "full: ..." (no type to find it by).
+func named(full string, err error) error {
+	var be *BuiltinError
+	if errors.As(err, &be) && be.Op == full {
+		return err
+	}
+	if s := err.Error(); strings.HasPrefix(s, full+":") || strings.HasPrefix(s, full+" ") {
+		return err
+	}
+	return &BuiltinError{Op: full, Err: err}
+}
 
 // UsageError is a mistake in how pifarm was called (unknown instance, bad
 // option): the command exits with status 2.
