@@ -102,9 +102,14 @@ prints the ssh-keygen line and returns a placeholder).`},
 			{Name: "public_key_file", Args: "", Fn: m.publicKeyFile,
 				Doc: `The path of the user's public key file (see public_key), creating pifarm's
 own key when the user has none.`},
-			{Name: "probe", Args: "instance, port=None, timeout=2", Fn: m.probe,
-				Doc: `The SSH server's banner ("SSH-2.0-...") when one answers within timeout,
-else None. A query: runs in dry-run too; logs in to nothing.`},
+			{Name: "probe", Args: "instance, port=None, timeout=10", Fn: m.probe,
+				Doc: `The SSH server's banner ("SSH-2.0-...") when one answers within timeout
+seconds, else None. A query: runs in dry-run too; logs in to nothing.
+
+A port nobody listens on (QEMU's forward to a guest without an SSH server
+closes at once) costs no wait; a slow guest (OpenSSH under full-system
+emulation takes 0.4-2 s and more to send its banner) is waited for up to
+timeout.`},
 			{Name: "command", Args: `instance, cmd="", port=None, user="root"`, Fn: m.command,
 				Doc: `The ssh command line a user would type to reach the instance (and run cmd).`},
 		},
@@ -270,8 +275,11 @@ func (m *module) publicKey(_ *starlark.Thread, b *starlark.Builtin, args starlar
 	return starlark.String(line), err
 }
 
+// ProbeTimeout is how long ssh.probe waits for a banner by default.
+const ProbeTimeout = 10 * time.Second
+
 func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	ref, timeout := m.instanceRef(), trace.Seconds{D: 2 * time.Second}
+	ref, timeout := m.instanceRef(), trace.Seconds{D: ProbeTimeout}
 	var port portArg
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "port?", &port, "timeout?", &timeout); err != nil {
 		return nil, err

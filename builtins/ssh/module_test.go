@@ -2,10 +2,12 @@ package ssh
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.starlark.net/starlark"
 	"pifarm/builtins/console/fakeguest"
@@ -171,4 +173,29 @@ func TestArgs(t *testing.T) {
 	}
 	fx := fixture(t, startest.Options{Dry: true}, testFarm(t), noKeys(t))
 	fx.RunChunks("testdata/args.star")
+}
+
+// TestProbeWaitsForASlowBanner: OpenSSH under emulation sends its banner
+// seconds after the connection; the default probe waits for it, and a port
+// whose peer closes at once (QEMU's forward to a guest without sshd) costs
+// no wait.
+func TestProbeWaitsForASlowBanner(t *testing.T) {
+	f := testFarm(t)
+	serve(t, addr(13), func(c net.Conn) {
+		time.Sleep(2500 * time.Millisecond)
+		c.Write([]byte("SSH-2.0-OpenSSH_9.2p1 slow\r\n"))
+		time.Sleep(time.Second)
+	})
+	serve(t, addr(14), func(c net.Conn) {}) // closes at once
+	fx := fixture(t, startest.Options{}, f, noKeys(t))
+	start := time.Now()
+	fx.Run("slow.star", `assert.eq(ssh.probe(13), "SSH-2.0-OpenSSH_9.2p1 slow")`)
+	if d := time.Since(start); d < 2500*time.Millisecond {
+		t.Fatalf("the banner came after %s, before the server sent it", d)
+	}
+	start = time.Now()
+	fx.Run("closed.star", `assert.eq(ssh.probe(14), None)`)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a port closed at once took %s to probe", d)
+	}
 }
