@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/image/shacrypt"
 )
 
 func TestRegisterProvideCheck(t *testing.T) {
@@ -206,7 +209,7 @@ func TestSeed(t *testing.T) {
 			t.Errorf("mdir lacks %q:\n%s", n, dirList)
 		}
 	}
-	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	// replacing keeps fsck clean too
 	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "admin", Hash: "$6$x$y"}); err != nil {
 		t.Fatal(err)
@@ -214,66 +217,10 @@ func TestSeed(t *testing.T) {
 	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "admin:$6$x$y\n" {
 		t.Errorf("replaced userconf.txt: %q", got)
 	}
-	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "pi"}); err == nil {
 		t.Error("user without password accepted")
 	}
-}
-
-// fsckClean runs fsck.vfat -n on a copy of the partition.
-func fsckClean(t *testing.T, img string, start, n uint64) {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "boot.part")
-	run(t, "", "dd", "if="+img, "of="+p, "bs=512", fmt.Sprintf("skip=%d", start), fmt.Sprintf("count=%d", n), "status=none")
-	out := run(t, "", "fsck.vfat", "-n", p)
-	if strings.Contains(out, "\n  ") || strings.Contains(strings.ToLower(out), "wrong") || strings.Contains(out, "Free cluster") {
-		t.Errorf("fsck.vfat -n:\n%s", out)
-	}
-}
-
-func TestFATFillsFolderAndDisk(t *testing.T) {
-	dir := t.TempDir()
-	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1, kernelBytes: 1000})
-	f, err := os.OpenFile(fx.path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fs, err := OpenFAT32(f, f, int64(fx.bootStart)*512, int64(fx.bootN)*512)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// many long names: the root folder (one 512-byte cluster) must grow
-	for i := 0; i < 60; i++ {
-		name := fmt.Sprintf("seeded file number %02d with a long name.conf", i)
-		if err := fs.WriteFile(name, []byte(name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := fs.WriteFile("overlays/new-overlay.dtbo", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	// a 255-character name needs 20 entries: more than one 512-byte cluster
-	longest := strings.Repeat("n", 251) + ".txt"
-	if err := fs.WriteFile(longest, []byte("longest")); err != nil {
-		t.Fatal(err)
-	}
-	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
-	img := fmt.Sprintf("%s@@%d", fx.path, fx.bootStart*512)
-	if got := run(t, "", "mtype", "-i", img, "::seeded file number 59 with a long name.conf"); got != "seeded file number 59 with a long name.conf" {
-		t.Errorf("mtype: %q", got)
-	}
-	if got := run(t, "", "mtype", "-i", img, "::"+longest); got != "longest" {
-		t.Errorf("mtype longest: %q", got)
-	}
-	if got := run(t, "", "mtype", "-i", img, "::overlays/new-overlay.dtbo"); got != "x" {
-		t.Errorf("mtype: %q", got)
-	}
-	free, _ := fs.FreeBytes()
-	if err := fs.WriteFile("huge.bin", make([]byte, free+1)); err == nil || !strings.Contains(err.Error(), "full") {
-		t.Errorf("overfull write: %v", err)
-	}
-	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
 }
 
 // TestBootSignatureCoversOnlyBootFiles: what a guest or RaspiOS does to
@@ -480,7 +427,7 @@ func TestSeedCloudInit(t *testing.T) {
 	if _, err := m.Seed(fx.path, SeedOptions{SSH: true, User: "pi", Password: "pw", Salt: "saltsalt", Keys: []string{key}}); err != nil {
 		t.Fatal(err)
 	}
-	hash, _ := SHA512Crypt("pw", "saltsalt", 0)
+	hash, _ := shacrypt.SHA512("pw", "saltsalt", 0)
 	got := run(t, "", "mtype", "-i", img, "::user-data")
 	for _, want := range []string{"#cloud-config\n", "  - name: \"pi\"\n", "    passwd: \"" + hash + "\"\n", "      - \"" + key + "\"\n", "ssh_pwauth: true\n", "  - [systemctl, enable, --now, ssh]\n"} {
 		if !strings.Contains(got, want) {
@@ -490,7 +437,7 @@ func TestSeedCloudInit(t *testing.T) {
 	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "pi:"+hash+"\n" {
 		t.Errorf("userconf.txt %q", got)
 	}
-	fsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	if _, err := m.Seed(fx.path, SeedOptions{User: "pi", Password: "pw", Keys: []string{"not a key\nx"}}); err == nil {
 		t.Error("a bad key was accepted")
 	}

@@ -6,11 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"pifarm/builtins/trace"
 	"strconv"
 	"strings"
 
 	"golang.org/x/term"
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/qcow2"
 )
 
 // baseFile records, next to a linked clone, the identity of its base.
@@ -217,8 +218,8 @@ func (m *mod) CheckClone(id int) (CloneState, error) {
 	st := CloneState{Exists: true, OK: true}
 	f, err := os.Open(m.baseFile(id))
 	if os.IsNotExist(err) {
-		if IsQcow2(dst) {
-			if q, err := OpenQcow2(dst); err == nil {
+		if qcow2.Is(dst) {
+			if q, err := qcow2.Open(dst); err == nil {
 				st.Base = q.Backing
 				q.Close()
 			} else {
@@ -244,7 +245,7 @@ func (m *mod) CheckClone(id int) (CloneState, error) {
 		}
 	}
 	st.Base = want.Path
-	q, err := OpenQcow2(dst)
+	q, err := qcow2.Open(dst)
 	if err != nil {
 		st.OK, st.Reason = false, err.Error()
 		return st, nil

@@ -3,67 +3,15 @@ package image
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// TestQcow2ReaderMatchesQemuImg writes into a linked clone with qemu-io
-// (allocated clusters over an unallocated backing) and compares the guest
-// view with what qemu-img convert makes of it.
-func TestQcow2ReaderMatchesQemuImg(t *testing.T) {
-	dir := t.TempDir()
-	fx := makeFixture(t, dir, fixtureOpts{size: 100 << 20, bootMiB: 40, clusterSectrs: 1})
-	q := filepath.Join(dir, "linked.qcow2")
-	run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", fx.path, "-F", "raw", q)
-	run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", q)
-	full := filepath.Join(dir, "full.qcow2")
-	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
-	packed := filepath.Join(dir, "compressed.qcow2")
-	run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
-	want := filepath.Join(dir, "want.raw")
-	run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
-	wb, _ := os.ReadFile(want)
-	for _, p := range []string{q, full, packed} {
-		r, err := OpenQcow2(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.Size != int64(len(wb)) {
-			t.Fatalf("%s: size %d want %d", p, r.Size, len(wb))
-		}
-		got := make([]byte, len(wb))
-		if _, err := r.ReadAt(got, 0); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, wb) {
-			for i := range got {
-				if got[i] != wb[i] {
-					t.Fatalf("%s: first difference at byte %d", p, i)
-				}
-			}
-		}
-		// odd, cluster-crossing reads and reads past the end
-		b := make([]byte, 70000)
-		if n, err := r.ReadAt(b, 4194304-1000); n != len(b) || err != nil || !bytes.Equal(b, wb[4194304-1000:4194304-1000+70000]) {
-			t.Fatalf("%s: crossing read %d %v", p, n, err)
-		}
-		if n, err := r.ReadAt(b, r.Size-10); n != 10 || err != io.EOF {
-			t.Fatalf("%s: read at end: %d %v", p, n, err)
-		}
-		r.Close()
-	}
-	if b, _ := os.ReadFile(q); !IsQcow2(q) || len(b) == 0 {
-		t.Fatal("IsQcow2")
-	}
-	if IsQcow2(fx.path) {
-		t.Fatal("raw taken for qcow2")
-	}
-}
+	"pifarm/builtins/image/qcow2"
+)
 
 func TestClones(t *testing.T) {
 	dir := t.TempDir()
@@ -151,7 +99,7 @@ func TestClones(t *testing.T) {
 	if st, _ = m.CheckClone(1); !st.OK || st.Linked {
 		t.Fatalf("full clone: %+v", st)
 	}
-	if !IsQcow2(m.f.Disk(1) + "~") {
+	if !qcow2.Is(m.f.Disk(1) + "~") {
 		t.Error("old clone not kept")
 	}
 	if ids, _ := m.Clones(); len(ids) != 1 || ids[0] != 1 {
@@ -267,7 +215,7 @@ func TestSeedUnderLinkedClones(t *testing.T) {
 	last := int64(fx.bootStart+fx.bootN-1) * 512
 	run(t, "", "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0 %d 512", last), m.f.Disk(2))
 	run(t, "", "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 7 %d 4096", int64(fx.rootStart)*512+1<<20), m.f.Disk(1))
-	q1, _ := OpenQcow2(m.f.Disk(1))
+	q1, _ := qcow2.Open(m.f.Disk(1))
 	if h, err := q1.HoldsData(int64(fx.bootStart)*512, int64(fx.bootN)*512); h || err != nil {
 		t.Fatalf("clone 1 holds partition 1 data: %v %v", h, err)
 	}

@@ -10,6 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"pifarm/builtins/image/ext4"
+	"pifarm/builtins/image/fat"
+	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/image/qcow2"
 )
 
 // Disk is an opened, verified image: a raw file or a qcow2 clone.
@@ -17,10 +22,10 @@ type Disk struct {
 	Path   string // as named by the caller (may be a link)
 	Real   string // the file behind links
 	Qcow2  bool
-	Layout *Layout
+	Layout *mbr.Layout
 	r      io.ReaderAt
 	f      *os.File // raw images
-	q      *Qcow2
+	q      *qcow2.Image
 	// Ctx, when set, stops reading the boot files on cancellation.
 	Ctx context.Context
 }
@@ -46,8 +51,8 @@ func Open(path string) (*Disk, error) {
 		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
 	}
 	size := fi.Size()
-	if IsQcow2(real) {
-		q, err := OpenQcow2(real)
+	if qcow2.Is(real) {
+		q, err := qcow2.Open(real)
 		if err != nil {
 			return nil, err
 		}
@@ -59,17 +64,17 @@ func Open(path string) (*Disk, error) {
 		}
 		d.f, d.r = f, f
 	}
-	head, err := readHead(d.r)
+	head, err := mbr.ReadHead(d.r)
 	if err == nil {
-		d.Layout, err = ParseMBR(head, size)
+		d.Layout, err = mbr.Parse(head, size)
 	}
 	if err == nil {
 		// 512-byte sectors: the FAT boot sector must sit at sector Start*512
 		var bs [512]byte
 		if _, rerr := d.r.ReadAt(bs[:], d.Layout.Boot().Offset()); rerr != nil {
-			err = layoutErr("cannot read partition 1: %v", rerr)
+			err = mbr.LayoutError("cannot read partition 1: %v", rerr)
 		} else if bs[510] != 0x55 || bs[511] != 0xaa || bs[11] != 0 || bs[12] != 2 {
-			err = layoutErr("no FAT boot sector with 512-byte sectors at partition 1 (byte %d): not a 512-byte-sector image", d.Layout.Boot().Offset())
+			err = mbr.LayoutError("no FAT boot sector with 512-byte sectors at partition 1 (byte %d): not a 512-byte-sector image", d.Layout.Boot().Offset())
 		}
 	}
 	if err != nil {
@@ -94,9 +99,9 @@ func (d *Disk) Close() error {
 func (d *Disk) ReaderAt() io.ReaderAt { return d.r }
 
 // Boot opens the FAT32 boot partition read-only.
-func (d *Disk) Boot() (*FAT32, error) {
+func (d *Disk) Boot() (*fat.FS, error) {
 	b := d.Layout.Boot()
-	fs, err := OpenFAT32(d.r, nil, b.Offset(), b.Bytes())
+	fs, err := fat.Open(d.r, nil, b.Offset(), b.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("%s partition 1: %w", d.Path, err)
 	}
@@ -104,8 +109,8 @@ func (d *Disk) Boot() (*FAT32, error) {
 }
 
 // Root reads the ext4 superblock of partition 2.
-func (d *Disk) Root() (Ext4, error) {
-	e, err := ReadExt4(d.r, d.Layout.Root().Offset())
+func (d *Disk) Root() (ext4.Superblock, error) {
+	e, err := ext4.Read(d.r, d.Layout.Root().Offset())
 	if err != nil {
 		return e, fmt.Errorf("%s partition 2: %w", d.Path, err)
 	}
@@ -193,8 +198,7 @@ func (d *Disk) chainIDs() ([]fileID, error) {
 			return nil, err
 		}
 		ids = append(ids, id)
-		next, _ := q.backing.(*Qcow2)
-		q = next
+		q = q.BackingImage()
 	}
 	return ids, nil
 }

@@ -4,16 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
 	"testing"
 	"time"
 
-	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/internal/tooltest"
 )
 
 // fixture is a RaspiOS-like image made by the real tools: sfdisk,
@@ -39,25 +37,11 @@ type fixtureOpts struct {
 	otherKernels  int // how many further 10 MB kernels/initramfs files (a real boot partition's fill)
 }
 
-func run(t testing.TB, stdin string, name string, args ...string) string {
-	t.Helper()
-	c := exec.Command(name, args...)
-	if stdin != "" {
-		c.Stdin = strings.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	c.Stdout, c.Stderr = &out, &errb
-	if err := c.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), errb.String())
-	}
-	return out.String()
-}
+// run runs a fixture-making or checking tool (see tooltest.Run).
+var run = tooltest.Run
 
-func randBytes(seed int64, n int) []byte {
-	b := make([]byte, n)
-	rand.New(rand.NewSource(seed)).Read(b)
-	return b
-}
+// randBytes is reproducible random content (see tooltest.RandBytes).
+var randBytes = tooltest.RandBytes
 
 func makeFixture(t testing.TB, dir string, o fixtureOpts) *fixture {
 	t.Helper()

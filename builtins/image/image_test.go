@@ -3,9 +3,7 @@ package image
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,82 +14,12 @@ import (
 	"time"
 )
 
-// mbrSector builds a first sector with the given entries (type, start,
-// size) and the 55 aa signature.
-func mbrSector(entries ...[3]uint32) []byte {
-	b := make([]byte, 1024)
-	binary.LittleEndian.PutUint32(b[440:], 0xdeadbeef)
-	for i, e := range entries {
-		o := 446 + 16*i
-		b[o+4] = byte(e[0])
-		binary.LittleEndian.PutUint32(b[o+8:], e[1])
-		binary.LittleEndian.PutUint32(b[o+12:], e[2])
-	}
-	b[510], b[511] = 0x55, 0xaa
-	return b
-}
-
-func TestParseMBR(t *testing.T) {
-	good := mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 532480, 1000000})
-	size := int64(532480+1000000) * 512
-	gpt := mbrSector([3]uint32{0xee, 1, 0xffffffff})
-	gptHeader := append([]byte(nil), good...)
-	copy(gptHeader[512:], "EFI PART")
-	noSig := append([]byte(nil), good...)
-	noSig[510] = 0
-	badBoot := append([]byte(nil), good...)
-	badBoot[446] = 0x42
-	for _, tc := range []struct {
-		name string
-		head []byte
-		size int64
-		want string
-	}{
-		{"good", good, size, ""},
-		{"empty file", nil, 0, "truncated: 0 bytes"},
-		{"short file", good[:100], 100, "truncated: 100 bytes"},
-		{"zeros", make([]byte, 1024), size, "no partition table (sector 0 is all zeros)"},
-		{"no signature", noSig, size, "no MBR signature 55 aa at byte 510, found 00 aa"},
-		{"gpt protective", gpt, size, "GPT partition table (protective MBR entry 1"},
-		{"gpt header", gptHeader, size, "GPT partition table (found \"EFI PART\""},
-		{"bad boot flag", badBoot, size, "unreadable MBR"},
-		{"empty table", mbrSector(), size, "empty partition table"},
-		{"p1 unused", mbrSector([3]uint32{0, 0, 0}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 is unused"},
-		{"p1 fat16", mbrSector([3]uint32{0x0e, 8192, 524288}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 has type 0x0e (FAT16), want 0x0c"},
-		{"p1 early", mbrSector([3]uint32{0x0c, 2048, 524288}, [3]uint32{0x83, 532480, 1000}), size, "partition 1 starts at sector 2048, want 8192"},
-		{"p2 unused", mbrSector([3]uint32{0x0c, 8192, 524288}), size, "partition 2 is unused"},
-		{"p2 swap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x82, 532480, 1000}), size, "partition 2 has type 0x82 (Linux swap), want 0x83"},
-		{"overlap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 500000, 1000}), size, "partition 2 (sectors 500000..500999) overlaps partition 1 (sectors 8192..532479)"},
-		{"p3 overlap", mbrSector([3]uint32{0x0c, 8192, 524288}, [3]uint32{0x83, 532480, 1000}, [3]uint32{0x83, 532000, 1000}), size, "partition 3 (sectors 532000..532999) overlaps partition 1"},
-		{"truncated", good, size - 512, fmt.Sprintf("truncated file: partition 2 ends at byte %d but the image holds only %d bytes", size, size-512)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			l, err := ParseMBR(tc.head, tc.size)
-			if tc.want == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				if l.DiskID != 0xdeadbeef || l.Boot().Start != 8192 || l.Root().Sectors != 1000000 {
-					t.Fatalf("layout %+v", l)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrLayout) {
-				t.Fatalf("error %v, want one containing %q", err, tc.want)
-			}
-		})
-	}
-}
-
 func TestOpenNamesFileAndCheckesSectorSize(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "x.img")
 	// a valid table but no FAT boot sector at partition 1: a 4K-sector image
-	b := mbrSector([3]uint32{0x0c, 8192, 2048}, [3]uint32{0x83, 10240, 2048})
-	f, _ := os.Create(p)
-	f.Write(b[:512])
-	f.Truncate(12288 * 512)
-	f.Close()
+	run(t, "", "truncate", "-s", fmt.Sprint(12288*512), p)
+	run(t, "label: dos\nstart=8192, size=2048, type=c\nstart=10240, size=2048, type=83\n", "sfdisk", "-q", p)
 	_, err := Open(p)
 	if err == nil || !strings.HasPrefix(err.Error(), p+": ") || !strings.Contains(err.Error(), "512-byte") {
 		t.Fatalf("error %v", err)

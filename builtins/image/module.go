@@ -7,17 +7,24 @@
 // Reads are queries; every change passes the tracing door, so a dry run
 // prints equivalent shell lines (truncate, sfdisk, mcopy, qemu-img, sudo
 // mount) and leaves every file byte for byte as it was.
+//
+// The formats it reads and writes are sub-packages that know nothing of
+// the door or Starlark: mbr (the partition table), fat (the FAT32 boot
+// partition), qcow2 (the guest view of clones), ext4 (the root file
+// system's superblock) and shacrypt (password hashes).
 package image
 
 import (
 	"fmt"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
 	"sort"
 	"strconv"
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
-	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/image/shacrypt"
 )
 
 func mkstruct(name string, d starlark.StringDict) *starlarkstruct.Struct {
@@ -85,8 +92,8 @@ func (m *mod) diskArg(v starlark.Value) (string, int, error) {
 	return p, id, err
 }
 
-func layoutStruct(path string, l *Layout) *starlarkstruct.Struct {
-	part := func(p Part) starlark.Value {
+func layoutStruct(path string, l *mbr.Layout) *starlarkstruct.Struct {
+	part := func(p mbr.Part) starlark.Value {
 		return mkstruct("partition", starlark.StringDict{
 			"index": starlark.MakeInt(p.Index), "type": starlark.MakeInt(int(p.Type)),
 			"start": starlark.MakeUint64(p.Start), "sectors": starlark.MakeUint64(p.Sectors),
@@ -423,9 +430,9 @@ func (m *mod) hashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 		return nil, err
 	}
 	if s == "" {
-		s = NewSalt()
+		s = shacrypt.NewSalt()
 	}
-	h, err := SHA512Crypt(pw, s, 0)
+	h, err := shacrypt.SHA512(pw, s, 0)
 	if err != nil {
 		return nil, err
 	}

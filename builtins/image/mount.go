@@ -5,10 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"pifarm/builtins/trace"
 	"strconv"
 	"strings"
 
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/mbr"
 )
 
 // MountResult says where and how a partition was mounted.
@@ -124,7 +125,7 @@ func (m *mod) Mount(part string, id int, useSudo bool) (*MountResult, error) {
 // mountOf reports whether mount x is partition pn (p) of the image real: a
 // loop device backed by real at p's offset (or real's partition device
 // loopNpN), or a guestmount of real's partition pn on x's target.
-func mountOf(x Mount, real string, pn int, p Part) bool {
+func mountOf(x Mount, real string, pn int, p mbr.Part) bool {
 	for _, l := range loopDevices(real) {
 		if x.Source == fmt.Sprintf("%sp%d", l, pn) {
 			return true
@@ -171,10 +172,10 @@ func mountOf(x Mount, real string, pn int, p Part) bool {
 }
 
 // layoutPart is partition pn of an image already verified by the caller.
-func (m *mod) layoutPart(path string, pn int) Part {
+func (m *mod) layoutPart(path string, pn int) mbr.Part {
 	d, err := m.open(path)
 	if err != nil {
-		return Part{}
+		return mbr.Part{}
 	}
 	defer d.Close()
 	return d.Layout.Parts[pn-1]

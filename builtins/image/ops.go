@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
 	"strings"
 	"time"
 
-	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/mbr"
 )
 
 // mod is the image module's state: the run's door and the farm.
@@ -178,7 +179,7 @@ type ExpandPlan struct {
 	Root            uint64 // target partition 2 sectors
 	NoNeed          bool
 	Script          string // sfdisk script of the new table
-	layout          *Layout
+	layout          *mbr.Layout
 	fsEnd           uint64 // first sector after the ext4 file system
 	marginRequested float64
 }
@@ -207,7 +208,7 @@ func (m *mod) PlanExpand(path string) (*ExpandPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	minEnd := root.Start + uint64((e.Size()+SectorSize-1)/SectorSize)
+	minEnd := root.Start + uint64((e.Size()+mbr.SectorSize-1)/mbr.SectorSize)
 	pl := &ExpandPlan{Path: path, SizeBefore: l.FileSize, RootBefore: root.Sectors, layout: l, fsEnd: minEnd, marginRequested: m.f.Config.MarginPercent}
 	sizes := m.f.Config.ImageSizesGiB
 	maxS := int64(sizes[len(sizes)-1]) * gib
@@ -239,7 +240,7 @@ func (m *mod) PlanExpand(path string) (*ExpandPlan, error) {
 func rootEnd(size int64, pct float64) uint64 {
 	margin := int64(float64(size) * pct / 100)
 	end := (size - margin) / mib * mib
-	return uint64(end / SectorSize)
+	return uint64(end / mbr.SectorSize)
 }
 
 // guard takes the instance locks (see lockInstances) and then refuses
@@ -354,21 +355,21 @@ func writeRoot(path string, pl *ExpandPlan) error {
 	if err != nil {
 		return err
 	}
-	head, err := readHead(f)
+	head, err := mbr.ReadHead(f)
 	if err != nil {
 		return err
 	}
-	cur, err := ParseMBR(head, fi.Size())
+	cur, err := mbr.Parse(head, fi.Size())
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if cur.Parts != pl.layout.Parts || cur.DiskID != pl.layout.DiskID {
 		return fmt.Errorf("%s: the partition table changed while pifarm was planning; nothing written", path)
 	}
-	if int64(pl.layout.Root().Start+pl.Root)*SectorSize > fi.Size() {
+	if int64(pl.layout.Root().Start+pl.Root)*mbr.SectorSize > fi.Size() {
 		return fmt.Errorf("%s: %d bytes, too short for partition 2 to end at sector %d; nothing written", path, fi.Size(), pl.layout.Root().Start+pl.Root)
 	}
-	t, err := cur.withRoot(pl.Root)
+	t, err := cur.WithRoot(pl.Root)
 	if err != nil {
 		return err
 	}

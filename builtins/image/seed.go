@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"pifarm/builtins/trace"
 	"slices"
 	"sort"
 	"strconv"
@@ -13,14 +14,17 @@ import (
 	"syscall"
 	"time"
 
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/fat"
+	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/image/shacrypt"
 )
 
 // SeedOptions say what Seed writes into the boot partition.
 type SeedOptions struct {
 	SSH      bool   // an empty "ssh" file: RaspiOS enables sshd on first boot
 	User     string // userconf.txt "user:hash" (Bullseye 2022-04 and later)
-	Password string // plain password, hashed with SHA512Crypt
+	Password string // plain password, hashed with shacrypt.SHA512
 	Hash     string // or a ready crypt hash ("$6$...")
 	Salt     string // fixed salt (tests); random when empty
 	// Keys are public keys (authorized_keys lines) for User; only images
@@ -102,9 +106,9 @@ func (m *mod) Seed(path string, o SeedOptions) (*SeedResult, error) {
 			m.d.Secret(o.Password)
 			salt := o.Salt
 			if salt == "" {
-				salt = NewSalt()
+				salt = shacrypt.NewSalt()
 			}
-			if h, err = SHA512Crypt(o.Password, salt, 0); err != nil {
+			if h, err = shacrypt.SHA512(o.Password, salt, 0); err != nil {
 				return nil, err
 			}
 		}
@@ -192,7 +196,7 @@ func (m *mod) Seed(path string, o SeedOptions) (*SeedResult, error) {
 			line = fmt.Sprintf("# write %d bytes to %s in partition 1 of %s", len(fl.content), fl.name, real)
 		}
 		if err := s.write(line, fl.name, func(f *os.File) error {
-			fs, err := OpenFAT32(f, f, boot.Offset(), boot.Bytes())
+			fs, err := fat.Open(f, f, boot.Offset(), boot.Bytes())
 			if err != nil {
 				return fmt.Errorf("%s partition 1: %w", real, err)
 			}
@@ -397,7 +401,7 @@ func (s *seeding) checkMTime() error {
 // sortLinkedClones puts the valid linked clones of the raw image real into
 // res.ClonesKept when their qcow2 holds no cluster of the boot partition
 // boot, else into res.ClonesInvalid.
-func (m *mod) sortLinkedClones(real string, boot Part, res *SeedResult) error {
+func (m *mod) sortLinkedClones(real string, boot mbr.Part, res *SeedResult) error {
 	ids, err := m.LinkedClones(real)
 	if err != nil {
 		return err
@@ -406,7 +410,7 @@ func (m *mod) sortLinkedClones(real string, boot Part, res *SeedResult) error {
 		if st, err := m.CheckClone(cid); (err != nil || !st.OK) && !(m.d.DryRun && slices.Contains(res.ClonesRepaired, cid)) {
 			continue // invalid already: it stays so
 		}
-		q, err := OpenQcow2(m.f.Disk(cid))
+		q, err := qcow2.Open(m.f.Disk(cid))
 		if err != nil {
 			return err
 		}
@@ -511,7 +515,7 @@ func (m *mod) pendingRecordStale(id int, tmp string) string {
 	if got, err := statID(want.Path); err != nil || got != want {
 		return "the seed did not write " + want.Path + ", or it changed since"
 	}
-	q, err := OpenQcow2(m.f.Disk(id))
+	q, err := qcow2.Open(m.f.Disk(id))
 	if err != nil {
 		return err.Error()
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"pifarm/builtins/image/mbr"
 )
 
 // Status is what `pifarm run image` prints without options.
@@ -61,8 +63,8 @@ func (m *mod) Status(id int) (*Status, error) {
 	}
 	end := int64(0)
 	for _, p := range l.Parts {
-		if p.Type != 0 && int64(p.End())*SectorSize > end {
-			end = int64(p.End()) * SectorSize
+		if p.Type != 0 && int64(p.End())*mbr.SectorSize > end {
+			end = int64(p.End()) * mbr.SectorSize
 		}
 	}
 	s.UsedByFS = end

@@ -1,10 +1,12 @@
 package image
 
 import (
+	"errors"
 	"fmt"
+	"pifarm/builtins/trace"
 	"strings"
 
-	"pifarm/builtins/trace"
+	"pifarm/builtins/image/ext4"
 )
 
 // What makes an image unusable, found past its partition table (which Open
@@ -47,7 +49,7 @@ func (d *Disk) problems() (boot, root []string) {
 	fsck := "e2fsck -f " + trace.Quote(fmt.Sprintf("%s?offset=%d", d.Path, r.Offset()))
 	e, err := d.Root()
 	switch {
-	case err != nil && strings.Contains(err.Error(), "no ext2/3/4 file system"):
+	case errors.Is(err, ext4.ErrNoFileSystem):
 		root = append(root, fmt.Sprintf("%v: partition 2 holds no root file system, or its superblock was overwritten; %s may find a backup superblock, else use a sound copy of the image", err, fsck))
 	case err != nil:
 		root = append(root, fmt.Sprintf("%v; repair it with: %s", err, fsck))

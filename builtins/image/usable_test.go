@@ -173,33 +173,3 @@ func TestRegisterGoodImageUnchanged(t *testing.T) {
 		t.Fatalf("warnings %q", s.Warnings)
 	}
 }
-
-// FuzzReadExt4 feeds arbitrary superblocks to the ext4 reader (seeded with
-// the superblock mkfs.ext4 writes, with and without metadata checksums): it
-// must never panic, and what it accepts must be sizes status can print.
-func FuzzReadExt4(f *testing.F) {
-	dir := f.TempDir()
-	for i, opts := range [][]string{{}, {"-O", "^metadata_csum,^64bit", "-b", "1024"}} {
-		img := filepath.Join(dir, fmt.Sprint(i))
-		run(f, "", "truncate", "-s", "8M", img)
-		run(f, "", "mkfs.ext4", append(append([]string{"-q", "-F"}, opts...), img)...)
-		b, err := os.ReadFile(img)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b[1024:2048])
-	}
-	f.Add(make([]byte, 1024))
-	f.Fuzz(func(t *testing.T, sb []byte) {
-		if len(sb) < 1024 {
-			sb = append(sb, make([]byte, 1024-len(sb))...)
-		}
-		e, err := parseExt4(sb[:1024], 0)
-		if err != nil {
-			return
-		}
-		if e.BlockSize < 1024 || e.BlockSize > 64<<10 || e.Blocks <= 0 || e.FreeBlocks < 0 || e.FreeBlocks > e.Blocks || e.Used() < 0 {
-			t.Fatalf("accepted %+v", e)
-		}
-	})
-}

@@ -1,15 +1,21 @@
-package image
+// Package ext4 probes the superblock of an ext2/3/4 file system in a disk
+// image: its size, free space, label and whether the kernel recorded
+// errors in it, after the checks the kernel makes before it mounts one
+// (magic, checksum, sizes that agree with each other). It reads 1 KiB and
+// writes nothing.
+package ext4
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 )
 
-// Ext4 holds what status and the usability check need from an ext2/3/4
-// superblock.
-type Ext4 struct {
+// Superblock holds what pifarm's status and usability check need from an
+// ext2/3/4 superblock.
+type Superblock struct {
 	BlockSize  int64
 	Blocks     int64 // file system size in blocks
 	FreeBlocks int64
@@ -20,10 +26,10 @@ type Ext4 struct {
 }
 
 // Size is the file system size in bytes.
-func (e Ext4) Size() int64 { return e.Blocks * e.BlockSize }
+func (e Superblock) Size() int64 { return e.Blocks * e.BlockSize }
 
 // Used is the space the file system has allocated, in bytes.
-func (e Ext4) Used() int64 { return (e.Blocks - e.FreeBlocks) * e.BlockSize }
+func (e Superblock) Used() int64 { return (e.Blocks - e.FreeBlocks) * e.BlockSize }
 
 // Superblock fields (offsets in the 1024-byte superblock, as in the
 // kernel's struct ext4_super_block).
@@ -56,25 +62,30 @@ const (
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
-// ReadExt4 reads and checks the superblock of the ext2/3/4 file system at
-// byte off. A superblock the kernel would not mount (a wrong checksum,
-// sizes that contradict each other) is an error naming what is wrong.
-func ReadExt4(r io.ReaderAt, off int64) (Ext4, error) {
+// ErrNoFileSystem marks a superblock without the ext2/3/4 magic: no such
+// file system at all, rather than a damaged one.
+var ErrNoFileSystem = errors.New("no ext2/3/4 file system")
+
+// Read reads and checks the superblock of the ext2/3/4 file system at byte
+// off of r. A superblock the kernel would not mount (a wrong checksum,
+// sizes that contradict each other) is an error naming what is wrong;
+// one without the magic wraps ErrNoFileSystem.
+func Read(r io.ReaderAt, off int64) (Superblock, error) {
 	sb := make([]byte, 1024)
 	if _, err := r.ReadAt(sb, off+1024); err != nil {
-		return Ext4{}, fmt.Errorf("read ext4 superblock at byte %d: %w", off+1024, err)
+		return Superblock{}, fmt.Errorf("read ext4 superblock at byte %d: %w", off+1024, err)
 	}
-	return parseExt4(sb, off)
+	return parse(sb, off)
 }
 
-// parseExt4 checks the superblock sb of the file system at byte off.
-func parseExt4(sb []byte, off int64) (Ext4, error) {
+// parse checks the superblock sb of the file system at byte off.
+func parse(sb []byte, off int64) (Superblock, error) {
 	le32 := func(i int) int64 { return int64(binary.LittleEndian.Uint32(sb[i:])) }
-	bad := func(format string, args ...any) (Ext4, error) {
-		return Ext4{}, fmt.Errorf("ext4 superblock at byte %d: "+format, append([]any{off + 1024}, args...)...)
+	bad := func(format string, args ...any) (Superblock, error) {
+		return Superblock{}, fmt.Errorf("ext4 superblock at byte %d: "+format, append([]any{off + 1024}, args...)...)
 	}
 	if m := binary.LittleEndian.Uint16(sb[sbMagic:]); m != 0xef53 {
-		return Ext4{}, fmt.Errorf("no ext2/3/4 file system at byte %d (magic %#04x)", off, m)
+		return Superblock{}, fmt.Errorf("%w at byte %d (magic %#04x)", ErrNoFileSystem, off, m)
 	}
 	if le32(sbFeatureROCompt)&roCompatMetaCsum != 0 {
 		if t := sb[sbChecksumType]; t != 1 {
@@ -92,7 +103,7 @@ func parseExt4(sb []byte, off int64) (Ext4, error) {
 	if logBS > maxLogBlockSize {
 		return bad("block size 2^%d out of range", 10+logBS)
 	}
-	e := Ext4{BlockSize: 1024 << logBS, Blocks: le32(sbBlocks), FreeBlocks: le32(sbFreeBlocks)}
+	e := Superblock{BlockSize: 1024 << logBS, Blocks: le32(sbBlocks), FreeBlocks: le32(sbFreeBlocks)}
 	if le32(sbFeatureIncompt)&incompat64Bit != 0 {
 		e.Blocks |= le32(sbBlocksHi) << 32
 		e.FreeBlocks |= le32(sbFreeBlocksHi) << 32

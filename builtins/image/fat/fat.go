@@ -1,4 +1,10 @@
-package image
+// Package fat reads and writes the FAT32 boot partition of a disk image
+// in place, through an io.ReaderAt and io.WriterAt over the whole image:
+// files anywhere in the tree are read (whole, or streamed cluster run by
+// cluster run), and new or replaced files are written into a folder as
+// mkfs.vfat and mcopy would, so that fsck.vfat -n finds nothing to fix.
+// It never mounts anything and needs no root.
+package fat
 
 import (
 	"context"
@@ -11,14 +17,14 @@ import (
 	"unicode/utf16"
 )
 
-// FAT32 is a small FAT32 reader and writer over a partition of an image.
+// FS is a small FAT32 reader and writer over a partition of an image.
 // It reads files anywhere in the tree and writes new or replaced files into
 // a directory the way mkfs.vfat/mcopy would (8.3 name with case flags, or a
 // long-name entry set; both FAT copies; FSInfo kept current), so that
 // `fsck.vfat -n` finds nothing to fix. go-diskfs' FAT writer does not pass
 // fsck, and its reader loads and compares both FATs as Go structures,
 // which is slower than reading the few clusters needed.
-type FAT32 struct {
+type FS struct {
 	r   io.ReaderAt
 	w   io.WriterAt // nil: read-only
 	off int64       // partition offset in the image
@@ -38,9 +44,9 @@ type FAT32 struct {
 	Now func() time.Time
 }
 
-// OpenFAT32 reads the boot sector of the FAT32 file system at byte off of r
-// (size bytes long). w may be nil for read-only use.
-func OpenFAT32(r io.ReaderAt, w io.WriterAt, off, size int64) (*FAT32, error) {
+// Open reads the boot sector of the FAT32 file system at byte off of r
+// (size bytes long). w may be nil for read-only use; WriteFile then fails.
+func Open(r io.ReaderAt, w io.WriterAt, off, size int64) (*FS, error) {
 	bs := make([]byte, 512)
 	if _, err := r.ReadAt(bs, off); err != nil {
 		return nil, fmt.Errorf("read FAT boot sector at byte %d: %w", off, err)
@@ -50,7 +56,7 @@ func OpenFAT32(r io.ReaderAt, w io.WriterAt, off, size int64) (*FAT32, error) {
 	}
 	le16 := func(i int) int64 { return int64(binary.LittleEndian.Uint16(bs[i:])) }
 	le32 := func(i int) int64 { return int64(binary.LittleEndian.Uint32(bs[i:])) }
-	f := &FAT32{r: r, w: w, off: off, bps: le16(11), spc: int64(bs[13]), reserved: le16(14), nfats: int64(bs[16])}
+	f := &FS{r: r, w: w, off: off, bps: le16(11), spc: int64(bs[13]), reserved: le16(14), nfats: int64(bs[16])}
 	if f.bps != 512 {
 		return nil, fmt.Errorf("FAT boot sector at byte %d says %d bytes per sector, want 512", off, f.bps)
 	}
@@ -86,7 +92,7 @@ func OpenFAT32(r io.ReaderAt, w io.WriterAt, off, size int64) (*FAT32, error) {
 	return f, nil
 }
 
-func (f *FAT32) loadFAT() error {
+func (f *FS) loadFAT() error {
 	if f.fat != nil {
 		return nil
 	}
@@ -99,16 +105,16 @@ func (f *FAT32) loadFAT() error {
 	return nil
 }
 
-func (f *FAT32) next(c uint32) uint32 {
+func (f *FS) next(c uint32) uint32 {
 	return binary.LittleEndian.Uint32(f.fat[c*4:]) & 0x0fffffff
 }
 
-func (f *FAT32) clusterOff(c uint32) int64 {
+func (f *FS) clusterOff(c uint32) int64 {
 	return f.off + f.dataOff + int64(c-2)*f.clusterSize
 }
 
 // chain lists the clusters of a chain starting at c.
-func (f *FAT32) chain(c uint32) ([]uint32, error) {
+func (f *FS) chain(c uint32) ([]uint32, error) {
 	if err := f.loadFAT(); err != nil {
 		return nil, err
 	}
@@ -128,7 +134,7 @@ func (f *FAT32) chain(c uint32) ([]uint32, error) {
 
 // readChain reads n bytes (all clusters when n < 0) of the chain at c,
 // merging runs of consecutive clusters into one read.
-func (f *FAT32) readChain(c uint32, n int64) ([]byte, error) {
+func (f *FS) readChain(c uint32, n int64) ([]byte, error) {
 	cl, err := f.chain(c)
 	if err != nil {
 		return nil, err
@@ -261,7 +267,7 @@ func parseDir(raw []byte) []DirEntry {
 }
 
 // ReadDir lists the directory at path ("" or "/" for the root).
-func (f *FAT32) ReadDir(path string) ([]DirEntry, error) {
+func (f *FS) ReadDir(path string) ([]DirEntry, error) {
 	c, err := f.dirCluster(path)
 	if err != nil {
 		return nil, err
@@ -279,7 +285,7 @@ func (f *FAT32) ReadDir(path string) ([]DirEntry, error) {
 	return out, nil
 }
 
-func (f *FAT32) dirCluster(path string) (uint32, error) {
+func (f *FS) dirCluster(path string) (uint32, error) {
 	c := f.rootCluster
 	for _, part := range strings.Split(strings.Trim(path, "/"), "/") {
 		if part == "" {
@@ -311,7 +317,7 @@ func lookup(es []DirEntry, name string) (DirEntry, bool) {
 }
 
 // Stat finds the entry at path.
-func (f *FAT32) Stat(path string) (DirEntry, error) {
+func (f *FS) Stat(path string) (DirEntry, error) {
 	dir, name := splitPath(path)
 	es, err := f.ReadDir(dir)
 	if err != nil {
@@ -326,7 +332,7 @@ func (f *FAT32) Stat(path string) (DirEntry, error) {
 
 // ReadFile returns the content of the file at path (case-insensitive, as
 // FAT names are).
-func (f *FAT32) ReadFile(path string) ([]byte, error) {
+func (f *FS) ReadFile(path string) ([]byte, error) {
 	e, err := f.Stat(path)
 	if err != nil {
 		return nil, err
@@ -348,7 +354,7 @@ func (f *FAT32) ReadFile(path string) ([]byte, error) {
 // runs of consecutive clusters in pieces of at most 1 MiB (no copy of the
 // whole file in memory), and returns the file's size. ctx, when not nil,
 // stops it between pieces.
-func (f *FAT32) CopyFile(ctx context.Context, w io.Writer, path string) (int64, error) {
+func (f *FS) CopyFile(ctx context.Context, w io.Writer, path string) (int64, error) {
 	e, err := f.Stat(path)
 	if err != nil {
 		return 0, err

@@ -1,4 +1,4 @@
-package image
+package fat
 
 import (
 	"encoding/binary"
@@ -14,7 +14,7 @@ import (
 // file keeps its directory entry; its old clusters are freed only after
 // the new content and chain are in place, so an interruption leaves either
 // the old or the new file, at worst with clusters lost to fsck.
-func (f *FAT32) WriteFile(path string, data []byte) error {
+func (f *FS) WriteFile(path string, data []byte) error {
 	if f.w == nil {
 		return errors.New("FAT file system opened read-only")
 	}
@@ -124,7 +124,7 @@ func (f *FAT32) WriteFile(path string, data []byte) error {
 }
 
 // writeDirBytes writes raw[from:from+n] of a directory back to its clusters.
-func (f *FAT32) writeDirBytes(chain []uint32, raw []byte, from, n int) error {
+func (f *FS) writeDirBytes(chain []uint32, raw []byte, from, n int) error {
 	for pos := from; pos < from+n; {
 		ci := int64(pos) / f.clusterSize
 		in := int64(pos) % f.clusterSize
@@ -170,7 +170,7 @@ func freeRun(raw []byte, k int) int {
 	return -1
 }
 
-func (f *FAT32) setNext(c, v uint32, dirty map[int64]bool) {
+func (f *FS) setNext(c, v uint32, dirty map[int64]bool) {
 	old := binary.LittleEndian.Uint32(f.fat[c*4:])
 	binary.LittleEndian.PutUint32(f.fat[c*4:], old&0xf0000000|v&0x0fffffff)
 	dirty[int64(c)*4/512] = true
@@ -178,7 +178,7 @@ func (f *FAT32) setNext(c, v uint32, dirty map[int64]bool) {
 
 // alloc takes n free clusters, links them into a chain ending in EOC, and
 // marks the touched FAT sectors dirty.
-func (f *FAT32) alloc(n int, dirty map[int64]bool) ([]uint32, error) {
+func (f *FS) alloc(n int, dirty map[int64]bool) ([]uint32, error) {
 	if n == 0 {
 		return nil, nil
 	}
@@ -205,7 +205,7 @@ func (f *FAT32) alloc(n int, dirty map[int64]bool) ([]uint32, error) {
 }
 
 // flushFAT writes the dirty sectors of the FAT to every FAT copy.
-func (f *FAT32) flushFAT(dirty map[int64]bool) error {
+func (f *FS) flushFAT(dirty map[int64]bool) error {
 	secs := make([]int64, 0, len(dirty))
 	for s := range dirty {
 		secs = append(secs, s)
@@ -228,7 +228,7 @@ func (f *FAT32) flushFAT(dirty map[int64]bool) error {
 }
 
 // writeFSInfo recomputes the free-cluster count and next-free hint.
-func (f *FAT32) writeFSInfo(allocated []uint32) error {
+func (f *FS) writeFSInfo(allocated []uint32) error {
 	if f.fsInfo == 0 || f.fsInfo == 0xffff {
 		return nil
 	}
@@ -259,7 +259,7 @@ func (f *FAT32) writeFSInfo(allocated []uint32) error {
 }
 
 // FreeBytes is the free space of the file system.
-func (f *FAT32) FreeBytes() (int64, error) {
+func (f *FS) FreeBytes() (int64, error) {
 	if err := f.loadFAT(); err != nil {
 		return 0, err
 	}
@@ -386,7 +386,7 @@ func stampEntry(e []byte, cluster uint32, size int, now time.Time, created bool)
 
 // newEntries builds the long-name entries (when needed) and the short entry
 // for a new file.
-func (f *FAT32) newEntries(name string, existing []DirEntry, cluster uint32, size int, now time.Time) []byte {
+func (f *FS) newEntries(name string, existing []DirEntry, cluster uint32, size int, now time.Time) []byte {
 	short := make([]byte, 32)
 	sn, flags, ok := fits83(name)
 	var lfn []byte

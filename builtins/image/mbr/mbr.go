@@ -1,4 +1,11 @@
-package image
+// Package mbr reads and checks the DOS partition table (MBR) of a RaspiOS
+// disk image: 512-byte sectors, partition 1 the FAT32 boot partition
+// (type 0x0c) from sector 8192 on, partition 2 the Linux root partition
+// (type 0x83) after it. It renders a table as an sfdisk script and gives
+// the table with partition 2 resized (disk identifier and boot code kept),
+// which go-diskfs writes. It reads bytes only: no file is opened here and
+// nothing is written.
+package mbr
 
 import (
 	"bytes"
@@ -10,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/diskfs/go-diskfs/partition/mbr"
+	diskmbr "github.com/diskfs/go-diskfs/partition/mbr"
 )
 
 // SectorSize is the only logical sector size pifarm accepts: RaspiOS images
@@ -47,7 +54,7 @@ type Layout struct {
 	// FileSize is the size of the image (the virtual size for qcow2).
 	FileSize int64
 
-	table *mbr.Table
+	table *diskmbr.Table
 }
 
 // Boot is partition 1, Root partition 2.
@@ -71,42 +78,47 @@ func (memInfo) ModTime() time.Time { return time.Time{} }
 func (memInfo) IsDir() bool        { return false }
 func (memInfo) Sys() any           { return nil }
 
-// ErrLayout marks a partition table that is not a RaspiOS layout.
+// ErrLayout marks a partition table that is not a RaspiOS layout (errors.Is
+// finds it in every error of Parse).
 var ErrLayout = errors.New("not a RaspiOS partition layout")
 
-func layoutErr(format string, args ...any) error {
+// LayoutError is an error wrapping ErrLayout, for what a caller finds
+// wrong with a layout past the table itself (the sector size of the boot
+// partition's file system).
+func LayoutError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrLayout, fmt.Sprintf(format, args...))
 }
 
-// ParseMBR checks the first sector of an image of fileSize bytes (head holds
+// Parse checks the first sector of an image of fileSize bytes (head holds
 // at least the first 512 bytes, and the next 512 when available, to tell a
-// GPT apart) and returns its layout. The error says what was found instead.
-func ParseMBR(head []byte, fileSize int64) (*Layout, error) {
+// GPT apart; ReadHead reads them) and returns its layout. The error wraps
+// ErrLayout and says what was found instead.
+func Parse(head []byte, fileSize int64) (*Layout, error) {
 	if fileSize < SectorSize || len(head) < SectorSize {
-		return nil, layoutErr("truncated: %d bytes, too short for a partition table", fileSize)
+		return nil, LayoutError("truncated: %d bytes, too short for a partition table", fileSize)
 	}
 	sec := head[:SectorSize]
 	if len(head) >= 2*SectorSize && string(head[SectorSize:SectorSize+8]) == "EFI PART" {
-		return nil, layoutErr("GPT partition table (found \"EFI PART\" in sector 1); RaspiOS images use an MBR (DOS) table")
+		return nil, LayoutError("GPT partition table (found \"EFI PART\" in sector 1); RaspiOS images use an MBR (DOS) table")
 	}
 	if sec[510] != 0x55 || sec[511] != 0xaa {
 		if allZero(sec) {
-			return nil, layoutErr("no partition table (sector 0 is all zeros)")
+			return nil, LayoutError("no partition table (sector 0 is all zeros)")
 		}
-		return nil, layoutErr("no partition table (no MBR signature 55 aa at byte 510, found %02x %02x)", sec[510], sec[511])
+		return nil, LayoutError("no partition table (no MBR signature 55 aa at byte 510, found %02x %02x)", sec[510], sec[511])
 	}
 	for i := 0; i < 4; i++ {
 		if sec[446+16*i+4] == 0xee {
-			return nil, layoutErr("GPT partition table (protective MBR entry %d of type 0xee); RaspiOS images use an MBR (DOS) table", i+1)
+			return nil, LayoutError("GPT partition table (protective MBR entry %d of type 0xee); RaspiOS images use an MBR (DOS) table", i+1)
 		}
 	}
-	t, err := mbr.Read(memFile{bytes.NewReader(sec)}, SectorSize, SectorSize)
+	t, err := diskmbr.Read(memFile{bytes.NewReader(sec)}, SectorSize, SectorSize)
 	if err != nil {
-		return nil, layoutErr("unreadable MBR: %v", err)
+		return nil, LayoutError("unreadable MBR: %v", err)
 	}
 	for _, p := range t.Partitions {
 		if p.Index == 0 {
-			return nil, layoutErr("unreadable MBR: partition without index")
+			return nil, LayoutError("unreadable MBR: partition without index")
 		}
 	}
 	l := &Layout{DiskID: binary.LittleEndian.Uint32(sec[440:444]), FileSize: fileSize, table: t}
@@ -119,23 +131,23 @@ func ParseMBR(head []byte, fileSize int64) (*Layout, error) {
 	b, r := l.Parts[0], l.Parts[1]
 	switch {
 	case b.Type == 0 && r.Type == 0:
-		return nil, layoutErr("empty partition table (partitions 1 and 2 are unused)")
+		return nil, LayoutError("empty partition table (partitions 1 and 2 are unused)")
 	case b.Type == 0:
-		return nil, layoutErr("partition 1 is unused, want the FAT32 boot partition (type 0x0c)")
+		return nil, LayoutError("partition 1 is unused, want the FAT32 boot partition (type 0x0c)")
 	case b.Type != 0x0c:
-		return nil, layoutErr("partition 1 has type 0x%02x (%s), want 0x0c (FAT32 LBA)", b.Type, typeName(b.Type))
+		return nil, LayoutError("partition 1 has type 0x%02x (%s), want 0x0c (FAT32 LBA)", b.Type, typeName(b.Type))
 	case b.Start < MinBootStart:
-		return nil, layoutErr("partition 1 starts at sector %d, want %d or later", b.Start, MinBootStart)
+		return nil, LayoutError("partition 1 starts at sector %d, want %d or later", b.Start, MinBootStart)
 	case b.Sectors == 0:
-		return nil, layoutErr("partition 1 is empty (0 sectors)")
+		return nil, LayoutError("partition 1 is empty (0 sectors)")
 	case r.Type == 0:
-		return nil, layoutErr("partition 2 is unused, want the Linux root partition (type 0x83)")
+		return nil, LayoutError("partition 2 is unused, want the Linux root partition (type 0x83)")
 	case r.Type != 0x83:
-		return nil, layoutErr("partition 2 has type 0x%02x (%s), want 0x83 (Linux)", r.Type, typeName(r.Type))
+		return nil, LayoutError("partition 2 has type 0x%02x (%s), want 0x83 (Linux)", r.Type, typeName(r.Type))
 	case r.Sectors == 0:
-		return nil, layoutErr("partition 2 is empty (0 sectors)")
+		return nil, LayoutError("partition 2 is empty (0 sectors)")
 	case r.Start < b.End():
-		return nil, layoutErr("partition 2 (sectors %d..%d) overlaps partition 1 (sectors %d..%d)", r.Start, r.End()-1, b.Start, b.End()-1)
+		return nil, LayoutError("partition 2 (sectors %d..%d) overlaps partition 1 (sectors %d..%d)", r.Start, r.End()-1, b.Start, b.End()-1)
 	}
 	for i := 2; i < 4; i++ {
 		p := l.Parts[i]
@@ -145,13 +157,13 @@ func ParseMBR(head []byte, fileSize int64) (*Layout, error) {
 		for j := 0; j < i; j++ {
 			q := l.Parts[j]
 			if p.Start < q.End() && q.Start < p.End() {
-				return nil, layoutErr("partition %d (sectors %d..%d) overlaps partition %d (sectors %d..%d)", i+1, p.Start, p.End()-1, j+1, q.Start, q.End()-1)
+				return nil, LayoutError("partition %d (sectors %d..%d) overlaps partition %d (sectors %d..%d)", i+1, p.Start, p.End()-1, j+1, q.Start, q.End()-1)
 			}
 		}
 	}
 	for _, p := range l.Parts {
 		if p.Type != 0 && int64(p.End())*SectorSize > fileSize {
-			return nil, layoutErr("truncated file: partition %d ends at byte %d but the image holds only %d bytes", p.Index, int64(p.End())*SectorSize, fileSize)
+			return nil, LayoutError("truncated file: partition %d ends at byte %d but the image holds only %d bytes", p.Index, int64(p.End())*SectorSize, fileSize)
 		}
 	}
 	return l, nil
@@ -207,10 +219,10 @@ func chs(lba uint64) (head, sector, cyl byte) {
 	return byte(h), byte(s) | byte((c>>8)&3)<<6, byte(c)
 }
 
-// withRoot returns the go-diskfs table with partition 2 resized to sectors
+// WithRoot returns the go-diskfs table with partition 2 resized to sectors
 // (start unchanged, CHS recomputed); the disk id and boot code are not part
-// of what mbr.Table.Write writes, so they stay.
-func (l *Layout) withRoot(sectors uint64) (*mbr.Table, error) {
+// of what its Write writes, so they stay.
+func (l *Layout) WithRoot(sectors uint64) (*diskmbr.Table, error) {
 	if l.table == nil {
 		return nil, errors.New("no partition table read")
 	}
@@ -253,8 +265,9 @@ func (l *Layout) SfdiskScript(rootSectors uint64) string {
 	return b.String()
 }
 
-// readHead reads the first two sectors (or what there is of them).
-func readHead(r io.ReaderAt) ([]byte, error) {
+// ReadHead reads the first two sectors (or what there is of them): the
+// head Parse wants.
+func ReadHead(r io.ReaderAt) ([]byte, error) {
 	head := make([]byte, 2*SectorSize)
 	n, err := r.ReadAt(head, 0)
 	if err != nil && !errors.Is(err, io.EOF) {

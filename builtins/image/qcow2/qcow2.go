@@ -1,4 +1,9 @@
-package image
+// Package qcow2 reads the guest view of a qcow2 disk image and its backing
+// chain (raw or qcow2) in pure Go, read-only: no qemu-nbd, no root, no
+// temporary copy. It also tells which guest byte ranges the file itself
+// holds, which is how pifarm knows whether a linked clone's guest wrote a
+// partition or reads it from its base.
+package qcow2
 
 import (
 	"bytes"
@@ -12,21 +17,28 @@ import (
 	"sync"
 )
 
-// qcow2Magic starts every qcow2 file.
-var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
+// magic starts every qcow2 file.
+var magic = []byte{'Q', 'F', 'I', 0xfb}
 
-// Qcow2 reads the guest view of a qcow2 image: allocated clusters from the
+// The limits QEMU sets on what a header may ask for: a larger L1 table or
+// backing file name is a damaged header, not a reason to allocate it.
+const (
+	maxL1Bytes      = 32 << 20
+	maxBackingBytes = 1023
+)
+
+// Image reads the guest view of a qcow2 image: allocated clusters from the
 // file, unallocated ones from the backing file (raw or qcow2) or as zeros.
 // It handles what `qemu-img create`/`convert` produce (versions 2 and 3,
 // standard L2 entries, zero clusters, deflate-compressed clusters);
 // encryption, zstd compression, external data files and extended L2
 // entries are refused by name. A
 // pure-Go reader needs no temporary copy and no root (qemu-nbd).
-type Qcow2 struct {
-	f           *os.File
-	Size        int64  // virtual size
-	Backing     string // absolute backing file path, "" if none
-	BackingFmt  string // "raw", "qcow2" or "" (probe)
+type Image struct {
+	r           io.ReaderAt // the qcow2 file
+	Size        int64       // virtual size
+	Backing     string      // absolute backing file path, "" if none
+	BackingFmt  string      // "raw", "qcow2" or "" (probe)
 	backing     io.ReaderAt
 	backingSize int64
 	closers     []io.Closer
@@ -38,8 +50,9 @@ type Qcow2 struct {
 	zData       []byte
 }
 
-// IsQcow2 reports whether the file at path starts with the qcow2 magic.
-func IsQcow2(path string) bool {
+// Is reports whether the file at path starts with the qcow2 magic (a file
+// that cannot be read is not a qcow2 image).
+func Is(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
 		return false
@@ -47,15 +60,16 @@ func IsQcow2(path string) bool {
 	defer f.Close()
 	b := make([]byte, 4)
 	_, err = io.ReadFull(f, b)
-	return err == nil && bytes.Equal(b, qcow2Magic)
+	return err == nil && bytes.Equal(b, magic)
 }
 
-// OpenQcow2 opens a qcow2 image and its backing chain read-only.
-func OpenQcow2(path string) (*Qcow2, error) {
-	return openQcow2(path, 0)
+// Open opens a qcow2 image and its backing chain read-only. Errors name
+// the file: "qcow2 PATH: what is wrong".
+func Open(path string) (*Image, error) {
+	return open(path, 0)
 }
 
-func openQcow2(path string, depth int) (*Qcow2, error) {
+func open(path string, depth int) (*Image, error) {
 	if depth > 8 {
 		return nil, fmt.Errorf("qcow2 %s: backing chain deeper than 8", path)
 	}
@@ -63,31 +77,34 @@ func openQcow2(path string, depth int) (*Qcow2, error) {
 	if err != nil {
 		return nil, err
 	}
-	q, err := parseQcow2(f, path, depth)
+	q, err := parse(f, path, depth)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("qcow2 %s: %w", path, err)
 	}
+	q.closers = append([]io.Closer{f}, q.closers...)
 	return q, nil
 }
 
-func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
+// parse reads the header of the qcow2 file r (at path, which relative
+// backing file names are relative to) and opens its backing chain; depth
+// is how deep in a chain r is.
+func parse(r io.ReaderAt, path string, depth int) (*Image, error) {
 	h := make([]byte, 112)
-	n, err := f.ReadAt(h, 0)
+	n, err := r.ReadAt(h, 0)
 	if n < 72 {
 		return nil, fmt.Errorf("truncated header: %v", err)
 	}
 	be32 := func(i int) uint32 { return binary.BigEndian.Uint32(h[i:]) }
 	be64 := func(i int) uint64 { return binary.BigEndian.Uint64(h[i:]) }
-	if !bytes.Equal(h[:4], qcow2Magic) {
+	if !bytes.Equal(h[:4], magic) {
 		return nil, errors.New("not a qcow2 file (no QFI magic)")
 	}
 	version := be32(4)
 	if version != 2 && version != 3 {
 		return nil, fmt.Errorf("qcow2 version %d not supported", version)
 	}
-	q := &Qcow2{f: f, clusterBits: uint(be32(20)), Size: int64(be64(24)), l2: map[uint64][]uint64{}}
-	q.closers = append(q.closers, f)
+	q := &Image{r: r, clusterBits: uint(be32(20)), Size: int64(be64(24)), l2: map[uint64][]uint64{}}
 	if q.clusterBits < 9 || q.clusterBits > 21 {
 		return nil, fmt.Errorf("cluster bits %d out of range", q.clusterBits)
 	}
@@ -111,8 +128,11 @@ func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
 		hdrLen = be32(100)
 	}
 	l1Size, l1Off := be32(36), be64(40)
+	if int64(l1Size)*8 > maxL1Bytes {
+		return nil, fmt.Errorf("L1 table of %d entries, more than QEMU allows (%d bytes): a damaged header", l1Size, maxL1Bytes)
+	}
 	l1b := make([]byte, int(l1Size)*8)
-	if _, err := f.ReadAt(l1b, int64(l1Off)); err != nil {
+	if _, err := r.ReadAt(l1b, int64(l1Off)); err != nil {
 		return nil, fmt.Errorf("read L1 table: %w", err)
 	}
 	q.l1 = make([]uint64, l1Size)
@@ -121,7 +141,7 @@ func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
 	}
 	// header extensions: backing format
 	ext := make([]byte, 4096)
-	if m, _ := f.ReadAt(ext, int64(hdrLen)); m > 8 {
+	if m, _ := r.ReadAt(ext, int64(hdrLen)); m > 8 {
 		ext = ext[:m]
 		for p := 0; p+8 <= len(ext); {
 			typ, ln := binary.BigEndian.Uint32(ext[p:]), int(binary.BigEndian.Uint32(ext[p+4:]))
@@ -135,16 +155,19 @@ func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
 		}
 	}
 	if bo, bl := be64(8), be32(16); bo != 0 && bl != 0 {
+		if bl > maxBackingBytes {
+			return nil, fmt.Errorf("backing file name of %d bytes, more than QEMU allows (%d): a damaged header", bl, maxBackingBytes)
+		}
 		nb := make([]byte, bl)
-		if _, err := f.ReadAt(nb, int64(bo)); err != nil {
+		if _, err := r.ReadAt(nb, int64(bo)); err != nil {
 			return nil, fmt.Errorf("read backing file name: %w", err)
 		}
 		q.Backing = string(nb)
 		if !filepath.IsAbs(q.Backing) {
 			q.Backing = filepath.Join(filepath.Dir(path), q.Backing)
 		}
-		if q.BackingFmt == "qcow2" || (q.BackingFmt == "" && IsQcow2(q.Backing)) {
-			b, err := openQcow2(q.Backing, depth+1)
+		if q.BackingFmt == "qcow2" || (q.BackingFmt == "" && Is(q.Backing)) {
+			b, err := open(q.Backing, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -167,8 +190,15 @@ func parseQcow2(f *os.File, path string, depth int) (*Qcow2, error) {
 	return q, nil
 }
 
+// BackingImage is the qcow2 image the image is backed by, or nil when it
+// has no backing file or a raw one (Backing names it).
+func (q *Image) BackingImage() *Image {
+	b, _ := q.backing.(*Image)
+	return b
+}
+
 // Close closes the image and its backing chain.
-func (q *Qcow2) Close() error {
+func (q *Image) Close() error {
 	var first error
 	for _, c := range q.closers {
 		if err := c.Close(); err != nil && first == nil {
@@ -183,7 +213,7 @@ const (
 	qCompressed = 1 << 62
 )
 
-func (q *Qcow2) l2Table(off uint64) ([]uint64, error) {
+func (q *Image) l2Table(off uint64) ([]uint64, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if t, ok := q.l2[off]; ok {
@@ -191,7 +221,7 @@ func (q *Qcow2) l2Table(off uint64) ([]uint64, error) {
 	}
 	cs := 1 << q.clusterBits
 	b := make([]byte, cs)
-	if _, err := q.f.ReadAt(b, int64(off)); err != nil {
+	if _, err := q.r.ReadAt(b, int64(off)); err != nil {
 		return nil, fmt.Errorf("read L2 table at %d: %w", off, err)
 	}
 	t := make([]uint64, cs/8)
@@ -204,7 +234,7 @@ func (q *Qcow2) l2Table(off uint64) ([]uint64, error) {
 
 // compressed inflates a compressed cluster (raw deflate, as QEMU writes
 // with `qemu-img convert -c`); the last one is cached.
-func (q *Qcow2) compressed(entry uint64) ([]byte, error) {
+func (q *Image) compressed(entry uint64) ([]byte, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.zEntry == entry && q.zData != nil {
@@ -216,7 +246,7 @@ func (q *Qcow2) compressed(entry uint64) ([]byte, error) {
 	sectors := (entry>>x)&(1<<(cb-8)-1) + 1
 	n := int64(sectors)*512 - int64(off&511)
 	raw := make([]byte, n)
-	m, err := q.f.ReadAt(raw, int64(off))
+	m, err := q.r.ReadAt(raw, int64(off))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
@@ -231,7 +261,7 @@ func (q *Qcow2) compressed(entry uint64) ([]byte, error) {
 }
 
 // ReadAt reads guest bytes; io.EOF past the virtual size.
-func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
+func (q *Image) ReadAt(p []byte, off int64) (int, error) {
 	if off >= q.Size {
 		return 0, io.EOF
 	}
@@ -270,7 +300,7 @@ func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
 		case entry&1 != 0: // reads as zeros
 			clear(buf)
 		case entry&qOffMask != 0:
-			if _, err := q.f.ReadAt(buf, int64(entry&qOffMask)+in); err != nil && !errors.Is(err, io.EOF) {
+			if _, err := q.r.ReadAt(buf, int64(entry&qOffMask)+in); err != nil && !errors.Is(err, io.EOF) {
 				return done, err
 			}
 		case q.backing != nil && pos < q.backingSize:
@@ -297,7 +327,7 @@ func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
 // holds any cluster of the guest byte range [off, off+n): a written,
 // compressed or zeroed cluster. A linked clone whose guest never wrote
 // that range reads all of it from its base.
-func (q *Qcow2) HoldsData(off, n int64) (bool, error) {
+func (q *Image) HoldsData(off, n int64) (bool, error) {
 	if n <= 0 || off >= q.Size {
 		return false, nil
 	}

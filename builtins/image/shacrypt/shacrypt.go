@@ -1,4 +1,8 @@
-package image
+// Package shacrypt computes SHA-512 crypt hashes ("$6$salt$..."), the
+// password hashes /etc/shadow holds and RaspiOS reads from userconf.txt, as
+// crypt(3) and `openssl passwd -6` do (Ulrich Drepper's SHA-crypt
+// specification), in pure Go.
+package shacrypt
 
 import (
 	"crypto/rand"
@@ -22,11 +26,13 @@ func NewSalt() string {
 	return string(b)
 }
 
-// SHA512Crypt hashes password the way crypt(3) does for "$6$" (Ulrich
-// Drepper's SHA-crypt specification): 5000 rounds unless rounds > 0, salt
-// cut to 16 characters. The result is what /etc/shadow and RaspiOS's
-// userconf.txt hold, and equals `openssl passwd -6 -salt SALT PASSWORD`.
-func SHA512Crypt(password, salt string, rounds int) (string, error) {
+// SHA512 hashes password the way crypt(3) does for "$6$": 5000 rounds
+// unless rounds > 0 (then at least 1000 and at most 999999999, named in
+// the result), salt cut to 16 characters. The result is what /etc/shadow
+// and RaspiOS's userconf.txt hold, and equals
+// `openssl passwd -6 -salt SALT PASSWORD`. A salt holding '$', ':' or a
+// newline is an error.
+func SHA512(password, salt string, rounds int) (string, error) {
 	custom := rounds > 0
 	if rounds <= 0 {
 		rounds = 5000
