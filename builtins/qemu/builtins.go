@@ -233,11 +233,7 @@ func (in *Instances) removeInstanceFilesFn(_ *starlark.Thread, b *starlark.Built
 	if err != nil {
 		return nil, err
 	}
-	l := make([]starlark.Value, len(ids))
-	for i, id := range ids {
-		l[i] = starlark.MakeInt(id)
-	}
-	return starlark.NewList(l), nil
+	return trace.Ints(ids), nil
 }
 
 // viewerFn is qemu.viewer.
