@@ -110,6 +110,14 @@ A port nobody listens on (QEMU's forward to a guest without an SSH server
 closes at once) costs no wait; a slow guest (OpenSSH under full-system
 emulation takes 0.4-2 s and more to send its banner) is waited for up to
 timeout.`},
+			{Name: "trust", Args: "instance, keys, how, port=None", Fn: m.trust,
+				Doc: `Record the instance's SSH host keys, learnt over a channel pifarm already
+trusts (keys: the text of the guest's /etc/ssh/ssh_host_*_key.pub, one key a
+line; how: where they come from, for the trace), replacing what known_hosts
+recorded for its address (the old file kept as known_hosts~). The next log-in
+then verifies the server's key instead of trusting the first one offered.
+Returns the keys' SHA256 fingerprints. A line that is not a public key is an
+error. Dry run with empty keys: says what would be recorded.`},
 			{Name: "command", Args: `instance, cmd="", port=None, user="root"`, Fn: m.command,
 				Doc: `The ssh command line a user would type to reach the instance (and run cmd).`},
 		},
