@@ -47,6 +47,10 @@ func field(name string) string {
 	return strings.ReplaceAll(strings.ToLower(name), "-", "_")
 }
 
+// optionHelpDoc says how an option's help is shown, once for flag and
+// option.
+const optionHelpDoc = "The first line of help is the\noption's row in --help; further lines, the details, follow it with -hv (written once,\nnot again in HELP)."
+
 // argsModule is the `args` module recipes use to declare their command
 // line. It needs neither the door nor the farm; it takes them to have the
 // signature of every registered module.
@@ -56,9 +60,9 @@ func argsModule(*trace.Door, *farm.Farm) *trace.Module {
 		Doc:  "Declarations of a recipe's command line: assign a list of them to OPTIONS and ARGS.",
 		Funcs: []trace.Func{
 			{Name: "flag", Args: "short, long, help", Fn: argsFlag,
-				Doc: "A flag option: -s/--long. In main(opts) it is opts.long (True when given).\nshort may be \"\" for a long-only option."},
+				Doc: "A flag option: -s/--long. In main(opts) it is opts.long (True when given).\nshort may be \"\" for a long-only option. " + optionHelpDoc},
 			{Name: "option", Args: "short, long, metavar, help, default=None", Fn: argsOption,
-				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default."},
+				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default. " + optionHelpDoc},
 			{Name: "instance", Args: "default=\"0\", required=False, help=\"\"", Fn: argsInstance,
 				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent."},
 			{Name: "instances", Args: "help=\"\"", Fn: argsInstances,
@@ -397,7 +401,7 @@ func (s *spec) usage(long bool) string {
 	if long && s.help != "" {
 		b.WriteString("\n" + strings.TrimSpace(s.help) + "\n")
 	}
-	type row struct{ l, r string }
+	type row struct{ l, r, more string }
 	var rows []row
 	for _, o := range s.opts {
 		l := "    "
@@ -408,14 +412,20 @@ func (s *spec) usage(long bool) string {
 		if o.takesValue {
 			l += "=" + o.metavar
 		}
-		rows = append(rows, row{l, o.help})
+		summary, more, _ := strings.Cut(o.help, "\n")
+		rows = append(rows, row{l, summary, more})
 	}
-	rows = append(rows, row{"-h, --help", "this help; with -v the long explanation"},
-		row{"-n, --dry-run", "print what would be done, change nothing"},
-		row{"-v, --verbose", "print every command as it runs"})
+	rows = append(rows, row{"-h, --help", "this help; with -v the long explanation", ""},
+		row{"-n, --dry-run", "print what would be done, change nothing", ""},
+		row{"-v, --verbose", "print every command as it runs", ""})
 	b.WriteString("\noptions:\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "  %-28s %s\n", r.l, r.r)
+		if long && strings.TrimSpace(r.more) != "" {
+			for _, line := range strings.Split(strings.TrimSpace(r.more), "\n") {
+				b.WriteString(strings.TrimRight("        "+line, " ") + "\n")
+			}
+		}
 	}
 	if len(s.pos) > 0 {
 		b.WriteString("\narguments:\n")
