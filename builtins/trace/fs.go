@@ -122,33 +122,11 @@ func (d *Door) MkdirAll(path string, mode os.FileMode) error {
 	}
 	line := shellLine("mkdir", flags, path)
 	return d.Do(line, func() error {
-		if err := mkdirAll(path, mode); err != nil {
+		if err := mkdirIn(osDirs{}, path, mode); err != nil {
 			return fmt.Errorf("%s: %w", line, err)
 		}
 		return nil
 	})
-}
-
-func mkdirAll(path string, mode os.FileMode) error {
-	if fi, err := os.Stat(path); err == nil {
-		if fi.IsDir() {
-			return nil
-		}
-		return fmt.Errorf("%s exists and is not a folder", path)
-	}
-	if mode == 0 {
-		return os.MkdirAll(path, 0o777)
-	}
-	if err := os.MkdirAll(filepath.Dir(filepath.Clean(path)), 0o777); err != nil {
-		return err
-	}
-	if err := os.Mkdir(path, mode.Perm()); err != nil {
-		if fi, serr := os.Stat(path); serr == nil && fi.IsDir() {
-			return nil // made meanwhile by someone else: mkdir -p is content
-		}
-		return err
-	}
-	return os.Chmod(path, mode.Perm())
 }
 
 // Symlink creates the symbolic link link pointing to target, as

@@ -200,7 +200,7 @@ func (r *Root) MkdirAll(path string, mode os.FileMode) error {
 	}
 	return r.Door.Do(shellLine("mkdir", flags, path), func() error {
 		return r.With(func(root *os.Root) error {
-			if err := mkdirAllIn(root, rel, mode); err != nil {
+			if err := mkdirIn(root, rel, mode); err != nil {
 				return r.Explain("mkdir -p", path, err)
 			}
 			return nil
@@ -208,30 +208,48 @@ func (r *Root) MkdirAll(path string, mode os.FileMode) error {
 	})
 }
 
-// mkdirAllIn is mkdirAll in root: parents with the default mode, rel with
-// exactly mode (the default when 0).
-func mkdirAllIn(root *os.Root, rel string, mode os.FileMode) error {
-	if fi, err := root.Lstat(rel); err == nil {
+// dirMaker is what mkdirIn makes folders with: the os package (osDirs)
+// or an os.Root.
+type dirMaker interface {
+	Stat(name string) (fs.FileInfo, error)
+	MkdirAll(name string, perm fs.FileMode) error
+	Mkdir(name string, perm fs.FileMode) error
+	Chmod(name string, mode fs.FileMode) error
+}
+
+// osDirs is the os package as a dirMaker.
+type osDirs struct{}
+
+func (osDirs) Stat(name string) (fs.FileInfo, error)        { return os.Stat(name) }
+func (osDirs) MkdirAll(name string, perm fs.FileMode) error { return os.MkdirAll(name, perm) }
+func (osDirs) Mkdir(name string, perm fs.FileMode) error    { return os.Mkdir(name, perm) }
+func (osDirs) Chmod(name string, mode fs.FileMode) error    { return os.Chmod(name, mode) }
+
+// mkdirIn creates the folder path and its missing parents with dm: the
+// parents with the default mode (0777 less the umask), path with exactly
+// mode (the default when 0). An existing folder is left as it is.
+func mkdirIn(dm dirMaker, path string, mode os.FileMode) error {
+	if fi, err := dm.Stat(path); err == nil {
 		if fi.IsDir() {
 			return nil
 		}
-		return fmt.Errorf("%s exists and is not a folder", rel)
+		return fmt.Errorf("%s exists and is not a folder", path)
 	}
 	if mode == 0 {
-		return root.MkdirAll(rel, 0o777)
+		return dm.MkdirAll(path, 0o777)
 	}
-	if dir := filepath.Dir(rel); dir != "." {
-		if err := root.MkdirAll(dir, 0o777); err != nil {
+	if dir := filepath.Dir(filepath.Clean(path)); dir != "." {
+		if err := dm.MkdirAll(dir, 0o777); err != nil {
 			return err
 		}
 	}
-	if err := root.Mkdir(rel, mode.Perm()); err != nil {
-		if fi, serr := root.Lstat(rel); serr == nil && fi.IsDir() {
+	if err := dm.Mkdir(path, mode.Perm()); err != nil {
+		if fi, serr := dm.Stat(path); serr == nil && fi.IsDir() {
 			return nil // made meanwhile by someone else: mkdir -p is content
 		}
 		return err
 	}
-	return root.Chmod(rel, mode.Perm())
+	return dm.Chmod(path, mode.Perm())
 }
 
 // Symlink creates the symbolic link link below Dir pointing to target
