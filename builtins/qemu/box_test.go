@@ -214,7 +214,7 @@ func TestBoxRecipe(t *testing.T) {
 	b.want(out, code, 1, "--force-clone needs an instance N > 0")
 
 	out, code = b.pifarm("-n", "run", "box", "--flush-clone", "2")
-	b.want(out, code, 0, "rm -rf $CACHE/clones/raspi-clone-2\n")
+	b.want(out, code, 0, "mv -f $CACHE/clones/raspi-clone-2 $CACHE/clones/.raspi-clone-2.removing\nrm -rf $CACHE/clones/.raspi-clone-2.removing\n")
 	out, code = b.pifarm("run", "box", "--flush-clone", "2")
 	b.want(out, code, 0, "<2> entwo: clone removed")
 	if _, err := os.Stat(filepath.Dir(clone2)); err == nil {

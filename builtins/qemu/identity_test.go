@@ -418,7 +418,8 @@ func TestStartAfterRemovalMeanwhile(t *testing.T) {
 	f := testFarm(t)
 	provide(t, f, 1)
 	n, _ := f.Resolve("1")
-	holdLock(t, f, 1, `sleep 0.4; rm -rf "$1"`, f.InstanceDir(1))
+	// another pifarm's removal (RemoveFiles: rename aside, then delete)
+	holdLock(t, f, 1, `sleep 0.4; mv "$1" "$1.removing"; rm -rf "$1.removing"`, f.InstanceDir(1))
 	in, _ := testInstances(t, f, false)
 	in.LockWait = 20 * time.Second
 	defer stopAll(t, in)
@@ -482,5 +483,42 @@ func TestReadPidRefusesLinksAndFIFOs(t *testing.T) {
 	}
 	if pid, err := readPid(filepath.Join(dir, "none")); pid != 0 || err != nil {
 		t.Errorf("missing pidfile: %d %v", pid, err)
+	}
+}
+
+// TestRemovalRacesNoLockFile: a start polling for the instance lock while
+// the folder is removed (farm.TryLock creates the lock file it opens)
+// neither makes the removal fail half-way nor brings the folder back: the
+// folder is renamed aside before it is deleted.
+func TestRemovalRacesNoLockFile(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		f := testFarm(t)
+		provide(t, f, 3)
+		n, _ := f.Resolve("3")
+		in, _ := testInstances(t, f, false)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if l, err := farm.TryLock(f.Lock(3)); err == nil && l != nil {
+					l.Close()
+				}
+			}
+		}()
+		ids, err := in.RemoveFiles(n)
+		close(stop)
+		<-done
+		if err != nil || len(ids) != 1 {
+			t.Fatalf("round %d: remove while a start polls the lock: %v %v", round, ids, err)
+		}
+		if _, err := os.Lstat(f.InstanceDir(3)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("round %d: the folder came back: %v", round, err)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -319,7 +320,7 @@ func TestRunningAndRemoveFiles(t *testing.T) {
 	}
 	os.WriteFile(f.Disk(1)+"~", []byte("old"), 0o644)
 	dry, dout := testInstances(t, f, true)
-	if _, err := dry.RemoveFiles(n1); err != nil || dout.String() != "rm -rf "+f.InstanceDir(1)+"\n" {
+	if _, err := dry.RemoveFiles(n1); err != nil || dout.String() != "mv -f "+f.InstanceDir(1)+" "+filepath.Dir(f.InstanceDir(1))+"/.raspi-clone-1.removing\nrm -rf "+filepath.Dir(f.InstanceDir(1))+"/.raspi-clone-1.removing\n" {
 		t.Fatalf("dry remove: %v %q", err, dout.String())
 	}
 	if _, err := os.Stat(f.Disk(1)); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -236,11 +237,28 @@ func (in *Instances) RemoveFiles(nodes ...*farm.Node) ([]int, error) {
 	}
 	var removed []int
 	for _, n := range todo {
-		dir := in.F.InstanceDir(n.ID)
-		if err := in.D.RemoveAll(dir); err != nil {
+		if err := in.removeDir(in.F.InstanceDir(n.ID)); err != nil {
 			return removed, fmt.Errorf("instance %d: %w", n.ID, err)
 		}
 		removed = append(removed, n.ID)
 	}
 	return removed, nil
+}
+
+// removeDir removes an instance folder in two steps: it is first renamed
+// to a hidden name next to it, atomically, so that a start waiting for its
+// lock meanwhile finds the folder gone (and says so) instead of making a
+// new lock file in it, which would make the removal fail half-way. What a
+// removal killed half-way left under the hidden name goes first.
+func (in *Instances) removeDir(dir string) error {
+	gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".removing")
+	if _, err := os.Lstat(gone); err == nil {
+		if err := in.D.RemoveAll(gone); err != nil {
+			return err
+		}
+	}
+	if err := in.D.Rename(dir, gone); err != nil {
+		return err
+	}
+	return in.D.RemoveAll(gone)
 }
