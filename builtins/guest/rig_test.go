@@ -23,16 +23,8 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/runtime"
+	"pifarm/builtins/startest"
 )
-
-// defaultConfig is what main.go embeds: the repository's config.star.
-var defaultConfig = func() []byte {
-	b, err := os.ReadFile("../../config.star")
-	if err != nil {
-		panic(err)
-	}
-	return b
-}()
 
 // chrootGuest is the guest's root folder.
 type chrootGuest struct {
@@ -393,7 +385,7 @@ nodes = [
 func (r *rig) pifarm(args ...string) (string, string, int) {
 	r.t.Helper()
 	var out, errb bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", r.cfg, "run", r.recipe}, args...), Stdout: &out, Stderr: &errb, DefaultConfig: defaultConfig})
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", r.cfg, "run", r.recipe}, args...), Stdout: &out, Stderr: &errb, DefaultConfig: startest.DefaultConfig(r.t)})
 	return out.String(), errb.String(), code
 }
 

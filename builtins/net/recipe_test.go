@@ -10,23 +10,15 @@ import (
 	"github.com/vishvananda/netlink"
 	pnet "pifarm/builtins/net"
 	"pifarm/builtins/runtime"
+	"pifarm/builtins/startest"
 )
-
-// defaultConfig is what main.go embeds: the repository's config.star.
-var defaultConfig = func() []byte {
-	b, err := os.ReadFile("../../config.star")
-	if err != nil {
-		panic(err)
-	}
-	return b
-}()
 
 // pifarmRun runs `pifarm -c CONFIG ARGS...` in-process, privileged (the
 // tests run with CAP_NET_ADMIN), and returns stdout+stderr and the status.
 func pifarmRun(t *testing.T, config string, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
-	code := runtime.Main(runtime.Options{Args: append([]string{"-c", config}, args...), Stdout: &out, Stderr: &out, DefaultConfig: defaultConfig})
+	code := runtime.Main(runtime.Options{Args: append([]string{"-c", config}, args...), Stdout: &out, Stderr: &out, DefaultConfig: startest.DefaultConfig(t)})
 	return out.String(), code
 }
 

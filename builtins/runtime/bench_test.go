@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"pifarm/builtins/startest"
 )
 
 // buildPifarm compiles the pifarm binary once per benchmark run.
@@ -48,8 +50,9 @@ func BenchmarkCommandDryRun(b *testing.B) {
 
 // BenchmarkInProcessDryRun is the same dry run without process start-up.
 func BenchmarkInProcessDryRun(b *testing.B) {
+	builtin := startest.DefaultConfig(b)
 	for i := 0; i < b.N; i++ {
-		if code := Main(Options{Args: []string{"-n", "run", "testdata/recipes/demo.star", "--run", "-o", "/tmp/pifarm-golden/demo/x", "entwo"}, Stdout: io.Discard, Stderr: io.Discard, DefaultConfig: defaultConfig}); code != 0 {
+		if code := Main(Options{Args: []string{"-n", "run", "testdata/recipes/demo.star", "--run", "-o", "/tmp/pifarm-golden/demo/x", "entwo"}, Stdout: io.Discard, Stderr: io.Discard, DefaultConfig: builtin}); code != 0 {
 			b.Fatal(code)
 		}
 	}

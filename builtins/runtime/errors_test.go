@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"go.starlark.net/starlark"
+	"pifarm/builtins/startest"
 	"pifarm/builtins/trace"
 )
 
@@ -136,7 +137,7 @@ func TestEndlessRecursionShortBacktrace(t *testing.T) {
 // is reported as an error naming the file, not a crash with a stack trace.
 func TestPanicInStarlarkIsAnError(t *testing.T) {
 	goldenEnv(t)
-	cfg, err := findConfig(context.Background(), defaultConfig, "testdata/golden/config.star")
+	cfg, err := findConfig(context.Background(), startest.DefaultConfig(t), "testdata/golden/config.star")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"pifarm/builtins/startest"
 )
 
 // FuzzRecipeSource runs any text as a user's recipe (in a dry run, with the
@@ -64,6 +66,7 @@ func FuzzRecipeSource(f *testing.F) {
 		f.Setenv(k, v)
 	}
 	cfg, _ := filepath.Abs("testdata/golden/config.star")
+	builtin := startest.DefaultConfig(f)
 	f.Fuzz(func(t *testing.T, src string) {
 		p := filepath.Join(dir, "user.star")
 		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
@@ -72,7 +75,7 @@ func FuzzRecipeSource(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		var out, errb bytes.Buffer
-		code := Main(Options{Args: []string{"-n", "-c", cfg, "run", p}, Stdout: &out, Stderr: &errb, Ctx: ctx, NotRoot: true, DefaultConfig: defaultConfig})
+		code := Main(Options{Args: []string{"-n", "-c", cfg, "run", p}, Stdout: &out, Stderr: &errb, Ctx: ctx, NotRoot: true, DefaultConfig: builtin})
 		e := errb.String()
 		if code < 0 || code > 2 {
 			t.Fatalf("exit %d for\n%s\nstderr:\n%s", code, src, e)

@@ -16,20 +16,11 @@ import (
 	"pifarm/builtins/trace"
 )
 
-// defaultConfig is what main.go embeds: the repository's config.star.
-var defaultConfig = func() []byte {
-	b, err := os.ReadFile("../../config.star")
-	if err != nil {
-		panic(err)
-	}
-	return b
-}()
-
 // pifarm runs the command in-process and returns stdout, stderr and status.
 func pifarm(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := Main(Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: true, DefaultConfig: defaultConfig})
+	code := Main(Options{Args: args, Stdout: &out, Stderr: &errb, NotRoot: true, DefaultConfig: startest.DefaultConfig(t)})
 	return out.String(), errb.String(), code
 }
 
@@ -208,7 +199,7 @@ func TestConfigLookupOrder(t *testing.T) {
 	defer os.Chdir(wd)
 	explicit := ""
 	margin := func() float64 {
-		c, err := findConfig(context.Background(), defaultConfig, explicit)
+		c, err := findConfig(context.Background(), startest.DefaultConfig(t), explicit)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +279,7 @@ func TestStar(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no .star tests")
 	}
-	cfg, err := findConfig(context.Background(), defaultConfig, "testdata/golden/config.star")
+	cfg, err := findConfig(context.Background(), startest.DefaultConfig(t), "testdata/golden/config.star")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +312,7 @@ func TestInterruptCancelsBlockingBuiltin(t *testing.T) {
 	time.AfterFunc(200*time.Millisecond, cancel)
 	var out, errb bytes.Buffer
 	t0 := time.Now()
-	code := Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: defaultConfig})
+	code := Main(Options{Args: []string{"run", rec}, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: startest.DefaultConfig(t)})
 	if d := time.Since(t0); d > 5*time.Second {
 		t.Fatalf("took %v after the interrupt", d)
 	}
@@ -348,9 +339,10 @@ func interruptedMain(t *testing.T, args ...string) (int, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	var out, errb bytes.Buffer
+	builtin := startest.DefaultConfig(t)
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(Options{Args: args, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: defaultConfig})
+		done <- Main(Options{Args: args, Stdout: &out, Stderr: &errb, Ctx: ctx, DefaultConfig: builtin})
 	}()
 	select {
 	case code := <-done:

@@ -113,10 +113,10 @@ func RepoFarm(t testing.TB) *farm.Farm {
 	return farm.New(c)
 }
 
-// repoRoot is the nearest folder at or above the working folder holding
-// go.mod.
+// repoRoot is the nearest folder holding go.mod at or above the working
+// folder the test binary started in (startDir).
 func repoRoot() (string, error) {
-	dir, err := os.Getwd()
+	dir, err := startDir, startDirErr
 	if err != nil {
 		return "", err
 	}
