@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"go.starlark.net/starlark"
 	"pifarm/builtins/startest"
+	"pifarm/builtins/trace"
 )
 
 // FuzzRecipeSource runs any text as a user's recipe (in a dry run, with the
@@ -85,6 +87,32 @@ func FuzzRecipeSource(f *testing.F) {
 		}
 		if code != 0 && !strings.HasPrefix(e, "pifarm: ") {
 			t.Fatalf("exit %d without a message for\n%s\nstderr:\n%s", code, src, e)
+		}
+	})
+}
+
+// FuzzCommandLine parses any command line, pifarm's own options and then a
+// recipe's (flags, options with values, instances, positional strings):
+// no argv may make a parser panic, and every refusal is a usage error.
+func FuzzCommandLine(f *testing.F) {
+	for _, s := range []string{
+		"-n run box --run 2", "-hv", "-c", "--config=x run", "-nvc x y", "--", "-x",
+		"-r -i a.img --useradd=bob 1", "-ria.img --", "--disk", "--run=yes", "-i", "-- -r", "1 2 3",
+	} {
+		f.Add(s)
+	}
+	s := &spec{recipe: "x", opts: []*optSpec{
+		{short: "r", long: "run", def: starlark.False},
+		{short: "i", long: "disk-image", metavar: "FILE", takesValue: true, def: starlark.None},
+		{long: "useradd", metavar: "NAME", takesValue: true, def: starlark.None},
+	}, pos: []*posSpec{{name: "first"}, {name: "rest", many: true}}}
+	f.Fuzz(func(t *testing.T, line string) {
+		argv := strings.Fields(line)
+		if _, err := parseGlobals(argv); err != nil && !trace.IsUsage(err) {
+			t.Fatalf("parseGlobals(%q): %v is not a usage error", argv, err)
+		}
+		if _, err := s.parse(argv, nil, nil); err != nil && !trace.IsUsage(err) {
+			t.Fatalf("parse(%q): %v is not a usage error", argv, err)
 		}
 	})
 }

@@ -127,6 +127,28 @@ func TestExitStatuses(t *testing.T) {
 	}
 }
 
+// TestNoBuiltinConfig: a command that needs a configuration, run without
+// Options.DefaultConfig, is a usage error that says what is missing;
+// --help and --version need none.
+func TestNoBuiltinConfig(t *testing.T) {
+	goldenEnv(t)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"recipes"}, ExitUsage, "no built-in config.star"},
+		{[]string{"--help"}, ExitOK, "builtin modules"},
+		{[]string{"--version"}, ExitOK, "pifarm "},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(Options{Args: tc.args, Stdout: &out, Stderr: &errb})
+		if code != tc.code || !strings.Contains(out.String()+errb.String(), tc.want) {
+			t.Errorf("%v: exit %d, want %d with %q:\n%s%s", tc.args, code, tc.code, tc.want, out.String(), errb.String())
+		}
+	}
+}
+
 func TestHelpAndLists(t *testing.T) {
 	goldenEnv(t)
 	o, _, code := pifarm(t, "--help")
