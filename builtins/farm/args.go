@@ -14,10 +14,11 @@ import (
 // no node is the usage error of Farm.Resolve (exit status 2), which lists the
 // known nodes.
 //
-// Set Farm (and the options) before unpacking:
+// Set Farm (and the options) before unpacking, with trace.UnpackArgs so
+// that an unknown instance stays a usage error:
 //
 //	ref := farm.InstanceRef{Farm: f}
-//	starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &ref)
+//	trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref)
 //	n := ref.Node
 //
 // Modules that take something else in the same place (ssh: a host name,
