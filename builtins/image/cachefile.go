@@ -8,15 +8,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 
 	"pifarm/builtins/trace"
 )
 
 // The image module's files in the cache (the boot files .ker and .dtb,
 // their .sig, the .base records of linked clones, NAME~ backups and the
-// link clone-0.raw) are written through a cacheFS, an os.Root opened on
-// the cache folder:
+// link clone-0.raw) are written through an os.Root opened on the cache
+// folder: the plain file actions (mkdir -p, mv -f, ln -s, rm -f) through
+// m.cache(), the door's trace.Root on it, the writing of files through a
+// cacheFS:
 //
 //   - no write follows a symbolic link out of the cache: an absolute link,
 //     or one through "..", planted at a folder or file name below the cache
@@ -34,12 +35,19 @@ import (
 // the instance locks, so two pifarms never share one.
 type cacheFS struct {
 	root *os.Root
-	dir  string // the cache folder
+	tr   *trace.Root // the cache as the door's Root: names, errors
 }
 
-// openCache opens the cache folder, creating it (0700, the user's alone)
-// when missing.
-func (m *mod) openCache() (*cacheFS, error) {
+// cache is the cache folder as a trace.Root: the door's file actions
+// (rm -f, mv -f, mkdir -p, ln -s) confined to it, opened (and made when
+// missing) by openCacheRoot.
+func (m *mod) cache() *trace.Root {
+	return &trace.Root{Door: m.d, Dir: m.f.Config.CacheDir(), What: "its cache", Open: m.openCacheRoot}
+}
+
+// openCacheRoot opens the cache folder, creating it (0700, the user's
+// alone) when missing.
+func (m *mod) openCacheRoot() (*os.Root, error) {
 	dir := m.f.Config.CacheDir()
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
@@ -53,49 +61,14 @@ func (m *mod) openCache() (*cacheFS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the cache %s: %w", dir, err)
 	}
-	return &cacheFS{root: r, dir: dir}, nil
-}
-
-// withCache runs fn on the opened cache.
-func (m *mod) withCache(fn func(c *cacheFS) error) error {
-	c, err := m.openCache()
-	if err != nil {
-		return err
-	}
-	defer c.root.Close()
-	return fn(c)
-}
-
-// rel is path relative to the cache folder; paths outside it are refused.
-func (c *cacheFS) rel(path string) (string, error) {
-	r, err := filepath.Rel(c.dir, path)
-	if err != nil || r == "." || r == ".." || strings.HasPrefix(r, "../") {
-		return "", fmt.Errorf("%s is not in the cache %s", path, c.dir)
-	}
 	return r, nil
 }
 
-// fail turns an error of an operation on path into one that names the
-// planted link when a symbolic link is why it failed.
-func (c *cacheFS) fail(op, path string, err error) error {
-	if r, rerr := c.rel(path); rerr == nil {
-		p := c.dir
-		for _, part := range strings.Split(r, "/") {
-			p = filepath.Join(p, part)
-			fi, lerr := os.Lstat(p)
-			if lerr != nil {
-				break
-			}
-			if fi.Mode()&os.ModeSymlink != 0 {
-				t, _ := os.Readlink(p)
-				if p == path {
-					return fmt.Errorf("%s %s: it is a symbolic link (to %s); pifarm writes only regular files in its cache: remove the link", op, path, t)
-				}
-				return fmt.Errorf("%s %s: %s is a symbolic link (to %s) and pifarm writes only into folders of its cache %s: remove the link (look at what it points to first)", op, path, p, t, c.dir)
-			}
-		}
-	}
-	return fmt.Errorf("%s %s: %w", op, path, err)
+// withCache runs fn on the opened cache. It acts: the caller has passed
+// the door (or cleans up after a failed action, live).
+func (m *mod) withCache(fn func(c *cacheFS) error) error {
+	tr := m.cache()
+	return tr.With(func(root *os.Root) error { return fn(&cacheFS{root: root, tr: tr}) })
 }
 
 // tmpName is the fixed temporary name of path: .NAME.tmp next to it.
@@ -103,32 +76,20 @@ func tmpName(path string) string {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 }
 
-// mkdirAll creates the folder path (and its parents) below the cache.
-func (c *cacheFS) mkdirAll(path string) error {
-	r, err := c.rel(path)
-	if err != nil {
-		return err
-	}
-	if err := c.root.MkdirAll(r, 0o755); err != nil {
-		return c.fail("mkdir -p", path, err)
-	}
-	return nil
-}
-
 // stage writes data to tmp (a fixed temporary name): a file or link left
 // there is removed first, the new file is created exclusively with exactly
 // mode and synced. On failure nothing is left at tmp.
 func (c *cacheFS) stage(tmp string, data []byte, mode os.FileMode) error {
-	r, err := c.rel(tmp)
+	r, err := c.tr.Rel(tmp)
 	if err != nil {
 		return err
 	}
 	if err := c.root.Remove(r); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return c.fail("remove", tmp, err)
+		return c.tr.Explain("remove", tmp, err)
 	}
 	f, err := c.root.OpenFile(r, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode.Perm())
 	if err != nil {
-		return c.fail("create", tmp, err)
+		return c.tr.Explain("create", tmp, err)
 	}
 	err = writeSync(f, data, mode)
 	if cerr := f.Close(); err == nil {
@@ -154,7 +115,7 @@ func writeSync(f *os.File, data []byte, mode os.FileMode) error {
 // commit renames tmp over path (keeping the replaced file as path~ when
 // backup is set) and syncs the folder. On failure tmp is removed.
 func (c *cacheFS) commit(tmp, path string, backup bool) error {
-	rt, err := c.rel(tmp)
+	rt, err := c.tr.Rel(tmp)
 	if err != nil {
 		return err
 	}
@@ -169,26 +130,26 @@ func (c *cacheFS) commit(tmp, path string, backup bool) error {
 // backup is set: a hard link, or the file itself moved aside where the
 // file system has no hard links) and syncs the folder.
 func (c *cacheFS) rename(old, path string, backup bool) error {
-	ro, err := c.rel(old)
+	ro, err := c.tr.Rel(old)
 	if err != nil {
 		return err
 	}
-	rp, err := c.rel(path)
+	rp, err := c.tr.Rel(path)
 	if err != nil {
 		return err
 	}
 	if _, err := c.root.Lstat(rp); backup && err == nil {
 		if err := c.root.Remove(rp + "~"); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return c.fail("remove", path+"~", err)
+			return c.tr.Explain("remove", path+"~", err)
 		}
 		if err := c.root.Link(rp, rp+"~"); err != nil {
 			if err := c.root.Rename(rp, rp+"~"); err != nil {
-				return c.fail("keep the old file as", path+"~", err)
+				return c.tr.Explain("keep the old file as", path+"~", err)
 			}
 		}
 	}
 	if err := c.root.Rename(ro, rp); err != nil {
-		return c.fail("rename "+old+" to", path, err)
+		return c.tr.Explain("rename "+old+" to", path, err)
 	}
 	return c.syncDir(filepath.Dir(path))
 }
@@ -196,45 +157,25 @@ func (c *cacheFS) rename(old, path string, backup bool) error {
 // syncDir makes the renames in folder dir durable.
 func (c *cacheFS) syncDir(dir string) error {
 	r := "."
-	if dir != c.dir {
+	if dir != c.tr.Dir {
 		var err error
-		if r, err = c.rel(dir); err != nil {
+		if r, err = c.tr.Rel(dir); err != nil {
 			return err
 		}
 	}
-	f, err := c.root.Open(r)
-	if err != nil {
-		return c.fail("open", dir, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return trace.SyncIn(c.root, r)
 }
 
-// symlink creates link (below the cache) pointing to target (anywhere).
-func (c *cacheFS) symlink(target, link string) error {
-	r, err := c.rel(link)
-	if err != nil {
-		return err
-	}
-	if err := c.root.Symlink(target, r); err != nil {
-		return c.fail("ln -s "+target, link, err)
-	}
-	return nil
-}
-
-// remove removes files (or links; never followed) below the cache; a
-// missing one is fine.
+// remove removes files (or links; never followed) below the cache, with
+// no trace line (the clean-up of a failed action); a missing one is fine.
 func (c *cacheFS) remove(paths ...string) error {
 	for _, p := range paths {
-		r, err := c.rel(p)
+		r, err := c.tr.Rel(p)
 		if err != nil {
 			return err
 		}
 		if err := c.root.Remove(r); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return c.fail("rm -f", p, err)
+			return c.tr.Explain("rm -f", p, err)
 		}
 	}
 	return nil
@@ -283,7 +224,5 @@ func (m *mod) removeLeftovers(id int) error {
 	if len(left) == 0 {
 		return nil
 	}
-	return m.d.Do("rm -f "+trace.Join(left), func() error {
-		return m.withCache(func(c *cacheFS) error { return c.remove(left...) })
-	})
+	return m.cache().Remove(left...)
 }

@@ -100,12 +100,12 @@ func (m *mod) clone(id int, linked, replace bool) (*CloneResult, error) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return nil, fmt.Errorf("clone %d: qemu-img is not installed (Debian: apt install qemu-utils)", id)
 	}
-	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
+	tmp := tmpName(dst)
 	if err := m.f.MakeInstanceDir(m.d, id); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(tmp); err == nil {
-		if err := m.d.Do("rm -f "+trace.Quote(tmp), func() error { return os.Remove(tmp) }); err != nil {
+		if err := m.d.Remove(tmp); err != nil {
 			return nil, err
 		}
 	}
@@ -131,7 +131,7 @@ func (m *mod) clone(id int, linked, replace bool) (*CloneResult, error) {
 	if err := m.moveAside(dst, m.baseFile(id), m.f.Kernel(id), m.f.DTB(id), m.f.Sig(id)); err != nil {
 		return nil, err
 	}
-	if err := m.d.Do("mv "+trace.Quote(tmp)+" "+trace.Quote(dst), func() error { return os.Rename(tmp, dst) }); err != nil {
+	if err := m.d.Rename(tmp, dst); err != nil {
 		return nil, err
 	}
 	if linked {
@@ -325,7 +325,7 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 			}
 		}
 	}
-	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
+	tmp := tmpName(dst)
 	if _, err := os.Lstat(tmp); err == nil {
 		have = append(have, tmp)
 	}
@@ -333,15 +333,7 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 		m.d.Note("instance %d has no clone files", id)
 		return nil, nil
 	}
-	err = m.d.Do("rm -f "+trace.Join(have), func() error {
-		for _, p := range have {
-			if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-				return err
-			}
-		}
-		return nil
-	})
-	return have, err
+	return have, m.d.Remove(have...)
 }
 
 // Clones lists the instance ids > 0 that have a clone file (or backup).

@@ -35,7 +35,7 @@ func TestClones(t *testing.T) {
 	for _, want := range []string{
 		"mkdir -p -m 700 " + m.f.InstanceDir(1),
 		fmt.Sprintf("qemu-img convert -p -f raw -O qcow2 %s %s", fx.path, tmp),
-		fmt.Sprintf("mv %s %s", tmp, m.f.Disk(1)),
+		fmt.Sprintf("mv -f %s %s", tmp, m.f.Disk(1)),
 		fmt.Sprintf("ln -f %s %s", m.f.Kernel(0), m.f.Kernel(1)),
 	} {
 		if !strings.Contains(dout.String(), want+"\n") {

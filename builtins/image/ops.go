@@ -67,32 +67,16 @@ func (m *mod) Registered() string {
 // mkdir creates the folder dir of the cache (and its parents). A symbolic
 // link there is refused in every mode: nothing is written through it.
 func (m *mod) mkdir(dir string) error {
-	fi, err := os.Lstat(dir)
-	switch {
-	case err == nil && fi.IsDir():
-		return nil
-	case err == nil && fi.Mode()&os.ModeSymlink != 0:
-		t, _ := os.Readlink(dir)
-		return fmt.Errorf("mkdir -p %s: it is a symbolic link (to %s) and pifarm writes only into folders of its cache: remove the link (look at what it points to first)", dir, t)
-	}
-	return m.d.Do("mkdir -p "+trace.Quote(dir), func() error {
-		return m.withCache(func(c *cacheFS) error { return c.mkdirAll(dir) })
-	})
+	return m.cache().MkdirAll(dir, 0)
 }
 
 // moveAside renames path to path~ (one backup generation) when it exists.
 func (m *mod) moveAside(paths ...string) error {
-	var have []string
 	for _, p := range paths {
-		if _, err := os.Lstat(p); err == nil {
-			have = append(have, p)
+		if _, err := os.Lstat(p); err != nil {
+			continue
 		}
-	}
-	for _, p := range have {
-		line := "mv -f " + trace.Quote(p) + " " + trace.Quote(p+"~")
-		if err := m.d.Do(line, func() error {
-			return m.withCache(func(c *cacheFS) error { return c.rename(p, p+"~", false) })
-		}); err != nil {
+		if err := m.cache().Rename(p, p+"~"); err != nil {
 			return err
 		}
 	}
@@ -150,10 +134,7 @@ func (m *mod) Register(path string) (string, error) {
 	if err := m.moveAside(link, m.f.Kernel(0), m.f.DTB(0), m.f.Sig(0), m.f.KnownHosts(0)); err != nil {
 		return "", err
 	}
-	line := "ln -s " + trace.Quote(abs) + " " + trace.Quote(link)
-	if err := m.d.Do(line, func() error {
-		return m.withCache(func(c *cacheFS) error { return c.symlink(abs, link) })
-	}); err != nil {
+	if err := m.cache().Symlink(abs, link); err != nil {
 		return "", err
 	}
 	return abs, nil

@@ -469,22 +469,18 @@ func (m *mod) finishPendingRecords(ids []int) ([]int, error) {
 		if _, err := os.Lstat(tmp); err != nil {
 			continue
 		}
-		why := m.pendingRecordStale(id, tmp)
-		var line string
-		var fn func(c *cacheFS) error
-		if why == "" {
-			line = fmt.Sprintf("# an interrupted seed prepared the record of linked clone %d in %s; its base is as the record says and the clone holds nothing of partition 1: complete it\nmv -f %s %s", id, tmp, trace.Quote(tmp), trace.Quote(rec))
-			fn = func(c *cacheFS) error { return c.rename(tmp, rec, false) }
-		} else {
-			line = fmt.Sprintf("# an interrupted seed prepared the record of linked clone %d in %s, which no longer holds (%s): drop it\nrm -f %s", id, tmp, why, trace.Quote(tmp))
-			fn = func(c *cacheFS) error { return c.remove(tmp) }
+		if why := m.pendingRecordStale(id, tmp); why != "" {
+			m.d.Note("an interrupted seed prepared the record of linked clone %d in %s, which no longer holds (%s): drop it", id, tmp, why)
+			if err := m.cache().Remove(tmp); err != nil {
+				return nil, err
+			}
+			continue
 		}
-		if err := m.d.Do(line, func() error { return m.withCache(fn) }); err != nil {
+		m.d.Note("an interrupted seed prepared the record of linked clone %d in %s; its base is as the record says and the clone holds nothing of partition 1: complete it", id, tmp)
+		if err := m.cache().Rename(tmp, rec); err != nil {
 			return nil, err
 		}
-		if why == "" {
-			done = append(done, id)
-		}
+		done = append(done, id)
 	}
 	return done, nil
 }
