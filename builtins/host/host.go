@@ -11,7 +11,6 @@ import (
 	"os"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -85,11 +84,7 @@ func (m *module) command(c trace.Cmd, query, check bool) (starlark.Value, error)
 	if err != nil && (check || res.ExitCode == -1 || m.d.Context().Err() != nil) {
 		return nil, err
 	}
-	return starlarkstruct.FromStringDict(starlark.String("result"), starlark.StringDict{
-		"stdout":    starlark.String(res.Stdout),
-		"stderr":    starlark.String(res.Stderr),
-		"exit_code": starlark.MakeInt(res.ExitCode),
-	}), nil
+	return trace.ResultStruct(string(res.Stdout), string(res.Stderr), res.ExitCode), nil
 }
 
 func (m *module) write(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
