@@ -3,6 +3,7 @@ package runtime
 import (
 	"io"
 
+	"pifarm/builtins/chroot"
 	"pifarm/builtins/console"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/guest"
@@ -24,6 +25,7 @@ var registry = []func(*trace.Door, *farm.Farm) *trace.Module{
 	guest.New,
 	net.New,
 	image.New,
+	chroot.New,
 	qemu.New,
 	ssh.New,
 	console.New,
