@@ -44,7 +44,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 		Doc: "A stopped instance's disk opened on the host: the guest's own programs run in its root\n" +
 			"file system (natively, or through qemu-user's binfmt handler), not under full-system emulation.",
 		Funcs: []trace.Func{
-			{Name: "open", Args: "instance, root, boot=None, boot_dir=None, packages=True", Fn: m.openFn, Doc: openDoc},
+			{Name: "open", Args: "instance, root, boot=None, boot_dir=None, packages=True", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
 		},
 		End: m.end,
 	}
@@ -57,8 +57,12 @@ offset and bytes). Refused while a process holds the disk open (a QEMU), while a
 device is attached to it (image --mount-*), or while another pifarm holds the instance
 lock (a start, a clone, another chroot); the lock is held until close(). A qcow2
 clone is exported as a raw file by qemu-storage-daemon (FUSE), so its backing image
-is only read. boot is mounted where the guest's /etc/fstab mounts its vfat file
-system (/boot/firmware on Bookworm, /boot before), or on boot_dir. packages=True
+is only read. The files of boot are copied (mtools) into a tmpfs on the folder where
+the guest's /etc/fstab mounts its vfat file system (/boot/firmware on Bookworm, /boot
+before), or on boot_dir, and those that commands changed are written back at close:
+no kernel vfat driver is needed. The guest gets /proc, a read-only /sys, a /dev of
+its own (never the host's), a fresh /run, the host's resolver and a policy-rc.d that
+keeps package scripts from starting services. packages=True
 mounts the farm's package cache (CACHE/apt/archives) on /var/cache/apt/archives, so
 packages one node fetched are not fetched again. A guest of another architecture
 needs the kernel's binfmt_misc handler for qemu-user with the F flag (Debian:
