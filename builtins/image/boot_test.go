@@ -19,7 +19,7 @@ func TestRegisterProvideCheck(t *testing.T) {
 	dir := t.TempDir()
 	fx := makeFixture(t, dir, fixtureOpts{size: 200 << 20, bootMiB: 64, clusterSectrs: 1})
 	age(t, fx.path, time.Hour)
-	m, out := testMod(t, dir, false)
+	m, _ := testMod(t, dir, false)
 	if _, err := m.CheckBoot(0); err == nil || !strings.Contains(err.Error(), "no registered image") {
 		t.Fatalf("check without image: %v", err)
 	}
@@ -124,7 +124,6 @@ func TestRegisterProvideCheck(t *testing.T) {
 	if _, err := m.Register(m.f.Disk(0)); err != nil || m.Registered() != other {
 		t.Fatalf("register the link itself: %v, now %q", err, m.Registered())
 	}
-	_ = out
 }
 
 func TestProvideQbootDryRun(t *testing.T) {
@@ -145,8 +144,8 @@ func TestProvideQbootDryRun(t *testing.T) {
 		len(fx.kernel), fx.path, off, len(fx.dtb), fx.path, off)
 	want := fmt.Sprintf("mcopy -n -o -i %s@@%d ::kernel8.img %s\nmcopy -n -o -i %s@@%d ::bcm2710-rpi-3-b-plus.dtb %s\n# record the boot files' signature %s (as %s) in %s\n",
 		fx.path, off, q.Kernel, fx.path, off, q.DTB, q.Sum, sumSh, q.Sig)
-	if out.String() != want {
-		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	if out.Output() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.Output(), want)
 	}
 	// the printed computation gives the printed signature
 	if got := "sha256:" + strings.Fields(run(t, "", "sh", "-c", sumSh))[0]; got != q.Sum {
@@ -173,11 +172,11 @@ func TestSeed(t *testing.T) {
 	}
 	off := fx.bootStart * 512
 	want := fmt.Sprintf(": | mcopy -n -o -i %s@@%d - ::ssh\nprintf '%%s\\n' 'pi:****' | mcopy -n -o -i %s@@%d - ::userconf.txt\n", fx.path, off, fx.path, off)
-	if !strings.HasPrefix(out.String(), want) || strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "$6$") {
-		t.Fatalf("dry trace\n%s\nwant prefix\n%s", out.String(), want)
+	if !strings.HasPrefix(out.Output(), want) || strings.Contains(out.Output(), "s3cret") || strings.Contains(out.Output(), "$6$") {
+		t.Fatalf("dry trace\n%s\nwant prefix\n%s", out.Output(), want)
 	}
-	if strings.Contains(out.String(), "signature") {
-		t.Errorf("seeding touches the boot signature:\n%s", out.String())
+	if strings.Contains(out.Output(), "signature") {
+		t.Errorf("seeding touches the boot signature:\n%s", out.Output())
 	}
 	long := strings.Repeat("x", 300) + "\n"
 	age(t, fx.path, time.Hour)
@@ -378,16 +377,16 @@ func TestMountPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("mkdir -p %s\nguestmount --format=raw -a %s -m /dev/sda1 --ro %s\n", dry.f.MountDir("boot"), fx.path, dry.f.MountDir("boot"))
-	if out.String() != want {
-		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	if out.Output() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.Output(), want)
 	}
 	out.Reset()
 	if _, err := dry.Mount("root", 0, true); err != nil {
 		t.Fatal(err)
 	}
 	want = fmt.Sprintf("mkdir -p %s\nmount -o loop,offset=%d,sizelimit=%d %s %s\n", dry.f.MountDir("root"), fx.rootStart*512, fx.rootN*512, fx.path, dry.f.MountDir("root"))
-	if out.String() != want {
-		t.Fatalf("trace\n%s\nwant\n%s", out.String(), want)
+	if out.Output() != want {
+		t.Fatalf("trace\n%s\nwant\n%s", out.Output(), want)
 	}
 	if _, err := dry.Mount("swap", 0, false); err == nil {
 		t.Fatal("unknown partition accepted")

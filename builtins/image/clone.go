@@ -6,12 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"pifarm/builtins/trace"
 	"strconv"
 	"strings"
 
 	"golang.org/x/term"
 	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/trace"
 )
 
 // baseFile records, next to a linked clone, the identity of its base.

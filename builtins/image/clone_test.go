@@ -38,8 +38,8 @@ func TestClones(t *testing.T) {
 		fmt.Sprintf("mv -f %s %s", tmp, m.f.Disk(1)),
 		fmt.Sprintf("ln -f %s %s", m.f.Kernel(0), m.f.Kernel(1)),
 	} {
-		if !strings.Contains(dout.String(), want+"\n") {
-			t.Errorf("dry trace lacks %q:\n%s", want, dout.String())
+		if !strings.Contains(dout.Output(), want+"\n") {
+			t.Errorf("dry trace lacks %q:\n%s", want, dout.Output())
 		}
 	}
 	if _, err := os.Stat(m.f.InstanceDir(1)); err == nil {
@@ -94,7 +94,7 @@ func TestClones(t *testing.T) {
 	}
 	// a full clone replaces it, the old one kept as NAME~
 	if _, err := m.Clone(1, false); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+		t.Fatalf("%v\n%s", err, out.Output())
 	}
 	if st, _ = m.CheckClone(1); !st.OK || st.Linked {
 		t.Fatalf("full clone: %+v", st)
@@ -233,8 +233,8 @@ func TestSeedUnderLinkedClones(t *testing.T) {
 	if fmt.Sprint(res.ClonesKept, res.ClonesInvalid) != "[1] [2]" {
 		t.Fatalf("dry: kept %v invalid %v", res.ClonesKept, res.ClonesInvalid)
 	}
-	if want := "# linked clone 1 has written nothing in partition 1: it reads the seeded files from its base; record the base's new identity in " + m.baseFile(1) + "\n"; !strings.HasSuffix(dout.String(), want) {
-		t.Errorf("dry trace:\n%s\nwant the end\n%s", dout.String(), want)
+	if want := "# linked clone 1 has written nothing in partition 1: it reads the seeded files from its base; record the base's new identity in " + m.baseFile(1) + "\n"; !strings.HasSuffix(dout.Output(), want) {
+		t.Errorf("dry trace:\n%s\nwant the end\n%s", dout.Output(), want)
 	}
 	for _, id := range []int{1, 2} {
 		if st, _ := m.CheckClone(id); !st.OK {

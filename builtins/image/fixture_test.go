@@ -1,17 +1,15 @@
 package image
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
 	"testing"
 	"time"
 
+	"pifarm/builtins/farm"
 	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/startest"
 )
 
 // fixture is a RaspiOS-like image made by the real tools: sfdisk,
@@ -128,13 +126,12 @@ tools = {"guestmount": False}
 	return farm.New(c)
 }
 
-// testMod returns a module state with a live (or dry) door writing its
-// trace to the returned buffer.
-func testMod(t testing.TB, dir string, dry bool) (*mod, *bytes.Buffer) {
-	var out bytes.Buffer
-	d := trace.New(context.Background(), dry, false, &out)
-	d.Root = true
-	return &mod{d: d, f: testFarm(t, dir)}, &out
+// testMod returns a module state with a live (or dry) door acting as root
+// (no sudo in the trace) and the farm of testFarm; the fixture's Output is
+// its trace.
+func testMod(t testing.TB, dir string, dry bool) (*mod, *startest.Fixture) {
+	fx := startest.New(t, startest.Options{Dry: dry, Root: true, Farm: testFarm(t, dir)})
+	return &mod{d: fx.Door, f: fx.Farm}, fx
 }
 
 var fixedTime = time.Date(2024, 3, 15, 12, 30, 44, 0, time.UTC)

@@ -160,8 +160,8 @@ func TestExpandJustUnder4GiB(t *testing.T) {
 	script := fmt.Sprintf("label: dos\nlabel-id: 0x%08x\nunit: sectors\nsector-size: 512\n\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\n",
 		fx.diskID, fx.bootStart, fx.bootN, fx.rootStart, wantRoot)
 	want := fmt.Sprintf("truncate -s 4G %s\nsfdisk --no-reread -q %s <<'EOF'\n%sEOF\n", fx.path, fx.path, script)
-	if out.String() != want {
-		t.Fatalf("dry-run trace\n%s\nwant\n%s", out.String(), want)
+	if out.Output() != want {
+		t.Fatalf("dry-run trace\n%s\nwant\n%s", out.Output(), want)
 	}
 	if pl.Size != 4<<30 || pl.Root != wantRoot || pl.NoNeed {
 		t.Fatalf("plan %+v", pl)
@@ -278,11 +278,11 @@ func TestExpandRefusesMountedRoot(t *testing.T) {
 	}
 	r, err := m.Mount("root", 0, true)
 	if err != nil {
-		t.Fatalf("mount root: %v\n%s", err, out.String())
+		t.Fatalf("mount root: %v\n%s", err, out.Output())
 	}
 	defer m.Umount("root")
-	if !strings.Contains(out.String(), fmt.Sprintf("mount -o loop,offset=%d,sizelimit=%d %s %s", fx.rootStart*512, fx.rootN*512, fx.path, m.f.MountDir("root"))) {
-		t.Errorf("trace:\n%s", out.String())
+	if !strings.Contains(out.Output(), fmt.Sprintf("mount -o loop,offset=%d,sizelimit=%d %s %s", fx.rootStart*512, fx.rootN*512, fx.path, m.f.MountDir("root"))) {
+		t.Errorf("trace:\n%s", out.Output())
 	}
 	if _, err := os.Stat(filepath.Join(r.Target, "lost+found")); err != nil {
 		t.Errorf("root file system not visible: %v", err)

@@ -15,96 +15,40 @@
 package image
 
 import (
-	"fmt"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
-	"sort"
-	"strconv"
-
-	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
-	"pifarm/builtins/image/mbr"
-	"pifarm/builtins/image/shacrypt"
 )
 
-func mkstruct(name string, d starlark.StringDict) *starlarkstruct.Struct {
-	return starlarkstruct.FromStringDict(starlark.String(name), d)
+// instanceRef is the Unpacker of an instance argument: an id, alias or
+// node. None, like leaving the argument out, means instance 0 (Node nil).
+func (m *mod) instanceRef() farm.InstanceRef {
+	return farm.InstanceRef{Farm: m.f, NoneOK: true, None: true}
 }
 
-func strList(v []string) *starlark.List {
-	l := make([]starlark.Value, len(v))
-	for i, s := range v {
-		l[i] = starlark.String(s)
-	}
-	return starlark.NewList(l)
+// imageRef is the Unpacker of an image argument: an instance (its disk)
+// or any other string, a file path (see disk).
+func (m *mod) imageRef() farm.InstanceRef {
+	ref := m.instanceRef()
+	ref.Also, ref.Other = "path", func(string) bool { return true }
+	return ref
 }
 
-func intList(v []int) *starlark.List {
-	l := make([]starlark.Value, len(v))
-	for i, n := range v {
-		l[i] = starlark.MakeInt(n)
+// id is the instance an instanceRef names: 0 for None or when left out.
+func id(ref farm.InstanceRef) int {
+	if ref.Node == nil {
+		return 0
 	}
-	return starlark.NewList(l)
+	return ref.Node.ID
 }
 
-// instanceArg turns an instance id, alias or node struct into an id.
-func (m *mod) instanceArg(v starlark.Value) (int, error) {
-	var ref string
-	switch x := v.(type) {
-	case nil, starlark.NoneType:
-		return 0, nil
-	case starlark.Int:
-		ref = x.String()
-	case starlark.String:
-		ref = string(x)
-	case *starlarkstruct.Struct:
-		id, err := x.Attr("id")
-		if err != nil {
-			return 0, fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
-		}
-		ref = id.String()
-	default:
-		return 0, fmt.Errorf("want an instance id, alias or node, got %s", v.Type())
+// disk is the file an imageRef names and its instance: a path as given
+// (~ expanded) with instance -1, or the instance's disk, which must exist.
+func (m *mod) disk(ref farm.InstanceRef) (string, int, error) {
+	if ref.Node == nil && !ref.None {
+		return farm.ExpandPath(ref.Text), -1, nil
 	}
-	n, err := m.f.Resolve(ref)
-	if err != nil {
-		return 0, err
-	}
-	return n.ID, nil
-}
-
-// diskArg resolves an image argument: an instance (id, alias, node) means
-// its disk; any other string is a path. It returns the path and the
-// instance id (-1 for a plain path).
-func (m *mod) diskArg(v starlark.Value) (string, int, error) {
-	if s, ok := v.(starlark.String); ok {
-		if _, err := strconv.Atoi(string(s)); err != nil {
-			if _, rerr := m.f.Resolve(string(s)); rerr != nil {
-				return farm.ExpandPath(string(s)), -1, nil
-			}
-		}
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return "", 0, err
-	}
-	p, err := m.diskPath(id)
-	return p, id, err
-}
-
-func layoutStruct(path string, l *mbr.Layout) *starlarkstruct.Struct {
-	part := func(p mbr.Part) starlark.Value {
-		return mkstruct("partition", starlark.StringDict{
-			"index": starlark.MakeInt(p.Index), "type": starlark.MakeInt(int(p.Type)),
-			"start": starlark.MakeUint64(p.Start), "sectors": starlark.MakeUint64(p.Sectors),
-			"offset": starlark.MakeInt64(p.Offset()), "bytes": starlark.MakeInt64(p.Bytes()),
-		})
-	}
-	return mkstruct("layout", starlark.StringDict{
-		"path": starlark.String(path), "size": starlark.MakeInt64(l.FileSize),
-		"disk_id": starlark.String(fmt.Sprintf("%08x", l.DiskID)),
-		"boot":    part(l.Boot()), "root": part(l.Root()),
-	})
+	p, err := m.diskPath(id(ref))
+	return p, id(ref), err
 }
 
 // New returns the image module.
@@ -133,11 +77,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"clone-0.raw in the cache becomes a link to it; the old link and the old .ker/.dtb/.sig are\n" +
 					"moved aside as NAME~ (stale boot files are dropped). Returns the absolute path.\n" +
 					"Dry run: prints `mv -f OLD OLD~` and `ln -s PATH LINK`."},
-			{Name: "plan_expand", Args: "image=0", Fn: m.expandBuiltin(m.PlanExpand),
+			{Name: "plan_expand", Args: "image=0", Fn: m.planExpandFn,
 				Doc: "What expand would do (a query): struct(path, size_before, size, root_before, root, no_need,\n" +
 					"script) with sizes in bytes and partition 2 in sectors; script is the sfdisk script.\n" +
 					"An image pifarm cannot use (see register) is an error."},
-			{Name: "expand", Args: "image=0", Fn: m.expandBuiltin(m.Expand),
+			{Name: "expand", Args: "image=0", Fn: m.expandFn,
 				Doc: "Pad a raw image to the smallest configured size (image_sizes_gib) that holds it and grow\n" +
 					"partition 2 to end margin_percent before the end.\n\n" +
 					"Refuses images over the largest size or that pifarm cannot use (see register), while any instance runs or another pifarm starts one\n" +
@@ -229,396 +173,4 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 				Doc: "Mounts on the cache's mnt/boot and mnt/root, and of loop devices backed by image\n(default: instance 0's), as a list of struct(source, target, fstype, options)."},
 		},
 	}
-}
-
-func (m *mod) verifyFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-		return nil, err
-	}
-	p, _, err := m.diskArg(v)
-	if err != nil {
-		return nil, err
-	}
-	d, err := m.open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	return layoutStruct(p, d.Layout), nil
-}
-
-func (m *mod) registeredFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
-		return nil, err
-	}
-	if r := m.Registered(); r != "" {
-		return starlark.String(r), nil
-	}
-	return starlark.None, nil
-}
-
-func (m *mod) registerFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var p string
-	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 1, &p); err != nil {
-		return nil, err
-	}
-	abs, err := m.Register(p)
-	if err != nil {
-		return nil, err
-	}
-	return starlark.String(abs), nil
-}
-
-func planStruct(pl *ExpandPlan) *starlarkstruct.Struct {
-	return mkstruct("expand", starlark.StringDict{
-		"path": starlark.String(pl.Path), "size_before": starlark.MakeInt64(pl.SizeBefore),
-		"size": starlark.MakeInt64(pl.Size), "root_before": starlark.MakeUint64(pl.RootBefore),
-		"root": starlark.MakeUint64(pl.Root), "no_need": starlark.Bool(pl.NoNeed),
-		"script": starlark.String(pl.Script),
-	})
-}
-
-// expandBuiltin makes plan_expand (plan only) and expand (plan and do):
-// both take the image (an instance or a path) and return the plan.
-func (m *mod) expandBuiltin(do func(string) (*ExpandPlan, error)) func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error) {
-	return func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-		var v starlark.Value = starlark.MakeInt(0)
-		if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-			return nil, err
-		}
-		p, _, err := m.diskArg(v)
-		if err != nil {
-			return nil, err
-		}
-		pl, err := do(p)
-		if err != nil {
-			return nil, err
-		}
-		return planStruct(pl), nil
-	}
-}
-
-func (m *mod) qbootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	var img starlark.Value = starlark.None
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v, "image?", &img); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	path, err := optString(img, "image")
-	if err != nil {
-		return nil, err
-	}
-	if path != "" {
-		path = farm.ExpandPath(path)
-	}
-	q, err := m.ProvideQboot(id, path)
-	if err != nil {
-		return nil, err
-	}
-	sizes := make([]starlark.Value, len(q.Sizes))
-	for i, s := range q.Sizes {
-		sizes[i] = starlark.MakeInt(s)
-	}
-	return mkstruct("qboot", starlark.StringDict{
-		"kernel": starlark.String(q.Kernel), "dtb": starlark.String(q.DTB), "sig": starlark.String(q.Sig),
-		"sum": starlark.String(q.Sum), "sizes": starlark.NewList(sizes),
-	}), nil
-}
-
-func (m *mod) checkBootFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	st, err := m.CheckBoot(id)
-	if err != nil {
-		return nil, err
-	}
-	return bootStruct(st), nil
-}
-
-func bootStruct(st BootState) *starlarkstruct.Struct {
-	return mkstruct("boot", starlark.StringDict{
-		"state": starlark.String(st.State), "message": starlark.String(st.Message), "hashed": starlark.Bool(st.Hashed),
-	})
-}
-
-func optString(v starlark.Value, what string) (string, error) {
-	if v == nil || v == starlark.None {
-		return "", nil
-	}
-	s, ok := starlark.AsString(v)
-	if !ok {
-		return "", fmt.Errorf("%s: want a string or None, got %s", what, v.Type())
-	}
-	return s, nil
-}
-
-func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	var user, pw, hash, salt starlark.Value
-	var files *starlark.Dict
-	var keys *starlark.List
-	ssh := true
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v, "ssh?", &ssh, "user?", &user,
-		"password?", &pw, "password_hash?", &hash, "keys?", &keys, "files?", &files, "salt?", &salt); err != nil {
-		return nil, err
-	}
-	o := SeedOptions{SSH: ssh, Files: map[string]string{}}
-	if keys != nil {
-		for i := 0; i < keys.Len(); i++ {
-			k, ok := starlark.AsString(keys.Index(i))
-			if !ok {
-				return nil, fmt.Errorf("keys[%d]: want a string, got %s", i, keys.Index(i).Type())
-			}
-			o.Keys = append(o.Keys, k)
-		}
-	}
-	var err error
-	for _, x := range []struct {
-		v    starlark.Value
-		dst  *string
-		name string
-	}{{user, &o.User, "user"}, {pw, &o.Password, "password"}, {hash, &o.Hash, "password_hash"}, {salt, &o.Salt, "salt"}} {
-		if *x.dst, err = optString(x.v, x.name); err != nil {
-			return nil, err
-		}
-	}
-	if o.Password != "" {
-		m.d.Secret(o.Password)
-	}
-	if files != nil {
-		for _, it := range files.Items() {
-			k, ok1 := starlark.AsString(it[0])
-			c, ok2 := starlark.AsString(it[1])
-			if !ok1 || !ok2 {
-				return nil, fmt.Errorf("files: want name -> text, got %s: %s", it[0].Type(), it[1].Type())
-			}
-			o.Files[k] = c
-		}
-	}
-	p, _, err := m.diskArg(v)
-	if err != nil {
-		return nil, err
-	}
-	res, err := m.Seed(p, o)
-	if err != nil {
-		return nil, err
-	}
-	return mkstruct("seed", starlark.StringDict{"written": strList(res.Written),
-		"clones_kept": intList(res.ClonesKept), "clones_invalid": intList(res.ClonesInvalid),
-		"clones_repaired": intList(res.ClonesRepaired)}), nil
-}
-
-func (m *mod) hashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var pw string
-	var salt starlark.Value
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "password", &pw, "salt?", &salt); err != nil {
-		return nil, err
-	}
-	s, err := optString(salt, "salt")
-	if err != nil {
-		return nil, err
-	}
-	if s == "" {
-		s = shacrypt.NewSalt()
-	}
-	h, err := shacrypt.SHA512(pw, s, 0)
-	if err != nil {
-		return nil, err
-	}
-	return starlark.String(h), nil
-}
-
-func (m *mod) mountFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var part string
-	var v starlark.Value = starlark.MakeInt(0)
-	sudo := false
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "part", &part, "instance?", &v, "sudo?", &sudo); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	r, err := m.Mount(part, id, sudo)
-	if err != nil {
-		return nil, err
-	}
-	return mkstruct("mount", starlark.StringDict{"target": starlark.String(r.Target), "source": starlark.String(r.Source), "how": starlark.String(r.How)}), nil
-}
-
-func (m *mod) umountFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var part string
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "part", &part); err != nil {
-		return nil, err
-	}
-	ok, err := m.Umount(part)
-	if err != nil {
-		return nil, err
-	}
-	return starlark.Bool(ok), nil
-}
-
-func (m *mod) statusFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance?", &v); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	s, err := m.Status(id)
-	if err != nil {
-		return nil, err
-	}
-	i := starlark.MakeInt64
-	return mkstruct("status", starlark.StringDict{
-		"path": starlark.String(s.Path), "real": starlark.String(s.Real), "format": starlark.String(s.Format),
-		"file_size": i(s.FileSize), "used_by_fs": i(s.UsedByFS), "ext4_size": i(s.Ext4Size), "ext4_used": i(s.Ext4Used),
-		"margin": i(s.Margin), "recommended_margin": i(s.Recommended), "boot": bootStruct(s.Boot),
-		"warnings": strList(s.Warnings), "text": starlark.String(s.Text()),
-	}), nil
-}
-
-func (m *mod) cloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value
-	linked, replace := false, true
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v, "linked?", &linked, "replace?", &replace); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	r, err := m.clone(id, linked, replace)
-	if err != nil {
-		return nil, err
-	}
-	return mkstruct("clone", starlark.StringDict{"path": starlark.String(r.Path), "base": starlark.String(r.Base), "linked": starlark.Bool(r.Linked), "made": starlark.Bool(r.Made)}), nil
-}
-
-func (m *mod) checkCloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	st, err := m.CheckClone(id)
-	if err != nil {
-		return nil, err
-	}
-	return mkstruct("clone_state", starlark.StringDict{
-		"exists": starlark.Bool(st.Exists), "linked": starlark.Bool(st.Linked), "ok": starlark.Bool(st.OK),
-		"base": starlark.String(st.Base), "reason": starlark.String(st.Reason),
-	}), nil
-}
-
-func (m *mod) removeCloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "instance", &v); err != nil {
-		return nil, err
-	}
-	id, err := m.instanceArg(v)
-	if err != nil {
-		return nil, err
-	}
-	rm, err := m.RemoveClone(id)
-	if err != nil {
-		return nil, err
-	}
-	return strList(rm), nil
-}
-
-func (m *mod) clonesFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
-		return nil, err
-	}
-	ids, err := m.Clones()
-	if err != nil {
-		return nil, err
-	}
-	sort.Ints(ids)
-	l := make([]starlark.Value, len(ids))
-	for i, id := range ids {
-		l[i] = starlark.MakeInt(id)
-	}
-	return starlark.NewList(l), nil
-}
-
-func (m *mod) runningFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
-		return nil, err
-	}
-	run, err := m.running()
-	if err != nil {
-		return nil, err
-	}
-	l := make([]starlark.Value, len(run))
-	for i, r := range run {
-		l[i] = mkstruct("running", starlark.StringDict{"id": starlark.MakeInt(r.ID), "pid": starlark.MakeInt(r.Pid)})
-	}
-	return starlark.NewList(l), nil
-}
-
-func (m *mod) mountsFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.None
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-		return nil, err
-	}
-	var imgs []string
-	if v == starlark.None {
-		if p, err := m.diskPath(0); err == nil {
-			imgs = append(imgs, p)
-		}
-	} else {
-		p, _, err := m.diskArg(v)
-		if err != nil {
-			return nil, err
-		}
-		imgs = append(imgs, p)
-	}
-	ms, err := m.mounts(imgs...)
-	if err != nil {
-		return nil, err
-	}
-	l := make([]starlark.Value, len(ms))
-	for i, x := range ms {
-		l[i] = mkstruct("mount", starlark.StringDict{"source": starlark.String(x.Source), "target": starlark.String(x.Target),
-			"fstype": starlark.String(x.FSType), "options": starlark.String(x.Options)})
-	}
-	return starlark.NewList(l), nil
-}
-
-func (m *mod) linkedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	var v starlark.Value = starlark.MakeInt(0)
-	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "image?", &v); err != nil {
-		return nil, err
-	}
-	p, _, err := m.diskArg(v)
-	if err != nil {
-		return nil, err
-	}
-	ids, err := m.LinkedClones(p)
-	if err != nil {
-		return nil, err
-	}
-	l := make([]starlark.Value, len(ids))
-	for i, id := range ids {
-		l[i] = starlark.MakeInt(id)
-	}
-	return starlark.NewList(l), nil
 }

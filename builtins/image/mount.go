@@ -5,11 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"pifarm/builtins/trace"
 	"strconv"
 	"strings"
 
 	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/trace"
 )
 
 // MountResult says where and how a partition was mounted.

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"pifarm/builtins/farm"
-	"pifarm/builtins/trace"
 	"strings"
 	"time"
 
+	"pifarm/builtins/farm"
 	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/trace"
 )
 
 // mod is the image module's state: the run's door and the farm.

@@ -1,7 +1,6 @@
 package image
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -122,8 +121,8 @@ func TestWritersRefuseADiskInUse(t *testing.T) {
 				}
 			})
 		}
-		if dry && bytes.Contains(out.Bytes(), []byte("mcopy")) {
-			t.Errorf("dry run printed a write:\n%s", out.String())
+		if dry && strings.Contains(out.Output(), "mcopy") {
+			t.Errorf("dry run printed a write:\n%s", out.Output())
 		}
 	}
 

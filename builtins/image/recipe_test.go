@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,10 +14,10 @@ import (
 	"syscall"
 	"testing"
 
+	"pifarm/builtins/image/internal/tooltest"
 	"pifarm/builtins/runtime"
+	"pifarm/builtins/startest"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/golden/*.trace")
 
 // defaultConfig is what main.go embeds: the repository's config.star.
 var defaultConfig = func() []byte {
@@ -29,28 +28,18 @@ var defaultConfig = func() []byte {
 	return b
 }()
 
-// sh runs a fixture-making command.
-func sh(t *testing.T, stdin, name string, args ...string) {
-	t.Helper()
-	c := exec.Command(name, args...)
-	c.Stdin = strings.NewReader(stdin)
-	if out, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
-	}
-}
-
 // recipeFixture makes a 200 MiB RaspiOS-like image with the real tools.
 func recipeFixture(t *testing.T, dir string) string {
 	img := filepath.Join(dir, "raspios.img")
-	sh(t, "", "truncate", "-s", "200M", img)
-	sh(t, "label: dos\nlabel-id: 0x0badcafe\nstart=8192, size=131072, type=c\nstart=139264, type=83\n", "sfdisk", "-q", img)
-	sh(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", "--offset", "8192", img, "65536")
-	sh(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 139264*512), img, "120M")
+	tooltest.Run(t, "", "truncate", "-s", "200M", img)
+	tooltest.Run(t, "label: dos\nlabel-id: 0x0badcafe\nstart=8192, size=131072, type=c\nstart=139264, type=83\n", "sfdisk", "-q", img)
+	tooltest.Run(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", "--offset", "8192", img, "65536")
+	tooltest.Run(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 139264*512), img, "120M")
 	src := t.TempDir()
 	for name, n := range map[string]int{"kernel8.img": 200_000, "bcm2710-rpi-3-b-plus.dtb": 30_000} {
 		b := bytes.Repeat([]byte(name), n/len(name))
 		os.WriteFile(filepath.Join(src, name), b, 0o644)
-		sh(t, "", "mcopy", "-i", img+"@@4194304", filepath.Join(src, name), "::")
+		tooltest.Run(t, "", "mcopy", "-i", img+"@@4194304", filepath.Join(src, name), "::")
 	}
 	return img
 }
@@ -127,11 +116,7 @@ nodes = [
 		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
 		var out, errb bytes.Buffer
 		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &errb, NotRoot: st.notRoot})
-		got := out.String()
-		if errb.Len() > 0 {
-			got += "--- stderr\n" + errb.String()
-		}
-		got += fmt.Sprintf("--- exit %d\n", code)
+		got := startest.Transcript(out.String(), errb.String(), code)
 		got = hashRE.ReplaceAllString(strings.ReplaceAll(got, dir, "$DIR"), "sha256:HASH")
 		got = mtimeRE.ReplaceAllString(got, "mtime M1 -> M2")
 		got = lineRE.ReplaceAllString(got, ".star:L:C:")
@@ -140,12 +125,8 @@ nodes = [
 				t.Errorf("%s: the dry run changed the image", st.name)
 			}
 		}
-		golden := filepath.Join("testdata", "golden", st.name+".trace")
-		if *update {
-			os.MkdirAll(filepath.Dir(golden), 0o755)
-			os.WriteFile(golden, []byte(got), 0o644)
-		} else if want, err := os.ReadFile(golden); err != nil || string(want) != got {
-			t.Errorf("%s: `pifarm %s`\n--- got\n%s--- want\n%s", st.name, st.args, got, want)
+		if !startest.Golden(t, filepath.Join("testdata", "golden", st.name+".trace"), got) {
+			t.Logf("%s: `pifarm %s`", st.name, st.args)
 		}
 		if st.check != nil {
 			st.check(t)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"pifarm/builtins/trace"
 	"slices"
 	"sort"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"pifarm/builtins/image/mbr"
 	"pifarm/builtins/image/qcow2"
 	"pifarm/builtins/image/shacrypt"
+	"pifarm/builtins/trace"
 )
 
 // SeedOptions say what Seed writes into the boot partition.

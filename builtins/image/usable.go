@@ -3,10 +3,10 @@ package image
 import (
 	"errors"
 	"fmt"
-	"pifarm/builtins/trace"
 	"strings"
 
 	"pifarm/builtins/image/ext4"
+	"pifarm/builtins/trace"
 )
 
 // What makes an image unusable, found past its partition table (which Open
