@@ -143,7 +143,6 @@ c.close()
 		"sudo mcopy -s -p -m -n -i " + disk + "@@1048576 '::/*' " + dir + "/root/boot/\n",
 		"sudo mount -t proc proc " + dir + "/root/proc\n",
 		"sudo install -m 755 /dev/stdin " + dir + "/root/usr/sbin/policy-rc.d <<'EOF'\n",
-		"sudo mount --bind " + fx.Farm.Config.CacheDir() + "/apt/archives " + dir + "/root/var/cache/apt/archives\n",
 		"sudo chroot " + dir + "/root /usr/bin/env -i PATH=" + guestPATH + " HOME=/root LC_ALL=C.UTF-8 TERM=dumb /bin/sh -c 'apt-get -q update'\n",
 		"sudo rm -f " + dir + "/root/usr/sbin/policy-rc.d\n",
 		"sudo umount " + dir + "/root\n",

@@ -262,26 +262,3 @@ func (r *Root) policy() error {
 	r.made = append(r.made, path)
 	return nil
 }
-
-// PackageCache is the farm-wide package cache for the given cache folder.
-func PackageCache(cache string) string { return filepath.Join(cache, "apt", "archives") }
-
-// packageCache mounts the farm's package cache on the guest's
-// /var/cache/apt/archives (made when missing).
-func (r *Root) packageCache() error {
-	dir := PackageCache(r.f.Config.CacheDir())
-	if err := r.d.MkdirAll(filepath.Join(dir, "partial"), 0o755); err != nil {
-		return err
-	}
-	target := filepath.Join(r.Path, "var/cache/apt/archives")
-	if !r.d.DryRun {
-		if _, err := os.Lstat(target); err != nil {
-			r.d.Note("the guest has no /var/cache/apt/archives (no apt): the package cache is not mounted")
-			return nil
-		}
-		if err := r.inside(target); err != nil {
-			return err
-		}
-	}
-	return r.mount([]string{"mount", "--bind", dir, target})
-}

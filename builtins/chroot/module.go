@@ -9,8 +9,8 @@
 // device; a qcow2 clone through a FUSE export of qemu-storage-daemon, then a
 // loop device), partition 1 where the guest's /etc/fstab mounts its vfat file
 // system, /proc, /sys, /dev, /dev/pts and a fresh /run, the host's name
-// resolution, a policy-rc.d that keeps package scripts from starting
-// services, and the farm-wide package cache on /var/cache/apt/archives. The
+// resolution and a policy-rc.d that keeps package scripts from starting
+// services. The
 // returned value runs commands like an SSH connection (c.run), so provisioning
 // recipes work on it unchanged; close() undoes every step in reverse order,
 // and the module's end hook does so for every root a run leaves open, however
@@ -44,7 +44,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 		Doc: "A stopped instance's disk opened on the host: the guest's own programs run in its root\n" +
 			"file system (natively, or through qemu-user's binfmt handler), not under full-system emulation.",
 		Funcs: []trace.Func{
-			{Name: "open", Args: "instance, root, boot=None, boot_dir=None, packages=True", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
+			{Name: "open", Args: "instance, root, boot=None, boot_dir=None", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
 		},
 		End: m.end,
 	}
@@ -62,9 +62,8 @@ the guest's /etc/fstab mounts its vfat file system (/boot/firmware on Bookworm, 
 before), or on boot_dir, and those that commands changed are written back at close:
 no kernel vfat driver is needed. The guest gets /proc, a read-only /sys, a /dev of
 its own (never the host's), a fresh /run, the host's resolver and a policy-rc.d that
-keeps package scripts from starting services. packages=True
-mounts the farm's package cache (CACHE/apt/archives) on /var/cache/apt/archives, so
-packages one node fetched are not fetched again. A guest of another architecture
+keeps package scripts from starting services (apt reaches the farm's package cache
+through pkgcache's proxy on the host's loopback). A guest of another architecture
 needs the kernel's binfmt_misc handler for qemu-user with the F flag (Debian:
 qemu-user-static); the error names the fix.
 Dry run: prints every mount, the daemon and the clean-up, changes nothing.`
@@ -73,11 +72,10 @@ func (m *module) openFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.T
 	ref := farm.InstanceRef{Farm: m.f}
 	var root, boot starlark.Value
 	var bootDir trace.OptString
-	packages := true
-	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "root", &root, "boot?", &boot, "boot_dir?", &bootDir, "packages?", &packages); err != nil {
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "root", &root, "boot?", &boot, "boot_dir?", &bootDir); err != nil {
 		return nil, err
 	}
-	o := Options{Packages: packages, BootDir: bootDir.S}
+	o := Options{BootDir: bootDir.S}
 	var err error
 	if o.Root, err = partOf(root, "root"); err != nil {
 		return nil, err

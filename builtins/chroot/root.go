@@ -30,8 +30,6 @@ type Options struct {
 	// BootDir is where Boot goes inside the root ("" = where the guest's
 	// /etc/fstab mounts its vfat file system).
 	BootDir string
-	// Packages mounts the farm's package cache on /var/cache/apt/archives.
-	Packages bool
 }
 
 // Root is an instance's disk opened on the host.
@@ -215,11 +213,6 @@ func (r *Root) open(o Options) error {
 	}
 	if err := r.policy(); err != nil {
 		return err
-	}
-	if o.Packages {
-		if err := r.packageCache(); err != nil {
-			return err
-		}
 	}
 	return nil
 }
