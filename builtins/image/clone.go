@@ -2,7 +2,9 @@ package image
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -217,7 +219,7 @@ func (m *mod) CheckClone(id int) (CloneState, error) {
 	}
 	st := CloneState{Exists: true, OK: true}
 	f, err := os.Open(m.baseFile(id))
-	if os.IsNotExist(err) {
+	if errors.Is(err, fs.ErrNotExist) {
 		if qcow2.Is(dst) {
 			if q, err := qcow2.Open(dst); err == nil {
 				st.Base = q.Backing
@@ -340,7 +342,7 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 func (m *mod) Clones() ([]int, error) {
 	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -34,7 +35,7 @@ func (m *mod) running() ([]Running, error) {
 	dir := filepath.Join(m.f.Config.CacheDir(), "clones")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
 		return nil, err
@@ -291,7 +292,7 @@ func (m *mod) tryLockInstances(op string) (release func(), busy int, path string
 	}
 	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return release, -1, "", nil
 		}
 		return nil, -1, "", err

@@ -2,8 +2,10 @@ package image
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -441,7 +443,7 @@ func isPrintable(s string) bool {
 func (m *mod) instanceIDs() ([]int, error) {
 	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
 		return nil, err
