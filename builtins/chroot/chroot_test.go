@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"go.starlark.net/starlark"
+	"pifarm/builtins/chroot/chroottest"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/startest"
 	"pifarm/builtins/trace"
@@ -130,7 +131,7 @@ func TestDryOpenRunClose(t *testing.T) {
 	disk := testImage(t, fx.Farm, 0, false)
 	fx.Add(New(fx.Door, fx.Farm))
 	fx.Run("dry.star", `
-c = chroot.open(0, root = struct(offset = 42991616, bytes = 49283072), boot = struct(offset = 1048576, bytes = 41943040))
+c = chroot.open(0, root = struct(offset = 46137344, bytes = 49283072), boot = struct(offset = 4194304, bytes = 41943040))
 r = c.run("apt-get -q update", stream = True)
 assert.eq(r.exit_code, 0)
 c.close()
@@ -138,9 +139,9 @@ c.close()
 	out := fx.Output()
 	dir := fx.Farm.InstanceDir(0) + "/chroot"
 	for _, want := range []string{
-		"sudo mount -o loop,offset=42991616,sizelimit=49283072 " + disk + " " + dir + "/root\n",
+		"sudo mount -o loop,offset=46137344,sizelimit=49283072 " + disk + " " + dir + "/root\n",
 		"sudo mount -t tmpfs -o mode=755 tmpfs " + dir + "/root/boot\n",
-		"sudo mcopy -s -p -m -n -i " + disk + "@@1048576 '::/*' " + dir + "/root/boot/\n",
+		"sudo mcopy -s -p -m -n -i " + disk + "@@4194304 '::/*' " + dir + "/root/boot/\n",
 		"sudo mount -t proc proc " + dir + "/root/proc\n",
 		"sudo install -m 755 /dev/stdin " + dir + "/root/usr/sbin/policy-rc.d <<'EOF'\n",
 		"sudo chroot " + dir + "/root /usr/bin/env -i PATH=" + guestPATH + " HOME=/root LC_ALL=C.UTF-8 TERM=dumb /bin/sh -c 'apt-get -q update'\n",
@@ -189,53 +190,13 @@ func needRoot(t *testing.T) {
 	}
 }
 
-// testImage builds a small RaspiOS-shaped disk (MBR; p1 vfat at 1 MiB,
-// 16 MiB; p2 ext4 from a tree of the host's dash, env and cat with their
-// libraries) and makes it instance id's disk: instance 0's raw image (a
-// link, as register makes it) or, with qcow2, a qcow2 clone on a raw base.
-// It returns the disk's path.
+// testImage makes the chroottest image instance id's disk: instance 0's
+// raw image (a link, as register makes it) or, with qcow2, a qcow2 clone on
+// it. It returns the disk's path.
 func testImage(t *testing.T, f *farm.Farm, id int, qcow2 bool) string {
 	t.Helper()
-	work := t.TempDir()
-	tree := filepath.Join(work, "tree")
-	for _, d := range []string{"proc", "sys", "dev", "run", "boot/firmware", "usr/sbin", "usr/bin", "etc", "var/cache/apt/archives", "root", "tmp"} {
-		os.MkdirAll(filepath.Join(tree, d), 0o755)
-	}
-	os.Symlink("usr/bin", filepath.Join(tree, "bin"))
-	os.WriteFile(filepath.Join(tree, "etc/fstab"), []byte("proc /proc proc defaults 0 0\n/dev/mmcblk0p1 /boot/firmware vfat defaults 0 2\n/dev/mmcblk0p2 / ext4 defaults 0 1\n"), 0o644)
-	os.WriteFile(filepath.Join(tree, "etc/resolv.conf"), []byte("nameserver 192.0.2.1\n"), 0o644)
-	for _, prog := range []string{"dash", "busybox"} {
-		copyWithLibs(t, tree, prog)
-	}
-	os.Symlink("dash", filepath.Join(tree, "usr/bin/sh"))
-	for _, applet := range []string{"env", "cat", "sleep", "ls", "rm", "rmdir", "mkdir", "mknod"} {
-		os.Symlink("busybox", filepath.Join(tree, "usr/bin", applet))
-	}
-	run := func(name string, args ...string) {
-		t.Helper()
-		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-	}
-	img := filepath.Join(work, "disk.img")
-	boot := filepath.Join(work, "boot.vfat")
-	root := filepath.Join(work, "root.ext4")
-	run("truncate", "-s", "40M", boot)
-	run("mkfs.vfat", "-F", "32", "-s", "1", boot)
-	run("mcopy", "-i", boot, "/etc/hostname", "::kernel8.img")
-	run("mmd", "-i", boot, "::overlays")
-	run("mcopy", "-i", boot, "/etc/hostname", "::overlays/old.dtbo")
-	run("mkfs.ext4", "-q", "-d", tree, root, "47M")
-	run("truncate", "-s", "88M", img)
-	sf := exec.Command("sfdisk", "-q", img)
-	sf.Stdin = strings.NewReader("label: dos\nstart=2048, size=81920, type=c\nstart=83968, size=96256, type=83\n")
-	if out, err := sf.CombinedOutput(); err != nil {
-		t.Fatalf("sfdisk: %v\n%s", err, out)
-	}
-	run("dd", "if="+boot, "of="+img, "bs=1M", "seek=1", "conv=notrunc,fsync", "status=none")
-	run("dd", "if="+root, "of="+img, "bs=512", "seek=83968", "conv=notrunc,fsync", "status=none")
-	dir := f.InstanceDir(id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	img := chroottest.Image(t)
+	if err := os.MkdirAll(f.InstanceDir(id), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if !qcow2 {
@@ -244,47 +205,10 @@ func testImage(t *testing.T, f *farm.Farm, id int, qcow2 bool) string {
 		}
 		return img
 	}
-	run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", img, f.Disk(id))
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", img, f.Disk(id)).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
 	return f.Disk(id)
-}
-
-// copyWithLibs copies the host program prog and the libraries ldd names
-// into tree, at their host paths.
-func copyWithLibs(t *testing.T, tree, prog string) {
-	t.Helper()
-	path, err := exec.LookPath(prog)
-	if err != nil {
-		t.Skipf("%s: %v", prog, err)
-	}
-	path, _ = filepath.EvalSymlinks(path)
-	files := []string{path}
-	out, err := exec.Command("ldd", path).Output()
-	if err == nil {
-		for _, l := range strings.Split(string(out), "\n") {
-			for _, w := range strings.Fields(l) {
-				if strings.HasPrefix(w, "/") {
-					files = append(files, w)
-				}
-			}
-		}
-	}
-	for _, f := range files {
-		dst := filepath.Join(tree, "usr/bin", filepath.Base(f))
-		if f != path {
-			dst = filepath.Join(tree, f)
-		}
-		if strings.HasPrefix(f, "/lib") { // the tree has no usrmerge links for lib
-			os.MkdirAll(filepath.Dir(dst), 0o755)
-		}
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // unmountUnder unmounts (lazily, deepest first) whatever is still mounted
@@ -322,7 +246,7 @@ func liveFixture(t *testing.T) *startest.Fixture {
 }
 
 const openScript = `
-c = chroot.open(%d, root = struct(offset = 42991616, bytes = 49283072), boot = struct(offset = 1048576, bytes = 41943040))
+c = chroot.open(%d, root = struct(offset = 46137344, bytes = 49283072), boot = struct(offset = 4194304, bytes = 41943040))
 `
 
 // TestOpenRunClose opens a raw image and a qcow2 clone for real: the boot
@@ -357,7 +281,7 @@ assert.eq(c.arch, "x86_64")
 r = c.run("echo changed > /root/mark; cat /root/mark; ls /usr/sbin")
 assert.eq(r.stdout, "changed\npolicy-rc.d\n")
 assert.eq(c.run("cat /etc/resolv.conf").stdout, host_resolv)
-assert.eq(c.run("ls /boot/firmware /boot/firmware/overlays").stdout, "/boot/firmware:\nkernel8.img\noverlays\n\n/boot/firmware/overlays:\nold.dtbo\n")
+assert.eq(c.run("ls /boot/firmware /boot/firmware/overlays").stdout, "/boot/firmware:\nbcm2710-rpi-3-b-plus.dtb\nkernel8.img\noverlays\n\n/boot/firmware/overlays:\nold.dtbo\n")
 c.run("cd /boot/firmware; echo new kernel > kernel8.img; rm overlays/old.dtbo; rmdir overlays; mkdir -p dtbs/x; echo dtb > dtbs/x/new.dtb")
 r = c.run("exit 3", check = False)
 assert.eq(r.exit_code, 3)
@@ -376,7 +300,7 @@ c.close()
 			}
 			fx.Run("again.star", fmt.Sprintf(openScript, id)+`
 assert.eq(c.run("cat /root/mark; ls /usr/sbin; cat /etc/resolv.conf").stdout, "changed\npolicy-rc.d\n" + host_resolv)
-assert.eq(c.run("cd /boot/firmware; ls; cat kernel8.img dtbs/x/new.dtb").stdout, "dtbs\nkernel8.img\nnew kernel\ndtb\n")
+assert.eq(c.run("cd /boot/firmware; ls; cat kernel8.img dtbs/x/new.dtb").stdout, "bcm2710-rpi-3-b-plus.dtb\ndtbs\nkernel8.img\nnew kernel\ndtb\n")
 c.close()
 `)
 			if m := mountsUnder(dir); len(m) > 0 {
@@ -384,7 +308,7 @@ c.close()
 			}
 			if !qcow2 {
 				// the guest's own files, read from the disk itself
-				spec := disk + "?offset=42991616"
+				spec := disk + "?offset=46137344"
 				for cmd, want := range map[string]string{
 					"cat /etc/resolv.conf": "nameserver 192.0.2.1\n",
 					"cat /root/mark":       "changed\n",
