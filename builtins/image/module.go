@@ -66,6 +66,11 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"type 0x83 after it. Anything else is an error naming the file and what was found (GPT, no\n" +
 					"table, wrong types, overlap, truncated file). Returns struct(path, size, disk_id, boot, root)\n" +
 					"with boot/root = struct(index, type, start, sectors, offset, bytes)."},
+			{Name: "host_keys", Args: "image=0", Fn: m.hostKeysFn,
+				Doc: "The public SSH host keys the image's root file system holds (a query; debugfs, no mount).\n\n" +
+					"The text of its /etc/ssh/ssh_host_*_key.pub files, one key a line, for ssh.trust; \"\" when it\n" +
+					"holds none (a fresh RaspiOS makes its keys at its first boot, so keys recorded for the\n" +
+					"instance before no longer apply); None for a qcow2 clone, which debugfs cannot read."},
 			{Name: "registered", Args: "", Fn: m.registeredFn,
 				Doc: "The image file registered as instance 0 (what clone-0.raw links to), or None."},
 			{Name: "register", Args: "path", Fn: m.registerFn,

@@ -3,6 +3,7 @@ package runtime
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,5 +84,61 @@ func TestGuestOffline(t *testing.T) {
 	o, e, code = pifarm(t, "-c", cfg, "run", "guest", "--enrol", "--base-system", "--offline", "2")
 	if code != ExitFailed || !strings.Contains(e, "enrolment and shutdown need the running guest") {
 		t.Errorf("--offline with --enrol: exit %d\n%s%s", code, o, e)
+	}
+}
+
+// TestDiskKeysFollowTheDisk: registering an image records the host keys
+// its root file system holds (read from the disk, not trusted on first
+// use), a fresh clone gets its base's, and a fresh image at the same path
+// (no keys: its first boot makes new ones) makes pifarm forget the keys
+// recorded before.
+func TestDiskKeysFollowTheDisk(t *testing.T) {
+	goldenEnv(t)
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "cache")
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\n", cache)), 0o644)
+	withKeys := chroottest.Image(t)
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@raspberrypi"
+	pub := filepath.Join(dir, "ssh_host_ed25519_key.pub")
+	os.WriteFile(pub, []byte(key+"\n"), 0o644)
+	spec := fmt.Sprintf("%s?offset=%d", withKeys, chroottest.RootOffset)
+	if out, err := exec.Command("debugfs", "-w", "-R", "write "+pub+" /etc/ssh/ssh_host_ed25519_key.pub", spec).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v %s", err, out)
+	}
+	fresh := chroottest.Image(t)
+	known := func(id int) string {
+		b, _ := os.ReadFile(filepath.Join(cache, "clones", fmt.Sprintf("raspi-clone-%d", id), "known_hosts"))
+		return string(b)
+	}
+	for _, args := range [][]string{
+		{"image", "--disk-image=" + withKeys, "--provide-qboot"},
+		{"box", "--force-clone", "4"},
+	} {
+		if o, e, code := pifarm(t, append([]string{"-c", cfg, "run"}, args...)...); code != ExitOK {
+			t.Fatalf("%v: exit %d %s%s", args, code, o, e)
+		}
+	}
+	if k := known(0); k != "[127.0.0.1]:5700 "+strings.TrimSuffix(key, " root@raspberrypi")+"\n" {
+		t.Fatalf("instance 0's known_hosts after registering an image with keys: %q", k)
+	}
+	if k := known(4); !strings.HasPrefix(k, "[127.0.0.1]:5704 ssh-ed25519 AAAAC3") {
+		t.Fatalf("clone 4's known_hosts: %q", k)
+	}
+	// a fresh image downloaded to the same path: register finds it
+	// registered already, and only its disk tells that the keys changed
+	b, err := os.ReadFile(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(withKeys, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, e, code := pifarm(t, "-c", cfg, "-v", "run", "image", "--disk-image="+withKeys)
+	if code != ExitOK || !strings.Contains(o+e, "forget the host keys recorded for 127.0.0.1:5700 (its disk is new and holds no host keys yet") {
+		t.Fatalf("register a fresh image: exit %d\n%s%s", code, o, e)
+	}
+	if k := known(0); k != "" {
+		t.Fatalf("instance 0's known_hosts after a fresh image: %q", k)
 	}
 }

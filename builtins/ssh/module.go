@@ -118,6 +118,11 @@ recorded for its address (the old file kept as known_hosts~). The next log-in
 then verifies the server's key instead of trusting the first one offered.
 Returns the keys' SHA256 fingerprints. A line that is not a public key is an
 error. Dry run with empty keys: says what would be recorded.`},
+			{Name: "forget", Args: "instance, why, port=None", Fn: m.forget,
+				Doc: `Forget the host keys recorded for the instance (its known_hosts lines; the old
+file kept as known_hosts~), because its disk changed: a new image, a fresh clone,
+an image whose first boot will make new keys. why is said in the trace. Returns
+whether any were recorded.`},
 			{Name: "command", Args: `instance, cmd="", port=None, user="root"`, Fn: m.command,
 				Doc: `The ssh command line a user would type to reach the instance (and run cmd).`},
 		},

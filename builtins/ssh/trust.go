@@ -70,37 +70,77 @@ func (m *module) trust(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	if err != nil {
 		return nil, fmt.Errorf("host keys of %s %s: %w", t.Addr(), how, err)
 	}
-	addr := knownhosts.Normalize(t.Addr())
-	var kept []string
-	if old, err := readNoFollow(t.KnownHosts); err == nil {
-		for _, l := range strings.Split(string(old), "\n") {
-			if l == "" {
-				continue
-			}
-			if _, hosts, _, _, _, err := xssh.ParseKnownHosts([]byte(l)); err == nil && contains(hosts, addr) {
-				continue
-			}
-			kept = append(kept, l)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
 	var fps []starlark.Value
 	var names []string
 	for _, k := range keys {
-		kept = append(kept, knownhosts.Line([]string{addr}, k))
 		fp := xssh.FingerprintSHA256(k)
 		fps = append(fps, starlark.String(fp))
 		names = append(names, k.Type()+" "+fp)
 	}
 	m.d.Note("ssh: trust the host keys of %s %s: %s", t.Addr(), how, strings.Join(names, ", "))
-	if err := m.d.MkdirAll(filepath.Dir(t.KnownHosts), 0o700); err != nil {
-		return nil, err
-	}
-	if err := m.d.WriteFile(t.KnownHosts, []byte(strings.Join(kept, "\n")+"\n"), 0o600, true); err != nil {
+	if err := m.replaceKnown(t, keys); err != nil {
 		return nil, err
 	}
 	return starlark.NewList(fps), nil
+}
+
+// replaceKnown replaces the lines of t's address in its known_hosts by keys
+// (none: the address is forgotten), keeping the old file as known_hosts~.
+// Nothing is written when nothing changes.
+func (m *module) replaceKnown(t Target, keys []xssh.PublicKey) error {
+	addr := knownhosts.Normalize(t.Addr())
+	var kept []string
+	old, err := readNoFollow(t.KnownHosts)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, l := range strings.Split(string(old), "\n") {
+		if l == "" {
+			continue
+		}
+		if _, hosts, _, _, _, err := xssh.ParseKnownHosts([]byte(l)); err == nil && contains(hosts, addr) {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	for _, k := range keys {
+		kept = append(kept, knownhosts.Line([]string{addr}, k))
+	}
+	text := strings.Join(kept, "\n")
+	if text != "" {
+		text += "\n"
+	}
+	if text == string(old) {
+		return nil
+	}
+	if err := m.d.MkdirAll(filepath.Dir(t.KnownHosts), 0o700); err != nil {
+		return err
+	}
+	return m.d.WriteFile(t.KnownHosts, []byte(text), 0o600, true)
+}
+
+// forget is ssh.forget: the instance's disk changed (a new image, a fresh
+// clone), so the host keys recorded for it no longer apply.
+func (m *module) forget(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	ref := m.instanceRef()
+	var why string
+	var port portArg
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "why", &why, "port?", &port); err != nil {
+		return nil, err
+	}
+	t, err := m.target(&ref, int(port))
+	if err != nil {
+		return nil, err
+	}
+	before := knownKeys(t.KnownHosts, t.Addr())
+	if len(before) == 0 {
+		return starlark.False, nil
+	}
+	m.d.Note("ssh: forget the host keys recorded for %s (%s)", t.Addr(), why)
+	if err := m.replaceKnown(t, nil); err != nil {
+		return nil, err
+	}
+	return starlark.True, nil
 }
 
 func contains(ss []string, s string) bool {

@@ -90,3 +90,29 @@ assert.fails(lambda: ssh.trust(15, pub, how = ""), "how= must say")
 		t.Fatalf("trace:\n%s", out)
 	}
 }
+
+// TestForget: the keys recorded for an instance go (other hosts' lines
+// stay, the old file is kept as known_hosts~); forgetting again changes
+// nothing.
+func TestForget(t *testing.T) {
+	f := testFarm(t)
+	kh := f.KnownHosts(16)
+	os.MkdirAll(filepath.Dir(kh), 0o700)
+	k := strings.TrimSpace(string(xssh.MarshalAuthorizedKey(fakeguest.NewHostKey(t, false).PublicKey())))
+	old := "[127.0.0.1]:21116 " + k + "\n[127.0.0.1]:2222 " + k + "\n"
+	os.WriteFile(kh, []byte(old), 0o600)
+	fx := fixture(t, startest.Options{Verbose: true}, f, noKeys(t))
+	fx.Run("forget.star", `
+assert.eq(ssh.forget(16, why = "a new image was registered"), True)
+assert.eq(ssh.forget(16, why = "again"), False)
+`)
+	if got, _ := os.ReadFile(kh); string(got) != "[127.0.0.1]:2222 "+k+"\n" {
+		t.Fatalf("known_hosts after forget: %q", got)
+	}
+	if back, _ := os.ReadFile(kh + "~"); string(back) != old {
+		t.Fatalf("known_hosts~ = %q", back)
+	}
+	if out := fx.Output(); !strings.Contains(out, "forget the host keys recorded for 127.0.0.1:21116 (a new image was registered)") || strings.Contains(out, "(again)") {
+		t.Fatalf("trace:\n%s", out)
+	}
+}
