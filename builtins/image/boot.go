@@ -151,20 +151,13 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 	}
 	// The instance locks: no QEMU starts on the disk meanwhile, and no other
 	// pifarm writes the boot files' fixed temporary names.
-	release, err := m.lockInstances(fmt.Sprintf("provide boot files of instance %d", id))
+	release, err := m.lockStopped(fmt.Sprintf("provide boot files of instance %d", id), id, func(pid int) error {
+		return fmt.Errorf("provide boot files of instance %d: it is running (pid %d) and may be writing its boot partition; shut it down first (pifarm run guest --shutdown %d)", id, pid, id)
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	run, err := m.running()
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range run {
-		if r.ID == id {
-			return nil, fmt.Errorf("provide boot files of instance %d: it is running (pid %d) and may be writing its boot partition; shut it down first (pifarm run guest --shutdown %d)", id, r.Pid, id)
-		}
-	}
 	if err := m.removeLeftovers(id); err != nil {
 		return nil, err
 	}

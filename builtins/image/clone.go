@@ -301,20 +301,13 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 		return nil, trace.Usagef("remove clone: instance %d: clones are instances 1 and up", id)
 	}
 	op := fmt.Sprintf("remove clone %d", id)
-	release, err := m.lockInstances(op)
+	release, err := m.lockStopped(op, id, func(pid int) error {
+		return fmt.Errorf("remove clone %d: instance %d is running (pid %d); stop it first", id, id, pid)
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	run, err := m.running()
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range run {
-		if r.ID == id {
-			return nil, fmt.Errorf("remove clone %d: instance %d is running (pid %d); stop it first", id, id, r.Pid)
-		}
-	}
 	dst := m.f.Disk(id)
 	if err := m.refuseOpen(op, dst, false); err != nil {
 		return nil, err
@@ -338,22 +331,15 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 	return have, m.d.Remove(have...)
 }
 
-// Clones lists the instance ids > 0 that have a clone file (or backup).
+// Clones lists the instance ids > 0 that have a clone file (or backup),
+// in order.
 func (m *mod) Clones() ([]int, error) {
-	ents, err := os.ReadDir(filepath.Join(m.f.Config.CacheDir(), "clones"))
+	all, err := m.instanceIDs()
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
 		return nil, err
 	}
 	var ids []int
-	for _, e := range ents {
-		sm := instanceDirRE.FindStringSubmatch(e.Name())
-		if sm == nil {
-			continue
-		}
-		id, _ := strconv.Atoi(sm[1])
+	for _, id := range all {
 		if id == 0 {
 			continue
 		}

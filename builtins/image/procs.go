@@ -281,6 +281,27 @@ func (m *mod) lockInstances(op string) (release func(), err error) {
 	}
 }
 
+// lockStopped takes the instance locks (see lockInstances) and refuses,
+// with the error busy makes of its pid, while instance id's QEMU runs.
+func (m *mod) lockStopped(op string, id int, busy func(pid int) error) (release func(), err error) {
+	release, err = m.lockInstances(op)
+	if err != nil {
+		return nil, err
+	}
+	run, err := m.running()
+	if err != nil {
+		release()
+		return nil, err
+	}
+	for _, r := range run {
+		if r.ID == id {
+			release()
+			return nil, busy(r.Pid)
+		}
+	}
+	return release, nil
+}
+
 // tryLockInstances takes every instance lock without waiting. busy is the
 // instance whose lock another process holds (nothing is held then), or -1.
 func (m *mod) tryLockInstances(op string) (release func(), busy int, path string, err error) {
