@@ -41,8 +41,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 	m := &module{d: d, f: f, open: map[*Root]bool{}}
 	return &trace.Module{
 		Name: "chroot",
-		Doc: "A stopped instance's disk opened on the host: the guest's own programs run in its root\n" +
-			"file system (natively, or through qemu-user's binfmt handler), not under full-system emulation.",
+		Doc: "A stopped instance's disk opened on the host, its own programs run in its root file system.\n" +
+			"Natively, or through qemu-user's binfmt handler: no full-system emulation.",
 		Funcs: []trace.Func{
 			{Name: "open", Args: "instance, root, boot=None, boot_dir=None", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
 		},

@@ -56,9 +56,9 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 	m := &mod{d: d, f: f}
 	return &trace.Module{
 		Name: "image",
-		Doc: "RaspiOS disk images: verify, register, expand, boot files and signature, offline seeding,\n" +
-			"mounts, status and qcow2 clones. An `image` argument is an instance (id, alias or node;\n" +
-			"its disk) or a file path.",
+		Doc: "RaspiOS disk images: verify, register, expand, boot files, seeding, mounts, clones.\n" +
+			"Boot files come with their signature, seeding is offline, clones are qcow2. An `image`\n" +
+			"argument is an instance (id, alias or node; its disk) or a file path.",
 		Funcs: []trace.Func{
 			{Name: "verify", Args: "image=0", Fn: m.verifyFn,
 				Doc: "Verify the partition table of an image (a query).\n\n" +
