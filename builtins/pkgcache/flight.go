@@ -1,11 +1,13 @@
 package pkgcache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -128,10 +130,15 @@ func (p *Proxy) lead(w http.ResponseWriter, r *http.Request, fl *flight, key []s
 		p.forward(w, r)
 		return
 	}
-	out, err := http.NewRequestWithContext(p.ctx, http.MethodGet, r.URL.String(), nil)
+	// the download outlives its first client (the file is wanted), not the
+	// proxy, nor a mirror that stalls: idle for idleTimeout, it is dropped
+	ctx, cancel := context.WithCancel(p.ctx)
+	idle := time.AfterFunc(p.idleTimeout, cancel)
+	stop := func() { idle.Stop(); cancel() }
+	out, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL.String(), nil)
 	if err == nil {
 		out.Header.Set("User-Agent", r.Header.Get("User-Agent"))
-		out.Header.Set("Via", viaToken)
+		out.Header.Set("Via", p.via)
 	}
 	var resp *http.Response
 	if err == nil {
@@ -139,6 +146,7 @@ func (p *Proxy) lead(w http.ResponseWriter, r *http.Request, fl *flight, key []s
 	}
 	p.misses.Add(1)
 	if err != nil {
+		stop()
 		t.abort()
 		t.f.Close()
 		decline()
@@ -146,6 +154,9 @@ func (p *Proxy) lead(w http.ResponseWriter, r *http.Request, fl *flight, key []s
 		return
 	}
 	if resp.StatusCode != http.StatusOK || resp.ContentLength < 0 || resp.Header.Get("Content-Encoding") != "" {
+		idle.Stop() // the client's pace now: its leaving ends the relay
+		defer context.AfterFunc(r.Context(), cancel)()
+		defer cancel()
 		t.abort()
 		t.f.Close()
 		decline()
@@ -159,7 +170,10 @@ func (p *Proxy) lead(w http.ResponseWriter, r *http.Request, fl *flight, key []s
 		fl.refs++ // the download's hold
 	})
 	p.wg.Add(1) // this request holds the group above zero
-	go p.fill(fl, resp, t)
+	go func() {
+		defer stop()
+		p.fill(fl, resp, t, func() { idle.Reset(p.idleTimeout) })
+	}()
 	p.tail(w, r, fl, "miss", nil)
 }
 
@@ -175,8 +189,8 @@ func (p *Proxy) drop(fl *flight) {
 
 // fill copies the response body into the temporary file, then renames it
 // into place when every announced byte arrived; a short or broken body is
-// removed, never cached.
-func (p *Proxy) fill(fl *flight, resp *http.Response, t *temp) {
+// removed, never cached. alive is called at every read that brought bytes.
+func (p *Proxy) fill(fl *flight, resp *http.Response, t *temp, alive func()) {
 	defer p.wg.Done()
 	defer fl.leave()
 	defer resp.Body.Close()
@@ -186,6 +200,7 @@ func (p *Proxy) fill(fl *flight, resp *http.Response, t *temp) {
 	for {
 		m, rerr := resp.Body.Read(buf)
 		if m > 0 {
+			alive()
 			if _, werr := t.f.Write(buf[:m]); werr != nil {
 				err = fmt.Errorf("write %s: %w", t.s.path(t.key), werr)
 				break
@@ -229,6 +244,7 @@ func (p *Proxy) tail(w http.ResponseWriter, r *http.Request, fl *flight, kind st
 	header, size, f := fl.header, fl.size, fl.f
 	fl.mu.Unlock()
 	copyHeader(w.Header(), header)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	w.Header().Set(cacheHeader, kind)
 	w.WriteHeader(http.StatusOK)
 	buf := make([]byte, 256<<10)

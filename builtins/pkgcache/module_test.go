@@ -115,6 +115,7 @@ assert.eq(pkgcache.guest_url("enone"), "http://100.65.4.2:%d")
 		}
 		waitFlights(t, mod.run.proxy)
 	}
+	waitStats(t, mod.run.proxy, func(s Stats) bool { return s.CachedBytes > 0 })
 	fx.Run("stats.star", `
 s = pkgcache.stats()
 assert.eq([s.hits, s.misses, s.cached_bytes, s.fetched_bytes], [1, 1, 100000, 100000])

@@ -2,6 +2,8 @@ package pkgcache
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,9 +29,6 @@ const (
 	// download another client started), miss (fetched for the cache) or
 	// pass (relayed, not cacheable).
 	cacheHeader = "X-Pifarm-Pkgcache"
-	// viaToken marks requests the proxy sends upstream: one that comes back
-	// to it (an environment proxy pointing at itself) is a loop.
-	viaToken = "1.1 pifarm-pkgcache"
 )
 
 // Stats are a proxy's counters since it started.
@@ -55,11 +54,18 @@ type Proxy struct {
 	store  *store
 	client *http.Client
 	// proxyFor is the host's proxy for a URL (http.ProxyFromEnvironment):
-	// CONNECT tunnels go through it too.
+	// fetches and CONNECT tunnels go through it.
 	proxyFor func(*http.Request) (*url.URL, error)
 	dialer   net.Dialer
-	ctx      context.Context
-	cancel   context.CancelFunc
+	// idleTimeout ends a download for the cache that brought no byte for
+	// that long (a stalled mirror; the clients retry with a new one).
+	idleTimeout time.Duration
+	// via marks the requests this proxy sends upstream (a Via header with
+	// an id of its own): one that comes back to it (an environment proxy
+	// pointing at it) is a loop. Another pkgcache upstream is no loop.
+	via    string
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	hits, cachedBytes, misses, fetchedBytes, errs atomic.Int64
 
@@ -80,18 +86,23 @@ func NewProxy(dir string) (*Proxy, error) {
 		return nil, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = http.ProxyFromEnvironment
+	var id [6]byte
+	rand.Read(id[:])
 	tr.DisableCompression = true // the bytes cached are the bytes served
 	tr.ResponseHeaderTimeout = 60 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Proxy{
+	var p *Proxy
+	tr.Proxy = func(r *http.Request) (*url.URL, error) { return p.proxyFor(r) }
+	p = &Proxy{
 		store: s,
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse // a proxy relays a redirect, the client follows it
 		}},
-		proxyFor: http.ProxyFromEnvironment,
-		dialer:   net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second},
-		ctx:      ctx, cancel: cancel,
+		proxyFor:    http.ProxyFromEnvironment,
+		dialer:      net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second},
+		idleTimeout: 60 * time.Second,
+		via:         "1.1 pifarm-pkgcache-" + hex.EncodeToString(id[:]),
+		ctx:         ctx, cancel: cancel,
 		flights: map[string]*flight{},
 		tunnels: map[net.Conn]bool{},
 	}
@@ -159,14 +170,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(identity{Dir: p.store.dir, PID: os.Getpid()})
 	case r.URL.Host == "":
 		http.Error(w, "pkgcache: this is an HTTP proxy for absolute URLs (apt: -o Acquire::http::Proxy=http://"+r.Host+"), not a web server", http.StatusBadRequest)
-	case viaUs(r.Header):
+	case p.viaUs(r.Header):
 		http.Error(w, "pkgcache: request loops back to the proxy (does the environment's http_proxy name it?)", http.StatusLoopDetected)
 	case r.URL.Scheme != "http":
 		http.Error(w, "pkgcache: only http:// URLs are proxied ("+r.URL.Scheme+"://: use CONNECT, as apt does for https)", http.StatusBadRequest)
 	case (r.Method == http.MethodGet || r.Method == http.MethodHead) && Cacheable(r.URL):
 		key, err := CacheKey(r.URL.Host, r.URL.Path)
-		if err != nil {
-			http.Error(w, fmt.Sprintf("pkgcache: refused %s: %v", r.URL.Redacted(), err), http.StatusBadRequest)
+		if err != nil { // no place in the cache ("..", a control character): relayed
+			p.forward(w, r)
 			return
 		}
 		if p.serveHit(w, r, key) {
@@ -265,7 +276,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	}
 	out.ContentLength = r.ContentLength
 	copyHeader(out.Header, r.Header)
-	out.Header.Add("Via", viaToken)
+	out.Header.Add("Via", p.via)
 	p.misses.Add(1)
 	resp, err := p.client.Do(out)
 	if err != nil {
@@ -332,10 +343,12 @@ func copyHeader(dst, src http.Header) {
 }
 
 // viaUs reports whether the proxy sent this request itself.
-func viaUs(h http.Header) bool {
+func (p *Proxy) viaUs(h http.Header) bool {
 	for _, v := range h.Values("Via") {
-		if strings.Contains(v, "pifarm-pkgcache") {
-			return true
+		for _, hop := range strings.Split(v, ",") {
+			if strings.TrimSpace(hop) == p.via {
+				return true
+			}
 		}
 	}
 	return false

@@ -189,7 +189,7 @@ func TestHitMissHead(t *testing.T) {
 			t.Errorf("folder %s: %v %v", d, fi.Mode(), err)
 		}
 	}
-	s := px.p.Stats()
+	s := waitStats(t, px.p, func(s Stats) bool { return s.CachedBytes == int64(len(want)) })
 	if s != (Stats{Hits: 2, CachedBytes: int64(len(want)), Misses: 1, FetchedBytes: int64(len(want))}) {
 		t.Errorf("stats %+v", s)
 	}
@@ -234,18 +234,7 @@ func TestIndexFilesPassThrough(t *testing.T) {
 func TestTruncatedNotCached(t *testing.T) {
 	o := newOrigin(t)
 	px := newProxied(t, "")
-	resp, err := px.client.Get(o.URL + truncPath)
-	if err == nil {
-		_, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-	}
-	if err == nil {
-		t.Fatal("a truncated download reached the client whole")
-	}
-	waitFlights(t, px.p)
-	if left := files(t, px.dir); len(left) != 0 {
-		t.Errorf("files left in the cache: %v", left)
-	}
+	px.broken(t, o.URL+truncPath)
 	o.truncate.Store(false)
 	resp2, b := px.do(t, "GET", o.URL+truncPath, nil)
 	if !bytes.Equal(b, body(truncPath, 1000)) || resp2.Header.Get(cacheHeader) != "miss" || o.n(truncPath) != 2 {
@@ -253,6 +242,24 @@ func TestTruncatedNotCached(t *testing.T) {
 	}
 	if s := px.p.Stats(); s.Errors != 1 || !strings.Contains(s.LastError, "500 of 1000") && !strings.Contains(s.LastError, "unexpected EOF") {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// broken asks for u, a download that breaks off: the client must see an
+// error, and nothing may be left in the cache.
+func (px *proxied) broken(t testing.TB, u string) {
+	t.Helper()
+	resp, err := px.client.Get(u)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatalf("GET %s: a broken download reached the client whole", u)
+	}
+	waitFlights(t, px.p)
+	if left := files(t, px.dir); len(left) != 0 {
+		t.Errorf("GET %s: files left in the cache: %v", u, left)
 	}
 }
 
@@ -271,6 +278,19 @@ func waitFlights(t testing.TB, p *Proxy) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// waitStats waits until the counters satisfy ok (a handler counts the
+// bytes it sent after the client read them), and returns them.
+func waitStats(t testing.TB, p *Proxy, ok func(Stats) bool) Stats {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if s := p.Stats(); ok(s) {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p.Stats()
 }
 
 // files lists the files under dir (relative), temporary ones included.
@@ -345,6 +365,19 @@ func TestConcurrentMissesOneDownload(t *testing.T) {
 	}
 }
 
+// TestStalledMirror: a download that brings no byte for the idle timeout
+// is dropped; its clients see a broken response, nothing is cached.
+func TestStalledMirror(t *testing.T) {
+	o := newOrigin(t)
+	t.Cleanup(func() { close(o.gate) }) // before the origin closes (cleanups run last first)
+	px := newProxied(t, "")
+	px.p.idleTimeout = 200 * time.Millisecond
+	px.broken(t, o.URL+slowPath)
+	if s := px.p.Stats(); s.Errors != 1 || !strings.Contains(s.LastError, "context canceled") {
+		t.Errorf("stats %+v", s)
+	}
+}
+
 func TestTraversalStaysInside(t *testing.T) {
 	o := newOrigin(t)
 	top := t.TempDir()
@@ -367,7 +400,7 @@ func TestTraversalStaysInside(t *testing.T) {
 	} {
 		resp, b := px.raw(t, target)
 		t.Logf("%s: %s %q", target, resp.Status, b)
-		if strings.Contains(b, "SECRET") || strings.Contains(b, "root:") || resp.StatusCode == 200 {
+		if strings.Contains(b, "SECRET") || strings.Contains(b, "root:") || resp.StatusCode == 200 || resp.Header.Get(cacheHeader) == "hit" {
 			t.Errorf("GET %s: %s %q", target, resp.Status, b)
 		}
 	}
@@ -433,11 +466,33 @@ func TestConnectTunnel(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != "secure /debian/InRelease" {
 		t.Errorf("through CONNECT: %s %q", resp.Status, b)
 	}
-	for i := 0; px.p.Stats().FetchedBytes == 0 && i < 100; i++ {
-		time.Sleep(10 * time.Millisecond) // counted after the write that the client read
-	}
-	if s := px.p.Stats(); s.Misses != 1 || s.FetchedBytes == 0 {
+	if s := waitStats(t, px.p, func(s Stats) bool { return s.FetchedBytes > 0 }); s.Misses != 1 || s.FetchedBytes == 0 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestEnvironmentProxy: with an environment proxy (here another pkgcache),
+// fetches and tunnels go through it; a chain of two is no loop.
+func TestEnvironmentProxy(t *testing.T) {
+	o := newOrigin(t)
+	tlsOrigin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "secure")
+	}))
+	defer tlsOrigin.Close()
+	upstream := newProxied(t, "")
+	px := newProxied(t, "")
+	up, _ := url.Parse(upstream.srv.URL)
+	px.p.proxyFor = func(*http.Request) (*url.URL, error) { return up, nil }
+	px.client.Transport.(*http.Transport).TLSClientConfig = tlsOrigin.Client().Transport.(*http.Transport).TLSClientConfig
+	if resp, b := px.do(t, "GET", o.URL+debPath, nil); resp.StatusCode != 200 || len(b) != 100_000 {
+		t.Errorf("http through two: %s, %d bytes", resp.Status, len(b))
+	}
+	if resp, b := px.do(t, "GET", tlsOrigin.URL+"/", nil); resp.StatusCode != 200 || string(b) != "secure" {
+		t.Errorf("https through two: %s %q", resp.Status, b)
+	}
+	waitFlights(t, upstream.p)
+	if s := upstream.p.Stats(); s.Misses != 2 {
+		t.Errorf("the environment proxy saw %d requests, want 2", s.Misses)
 	}
 }
 
@@ -467,7 +522,7 @@ func TestNotAProxyRequest(t *testing.T) {
 	}{
 		{IdentityPath, "", 200, `"dir":"` + px.dir + `"`},
 		{"/", "", 400, "Acquire::http::Proxy"},
-		{"http://example.invalid/x.deb", "Via: " + viaToken + "\r\n", http.StatusLoopDetected, "loops"},
+		{"http://example.invalid/x.deb", "Via: 1.0 squid, " + px.p.via + "\r\n", http.StatusLoopDetected, "loops"},
 	} {
 		c, err := net.Dial("tcp", px.srv.Listener.Addr().String())
 		if err != nil {

@@ -30,9 +30,10 @@ const (
 // (decoded) path: the host folder first, then the path's components, each
 // one a plain file name. It refuses, rather than cleans, anything that
 // could name a place outside the cache or a file the cache did not write:
-// an empty host, a component "." or "..", one that starts with a dot, one
-// with a control character, a NUL or invalid UTF-8, one longer than 255
-// bytes. Empty components (a doubled slash) are dropped. The host is
+// an empty host, a component "..", one that starts with a dot, one with a
+// control character, a NUL or invalid UTF-8, one longer than 255 bytes.
+// Empty components (a doubled slash) and "." (a flat repository's
+// "Filename: ./x.deb") are dropped, as URL normalisation does. The host is
 // lower-cased and loses the default port 80; another port stays ("host:8080"),
 // so two origins never share a folder.
 func CacheKey(host, path string) ([]string, error) {
@@ -45,7 +46,7 @@ func CacheKey(host, path string) ([]string, error) {
 	}
 	key := []string{h}
 	for _, c := range strings.Split(path, "/") {
-		if c == "" {
+		if c == "" || c == "." {
 			continue
 		}
 		if err := checkName(c); err != nil {
