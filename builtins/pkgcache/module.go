@@ -64,8 +64,8 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module { return (&module{d: d, f: f
 func (m *module) table() *trace.Module {
 	return &trace.Module{
 		Name: "pkgcache",
-		Doc: "The farm-wide package cache: a caching HTTP proxy on the host's loopback through which\n" +
-			"guests and chroots fetch Debian packages, each one downloaded once across nodes and runs.",
+		Doc: "The farm-wide package cache: a caching HTTP proxy on the host's loopback, each package fetched once.\n" +
+			"Guests (through QEMU user-net) and chroots fetch Debian packages through it, across nodes and runs.",
 		Funcs: []trace.Func{
 			{Name: "start", Args: "port=5699", Fn: m.startFn, Doc: startDoc},
 			{Name: "stats", Args: "", Fn: m.statsFn, Doc: statsDoc},
@@ -84,9 +84,10 @@ InRelease, Release and Packages files pass through uncached, and so do CONNECT
 tunnels (https mirrors). An unreachable mirror is answered 502 with a line naming
 the host and the error (apt: "Failed to fetch ... 502"). A second call in a run
 returns the same struct. When another pifarm's package cache serving the same
-folder holds the port, it is used (shared=True); anything else on the port is an
-error. port=0 takes a free port. A cached file that is wrong (a mirror served a
-broken one) is removed by deleting it under dir.
+folder holds the port, it is used (shared=True; it stops when that run ends);
+anything else on the port is an error. port=0 takes a free port. A wrong cached
+file (a mirror served a broken one: apt says "Hash Sum mismatch") is mended by
+deleting it: dir/HOST/PATH.
 Dry run: a note of what would be served where; returns the struct, starts nothing.`
 
 const statsDoc = `This run's proxy counters: struct(hits, misses, cached_bytes, fetched_bytes).
