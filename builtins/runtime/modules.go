@@ -10,6 +10,7 @@ import (
 	"pifarm/builtins/host"
 	"pifarm/builtins/image"
 	"pifarm/builtins/net"
+	"pifarm/builtins/pkgcache"
 	"pifarm/builtins/qemu"
 	"pifarm/builtins/ssh"
 	"pifarm/builtins/trace"
@@ -26,6 +27,7 @@ var registry = []func(*trace.Door, *farm.Farm) *trace.Module{
 	net.New,
 	image.New,
 	chroot.New,
+	pkgcache.New,
 	qemu.New,
 	ssh.New,
 	console.New,
