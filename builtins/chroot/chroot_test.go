@@ -139,7 +139,9 @@ c.close()
 	out := fx.Output()
 	dir := fx.Farm.InstanceDir(0) + "/chroot"
 	for _, want := range []string{
-		"sudo mount -o loop,offset=46137344,sizelimit=49283072 " + disk + " " + dir + "/root\n",
+		"dev=$(sudo losetup --find --show --offset 46137344 --sizelimit 49283072 " + disk + ")\n",
+		"sudo mount \"$dev\" " + dir + "/root\n",
+		"sudo losetup -d \"$dev\"\n",
 		"sudo mount -t tmpfs -o mode=755 tmpfs " + dir + "/root/boot\n",
 		"sudo mcopy -s -p -m -n -i " + disk + "@@4194304 '::/*' " + dir + "/root/boot/\n",
 		"sudo mount -t proc proc " + dir + "/root/proc\n",
@@ -237,8 +239,13 @@ func mountsUnder(dir string) []string {
 // before the test's folders are removed (a failed test must not leave a
 // mount for t.TempDir's clean-up to walk into).
 func liveFixture(t *testing.T) *startest.Fixture {
-	fx := startest.New(t, startest.Options{Root: true})
+	fx := startest.New(t, startest.Options{Root: true, Verbose: os.Getenv("CHROOT_TEST_VERBOSE") != ""})
 	t.Cleanup(func() { unmountUnder(t, fx.Farm.Config.CacheDir()) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("output:\n%s", fx.Output())
+		}
+	})
 	mod := New(fx.Door, fx.Farm)
 	t.Cleanup(mod.End)
 	fx.Add(mod)
@@ -246,7 +253,7 @@ func liveFixture(t *testing.T) *startest.Fixture {
 }
 
 const openScript = `
-c = chroot.open(%d, root = struct(offset = 46137344, bytes = 49283072), boot = struct(offset = 4194304, bytes = 41943040))
+c = chroot.open(%d, root = struct(offset = 46137344, bytes = 49283072), boot = struct(offset = 4194304, bytes = 41943040), grow = True)
 `
 
 // TestOpenRunClose opens a raw image and a qcow2 clone for real: the boot
@@ -320,6 +327,11 @@ c.close()
 				}
 				if out, _ := exec.Command("debugfs", "-R", "ls /usr/sbin", spec).Output(); strings.Contains(string(out), "policy-rc.d") {
 					t.Errorf("policy-rc.d left in the guest: %s", out)
+				}
+				// grow=True: the 40 MiB file system fills its 47 MiB partition
+				out, _ := exec.Command("dumpe2fs", "-h", spec).Output()
+				if !strings.Contains(string(out), "Block count:              48128\n") {
+					t.Errorf("the root file system was not grown to its partition (48128 1k blocks):\n%s", out)
 				}
 			}
 			if qcow2 {

@@ -44,7 +44,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 		Doc: "A stopped instance's disk opened on the host, its own programs run in its root file system.\n" +
 			"Natively, or through qemu-user's binfmt handler: no full-system emulation.",
 		Funcs: []trace.Func{
-			{Name: "open", Args: "instance, root, boot=None, boot_dir=None", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
+			{Name: "open", Args: "instance, root, boot=None, boot_dir=None, grow=False", Fn: m.openFn, Doc: openDoc + "\n\n" + methods.Reference()},
 		},
 		End: m.end,
 	}
@@ -63,8 +63,10 @@ before), or on boot_dir, and those that commands changed are written back at clo
 no kernel vfat driver is needed. The guest gets /proc, a read-only /sys, a /dev of
 its own (never the host's), a fresh /run, the host's resolver and a policy-rc.d that
 keeps package scripts from starting services (apt reaches the farm's package cache
-through pkgcache's proxy on the host's loopback). A guest of another architecture
-needs the kernel's binfmt_misc handler for qemu-user with the F flag (Debian:
+through pkgcache's proxy on the host's loopback). grow=True first grows the root
+file system to the end of partition 2 (e2fsck -f, then resize2fs, offline), as
+enrolment does in a running guest. A guest of another architecture needs the
+kernel's binfmt_misc handler for qemu-user with the F flag (Debian:
 qemu-user-static); the error names the fix.
 Dry run: prints every mount, the daemon and the clean-up, changes nothing.`
 
@@ -72,10 +74,11 @@ func (m *module) openFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.T
 	ref := farm.InstanceRef{Farm: m.f}
 	var root, boot starlark.Value
 	var bootDir trace.OptString
-	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "root", &root, "boot?", &boot, "boot_dir?", &bootDir); err != nil {
+	grow := false
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "root", &root, "boot?", &boot, "boot_dir?", &bootDir, "grow?", &grow); err != nil {
 		return nil, err
 	}
-	o := Options{BootDir: bootDir.S}
+	o := Options{BootDir: bootDir.S, Grow: grow}
 	var err error
 	if o.Root, err = partOf(root, "root"); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +31,8 @@ type Options struct {
 	// BootDir is where Boot goes inside the root ("" = where the guest's
 	// /etc/fstab mounts its vfat file system).
 	BootDir string
+	// Grow grows the root file system to the end of its partition first.
+	Grow bool
 }
 
 // Root is an instance's disk opened on the host.
@@ -50,6 +53,7 @@ type Root struct {
 
 	lock    *os.File
 	source  string   // what the loop devices read: Disk, or the FUSE export
+	loops   []string // loop devices attached, detached at close
 	mounted []string // targets, in mount order
 	made    []string // files made inside the guest, removed at close
 	qsdPid  string   // qemu-storage-daemon's pidfile, when running
@@ -153,7 +157,16 @@ func (r *Root) open(o Options) error {
 			return err
 		}
 	}
-	if err := r.mount([]string{"mount", "-o", loopOpts(o.Root), r.source, r.Path}); err != nil {
+	dev, err := r.attach(o.Root)
+	if err != nil {
+		return err
+	}
+	if o.Grow {
+		if err := r.grow(dev, o.Root); err != nil {
+			return err
+		}
+	}
+	if err := r.mount([]string{"mount", dev, r.Path}); err != nil {
 		return err
 	}
 	if err := r.checkArch(); err != nil {
@@ -217,16 +230,51 @@ func (r *Root) open(o Options) error {
 	return nil
 }
 
-// loopOpts are mount's options for a partition through a loop device
-// (auto-cleared again on umount).
-func loopOpts(p Part) string {
-	return fmt.Sprintf("loop,offset=%d,sizelimit=%d", p.Offset, p.Size)
+// attach gives partition p of the source its loop device (losetup, ending
+// where the partition ends, so the file system can neither be read nor
+// grown past it) and returns the device. Dry, it is "$dev".
+func (r *Root) attach(p Part) (string, error) {
+	c := trace.Cmd{Argv: []string{"losetup", "--find", "--show", "--offset", strconv.FormatInt(p.Offset, 10),
+		"--sizelimit", strconv.FormatInt(p.Size, 10), r.source}, Sudo: true}
+	if r.d.DryRun {
+		r.d.Print("dev=$(" + r.d.Line(c) + ")")
+		r.loops = append(r.loops, "$dev")
+		return "$dev", nil
+	}
+	res, err := r.d.Exec(c)
+	if err != nil {
+		return "", fmt.Errorf("attach partition 2 of %s to a loop device: %w", r.source, err)
+	}
+	dev := strings.TrimSpace(string(res.Stdout))
+	if !strings.HasPrefix(dev, "/dev/loop") {
+		return "", fmt.Errorf("losetup --show printed %q, not a loop device", dev)
+	}
+	r.loops = append(r.loops, dev)
+	// for the next open, should this pifarm be killed before it closes
+	if err := os.WriteFile(r.loopsFile(), []byte(strings.Join(r.loops, "\n")+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("record the loop device: %w", err)
+	}
+	return dev, nil
+}
+
+// loopsFile records the loop devices an open root attached.
+func (r *Root) loopsFile() string { return filepath.Join(r.Dir, "loops") }
+
+// run runs an action whose argv may name the dry run's "$dev": dry, such a
+// line is printed with the variable left for the shell to expand.
+func (r *Root) exec(argv []string) (trace.Result, error) {
+	c := trace.Cmd{Argv: argv, Sudo: true}
+	if r.d.DryRun {
+		r.d.Print(strings.ReplaceAll(r.d.Line(c), "'$dev'", `"$dev"`))
+		return trace.Result{}, nil
+	}
+	return r.d.Exec(c)
 }
 
 // mount runs a mount command whose last word is its target and records the
 // target for Close.
 func (r *Root) mount(argv []string) error {
-	if _, err := r.d.Exec(trace.Cmd{Argv: argv, Sudo: true}); err != nil {
+	if _, err := r.exec(argv); err != nil {
 		return err
 	}
 	r.mounted = append(r.mounted, argv[len(argv)-1])
@@ -303,6 +351,12 @@ func (r *Root) Close() error {
 	}
 	for i := len(r.mounted) - 1; i >= 0; i-- {
 		keep(r.umount(r.mounted[i]))
+	}
+	for i := len(r.loops) - 1; i >= 0; i-- {
+		keep(r.detach(r.loops[i]))
+	}
+	if !r.d.DryRun && len(r.loops) > 0 && first == nil {
+		os.Remove(r.loopsFile())
 	}
 	if r.qsdPid != "" {
 		keep(r.stopExport())
@@ -418,6 +472,19 @@ func (r *Root) leftovers() error {
 			return err
 		}
 	}
+	// the loop devices it attached (recorded in Dir/loops), when they
+	// still read this disk and nothing is mounted from them any more
+	ours := farm.LoopsOf(r.Disk, r.exportFile())
+	rec, _ := os.ReadFile(r.loopsFile())
+	for _, dev := range strings.Fields(string(rec)) {
+		if slices.Contains(ours, dev) && !mountedFrom(dev) {
+			r.d.Note("chroot: %s is still attached by a pifarm that ended without closing it", dev)
+			if err := r.detach(dev); err != nil {
+				return err
+			}
+		}
+	}
+	os.Remove(r.loopsFile())
 	defer func() {
 		if mountedAt(r.exportFile()) {
 			r.umount(r.exportFile())
@@ -486,6 +553,76 @@ func mountedAt(path string) bool {
 	for _, l := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(l); len(f) > 4 && unescape(f[4]) == path {
 			return true
+		}
+	}
+	return false
+}
+
+// grow grows the root file system on dev to the end of its loop device
+// (the partition) before it is mounted: resize2fs offline, since growing a
+// mounted ext4 needs CAP_SYS_RESOURCE, which containers often lack; first
+// the forced check resize2fs demands. A file system that fills the
+// partition already is left alone.
+func (r *Root) grow(dev string, p Part) error {
+	if !r.d.DryRun {
+		res, err := r.d.Query(trace.Cmd{Argv: []string{"dumpe2fs", "-h", dev}, Sudo: true})
+		if err != nil {
+			return fmt.Errorf("read the root file system's size: %w", err)
+		}
+		blocks, size := superField(string(res.Stdout), "Block count:"), superField(string(res.Stdout), "Block size:")
+		if blocks <= 0 || size <= 0 {
+			return fmt.Errorf("read the root file system's size: dumpe2fs -h %s shows no block count or size", dev)
+		}
+		if (blocks+1)*size > p.Size {
+			return nil // it fills partition 2 (to the last block)
+		}
+	}
+	// e2fsck -p exits 1 when it fixed something: that is fine to go on
+	if res, err := r.exec([]string{"e2fsck", "-f", "-p", dev}); err != nil && res.ExitCode != 1 {
+		return fmt.Errorf("check the root file system before growing it: %w", err)
+	}
+	if _, err := r.exec([]string{"resize2fs", dev}); err != nil {
+		return fmt.Errorf("grow the root file system: %w", err)
+	}
+	return nil
+}
+
+// superField is the number after name in dumpe2fs -h output (0: none).
+func superField(text, name string) int64 {
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, name); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// detach lets a loop device go (after its file system was unmounted).
+func (r *Root) detach(dev string) error {
+	c := trace.Cmd{Argv: []string{"losetup", "-d", dev}, Sudo: true}
+	if r.d.DryRun {
+		r.d.Print(strings.ReplaceAll(r.d.Line(c), "'$dev'", `"$dev"`))
+		return nil
+	}
+	if _, err := r.d.ExecFinally(c, closeTimeout); err != nil {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	return nil
+}
+
+// mountedFrom reports whether a file system is mounted from dev.
+func mountedFrom(dev string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		for i := 6; i+2 < len(f); i++ {
+			if f[i] == "-" {
+				if unescape(f[i+2]) == dev {
+					return true
+				}
+				break
+			}
 		}
 	}
 	return false
