@@ -77,7 +77,10 @@ type Node struct {
 	WANMAC      string // hardware box: MAC of the USB WAN adaptor
 	WifiChannel int
 	SSID        string
-	Pos         syntax.Position
+	// Tags are the node's own labels (config.star's tags = [...]): the
+	// node set @TAG selects the nodes carrying TAG.
+	Tags []string
+	Pos  syntax.Position
 }
 
 // ConfigError is a configuration mistake, positioned in the file.

@@ -17,9 +17,15 @@ import (
 func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 	s := func(v string) starlark.Value { return starlark.String(v) }
 	i := func(v int) starlark.Value { return starlark.MakeInt(v) }
+	tags := make(starlark.Tuple, len(n.Tags))
+	for k, t := range n.Tags {
+		tags[k] = starlark.String(t)
+	}
 	return starlarkstruct.FromStringDict(starlark.String("node"), starlark.StringDict{
 		"id":           i(n.ID),
 		"alias":        s(n.Alias),
+		"kind":         s(n.Kind()),
+		"tags":         tags,
 		"name":         s(n.Name()),
 		"lan":          s(n.LAN),
 		"wan":          s(n.WAN),
@@ -112,9 +118,9 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 		},
 		Funcs: []trace.Func{
 			{Name: "node", Args: "ref", Fn: m.node,
-				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, name,\nlan, wan, lan_net, wan_net, ssh_port, console_port, vnc_port, vnc_display, mac_wan,\nmac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel, ssid, lan_tap, wlan_tap and the\ncache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
-			{Name: "nodes", Args: "", Fn: m.nodes,
-				Doc: "Every node of the table, ordered by id (see farm.node)."},
+				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, kind (\"qemu\"\nor \"hardware\"), tags (a tuple), name, lan, wan, lan_net, wan_net, ssh_port, console_port,\nvnc_port, vnc_display, mac_wan, mac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel,\nssid, lan_tap, wlan_tap and the cache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
+			{Name: "nodes", Args: "set=\"all\"", Fn: m.nodes,
+				Doc: "The nodes of a node set, ordered by id (see farm.node); every node of the table by default.\n" + setDoc},
 			{Name: "hosts", Fn: m.hosts,
 				Doc: "The guest's /etc/hosts rendered from the node table."},
 			{Name: "iftab", Fn: m.iftab,
@@ -148,12 +154,24 @@ func (m *module) node(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	return m.f.NodeStruct(ref.Node), nil
 }
 
+// setDoc says what a node set is, in the reference of the functions that
+// take one.
+const setDoc = `A node set is an id or alias, or a comma-separated list of ids, aliases,
+ranges (1-4), all, qemu (the QEMU guests), hardware (the boxes with lan_mac) and
+@TAG (the nodes tagged so in config.star), e.g. "1-3,entfour" or "@rack1".
+An unknown id, alias or tag is a usage error (exit status 2).`
+
 func (m *module) nodes(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	if err := starlark.UnpackPositionalArgs(b.Name(), args, kwargs, 0); err != nil {
+	set := "all"
+	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "set?", &set); err != nil {
 		return nil, err
 	}
-	var l []starlark.Value
-	for _, n := range m.f.Nodes() {
+	nodes, err := m.f.Select(set)
+	if err != nil {
+		return nil, err
+	}
+	l := make([]starlark.Value, 0, len(nodes))
+	for _, n := range nodes {
 		l = append(l, m.f.NodeStruct(n))
 	}
 	return starlark.NewList(l), nil

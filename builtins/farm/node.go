@@ -42,12 +42,13 @@ func (v *nodeValue) Hash() (uint32, error) { return uint32(v.n.ID), nil }
 func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	n := &Node{}
 	if len(args) > 0 {
-		return nil, fmt.Errorf("node: use keyword arguments (id=, alias=, lan=, wan=, lan_mac=, wan_mac=, wifi_channel=, ssid=)")
+		return nil, fmt.Errorf("node: use keyword arguments (id=, alias=, lan=, wan=, lan_mac=, wan_mac=, wifi_channel=, ssid=, tags=)")
 	}
 	var lanMAC, wanMAC string
+	var tags starlark.Value = starlark.None
 	if err := starlark.UnpackArgs("node", args, kwargs,
 		"id", &n.ID, "alias", &n.Alias, "lan", &n.LAN, "wan", &n.WAN,
-		"lan_mac?", &lanMAC, "wan_mac?", &wanMAC, "wifi_channel?", &n.WifiChannel, "ssid?", &n.SSID); err != nil {
+		"lan_mac?", &lanMAC, "wan_mac?", &wanMAC, "wifi_channel?", &n.WifiChannel, "ssid?", &n.SSID, "tags?", &tags); err != nil {
 		return nil, err
 	}
 	if thread.CallStackDepth() > 1 {
@@ -59,6 +60,14 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	if !aliasRE.MatchString(n.Alias) {
 		return nil, fmt.Errorf("node %d: alias %q must start with a letter and hold letters, digits and '-'", n.ID, n.Alias)
 	}
+	if _, word := setWord(n.Alias); word {
+		return nil, fmt.Errorf("node %d: alias %q is a node-set word (%s select nodes by kind); choose another alias", n.ID, n.Alias, strings.Join(SetWords, ", "))
+	}
+	t, err := nodeTags(n.ID, tags)
+	if err != nil {
+		return nil, err
+	}
+	n.Tags = t
 	for _, a := range []struct{ field, v string }{{"lan", n.LAN}, {"wan", n.WAN}} {
 		ip := net.ParseIP(a.v)
 		if ip == nil || ip.To4() == nil {
@@ -86,6 +95,32 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 		return nil, fmt.Errorf("node %d: ssid %q must be 1-32 characters without blanks", n.ID, n.SSID)
 	}
 	return &nodeValue{n}, nil
+}
+
+// nodeTags reads node(tags = ...): None, or a list or tuple of tag names
+// (letters, digits, '_', '.', '-'), each once.
+func nodeTags(id int, v starlark.Value) ([]string, error) {
+	if v == starlark.None {
+		return nil, nil
+	}
+	it, ok := v.(starlark.Indexable)
+	if _, isStr := v.(starlark.String); !ok || isStr {
+		return nil, fmt.Errorf("node %d: tags must be a list of names such as [\"rack1\", \"usb\"], got %s", id, v.Type())
+	}
+	var tags []string
+	for i := 0; i < it.Len(); i++ {
+		s, ok := starlark.AsString(it.Index(i))
+		if !ok || !tagRE.MatchString(s) {
+			return nil, fmt.Errorf("node %d: tag %s is not a name (letters, digits, '_', '.', '-', beginning with a letter or digit)", id, it.Index(i))
+		}
+		for _, t := range tags {
+			if strings.EqualFold(t, s) {
+				return nil, fmt.Errorf("node %d: tag %q given twice", id, s)
+			}
+		}
+		tags = append(tags, s)
+	}
+	return tags, nil
 }
 
 // Farm is the configured farm: what every module consults.

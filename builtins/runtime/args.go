@@ -64,9 +64,9 @@ func argsModule(*trace.Door, *farm.Farm) *trace.Module {
 			{Name: "option", Args: "short, long, metavar, help, default=None", Fn: argsOption,
 				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default. " + optionHelpDoc},
 			{Name: "instance", Args: "default=\"0\", required=False, help=\"\"", Fn: argsInstance,
-				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent."},
+				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent.\nA node set given for it (1-4, 1,3,entwo, all, qemu, hardware, @TAG) runs the recipe once\nper node, concurrently, each run with its own opts (see pifarm -hv)."},
 			{Name: "instances", Args: "help=\"\"", Fn: argsInstances,
-				Doc: "Any number of positional instances: opts.instances is a list of farm.node(...) structs\n(empty when none is given)."},
+				Doc: "Any number of positional instances: opts.instances is a list of farm.node(...) structs\n(empty when none is given). Each argument may be a node set (1-4, 1,3,entwo, all, qemu,\nhardware, @TAG); the nodes come in the order given, each once."},
 			{Name: "positional", Args: "name, help=\"\", required=False, many=False, default=None", Fn: argsPositional,
 				Doc: "A positional string argument: opts.<name> (a list with many=True)."},
 		},
@@ -210,6 +210,12 @@ func readSpec(name string, g starlark.StringDict) (*spec, error) {
 type parsed struct {
 	help, verbose, dryRun bool
 	values                map[string]starlark.Value
+	// fanout holds the nodes of a node set given for a recipe's one
+	// instance argument (opts.<fanoutField>, written fanoutText): the
+	// recipe runs once per node. Nil for one id or alias.
+	fanout      []*farm.Node
+	fanoutField string
+	fanoutText  string
 }
 
 // parse applies GNU-style parsing to argv. The global -h/--help,
@@ -330,12 +336,27 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 			continue
 		}
 		var nodes []starlark.Value
+		seen := map[int]bool{}
 		for _, t := range take {
-			n, err := f.Resolve(t)
+			if !ps.many && farm.IsNodeSet(t) {
+				// One instance, a node set: the recipe runs once per node.
+				set, err := f.Select(t)
+				if err != nil {
+					return nil, err
+				}
+				p.fanout, p.fanoutField, p.fanoutText = set, field(ps.name), t
+				continue
+			}
+			set, err := f.Select(t)
 			if err != nil {
 				return nil, err
 			}
-			nodes = append(nodes, fm(n))
+			for _, n := range set {
+				if !seen[n.ID] {
+					seen[n.ID] = true
+					nodes = append(nodes, fm(n))
+				}
+			}
 		}
 		if ps.many {
 			p.values[field(ps.name)] = starlark.NewList(nodes)
@@ -436,6 +457,9 @@ func (s *spec) usage(long bool) string {
 				n = "N"
 				if h == "" {
 					h = "instance: node id or alias from the node table"
+					if !p.many {
+						h += ", or a node set (one run per node)"
+					}
 				}
 				if p.many {
 					n = "N..."

@@ -242,6 +242,9 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 		fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
 		return nil
 	}
+	if p.fanout != nil {
+		return trace.Usagef("%s: the node set %s names several nodes; this pifarm runs a recipe on one (give one id or alias)", name, p.fanoutText)
+	}
 	rt.applyFlags(p)
 	mainFn, ok := g["main"].(starlark.Callable)
 	if !script && !ok {
