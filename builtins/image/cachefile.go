@@ -207,7 +207,15 @@ var leftoverRE = regexp.MustCompile(`^\.clone-(\d+)\.(?:(?:ker|dtb|sig)\.tmp|(?:
 // instance id's folder. The caller holds the instance locks (no pifarm
 // writes such a file meanwhile).
 func (m *mod) removeLeftovers(id int) error {
-	dir := m.f.InstanceDir(id)
+	return m.removeIn(m.f.InstanceDir(id), func(name string) bool {
+		sm := leftoverRE.FindStringSubmatch(name)
+		return sm != nil && sm[1] == strconv.Itoa(id)
+	})
+}
+
+// removeIn removes the files of folder dir (in the cache) whose names
+// match (rm -f); a missing folder has none.
+func (m *mod) removeIn(dir string, match func(name string) bool) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -217,7 +225,7 @@ func (m *mod) removeLeftovers(id int) error {
 	}
 	var left []string
 	for _, e := range ents {
-		if sm := leftoverRE.FindStringSubmatch(e.Name()); sm != nil && sm[1] == strconv.Itoa(id) && !e.IsDir() {
+		if match(e.Name()) && !e.IsDir() {
 			left = append(left, filepath.Join(dir, e.Name()))
 		}
 	}

@@ -293,9 +293,10 @@ func parseFileID(s string) fileID {
 	return id
 }
 
-// RemoveClone deletes instance id's clone with its backups, boot files
-// and base record. It refuses, under the instance locks, while the
-// instance runs or another process holds its disk open.
+// RemoveClone deletes instance id's clone with its backups, boot files,
+// base record and the files kept with its snapshots. It refuses, under the
+// instance locks, while the instance runs or another process holds its
+// disk open.
 func (m *mod) RemoveClone(id int) ([]string, error) {
 	if id <= 0 {
 		return nil, trace.Usagef("remove clone: instance %d: clones are instances 1 and up", id)
@@ -323,6 +324,14 @@ func (m *mod) RemoveClone(id int) ([]string, error) {
 	tmp := tmpName(dst)
 	if _, err := os.Lstat(tmp); err == nil {
 		have = append(have, tmp)
+	}
+	// the files kept with its snapshots, which go with the disk
+	if ents, err := os.ReadDir(m.snapDir(id)); err == nil {
+		for _, e := range ents {
+			if !e.IsDir() {
+				have = append(have, filepath.Join(m.snapDir(id), e.Name()))
+			}
+		}
 	}
 	if len(have) == 0 {
 		m.d.Note("instance %d has no clone files", id)

@@ -170,6 +170,35 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "linked_clones", Args: "image=0", Fn: m.linkedFn,
 				Doc: "The ids of the linked clones whose base is image (a query): changing the image (expand,\n" +
 					"running instance 0, seeding once their guests wrote partition 1) invalidates them."},
+			{Name: "snapshot", Args: "instance, name", Fn: m.snapshotFn,
+				Doc: "Take snapshot name of the stopped instance's disk: a qcow2 internal snapshot of a clone\n" +
+					"(`qemu-img snapshot -c NAME DISK`: the same fraction of a second on any size), or for\n" +
+					"instance 0 a copy of its raw image in the instance folder's snapshots/ (`cp --reflink=always`\n" +
+					"where the file system shares extents, else `cp --sparse=always`; refused when it would not\n" +
+					"fit, with 64 MiB to spare). The boot files and their signature (when they match the disk) and\n" +
+					"the instance's known_hosts are kept with it (hard links), then a record NAME.snap. Refused\n" +
+					"while the instance runs, its disk is open in another process or mounted (under the instance\n" +
+					"locks), and for a name in use. A name is 1-64 bytes, without slash, control characters or\n" +
+					"blanks around it, not starting with . or -, not all digits. " + snapshotsDoc + "\n" +
+					"Returns the snapshot as snapshots() lists it."},
+			{Name: "snapshots", Args: "instance=0", Fn: m.snapshotsFn,
+				Doc: "The instance's snapshots, oldest first (a query): a list of struct(instance, name, kind\n" +
+					"(\"qcow2\" or \"copy\"), id, date (Unix seconds), date_text, size, own, boot, recorded,\n" +
+					"known_hosts, disk, note). size is the bytes the snapshot references in the qcow2 file (its\n" +
+					"tables and the data they map; a copy: the space it takes), own the part only it holds (what\n" +
+					"deleting it frees), read from the qcow2's tables and refcounts. boot is the boot files'\n" +
+					"signature kept with it (\"\" when none); recorded is False for a snapshot made by hand."},
+			{Name: "rollback", Args: "instance, name", Fn: m.rollbackFn,
+				Doc: "Return the stopped instance's disk to snapshot name (`qemu-img snapshot -a`; instance 0:\n" +
+					"the copy copied back to a temporary file next to the image, renamed over it), then its\n" +
+					"boot files and known_hosts to those kept with the snapshot (the replaced ones kept as\n" +
+					"NAME~); without kept boot files they are read from the disk (provide_qboot). The snapshot\n" +
+					"stays. Instance 0 is refused while linked clones rest on its image, or when the snapshot\n" +
+					"was taken of another image. Refused like snapshot. Returns struct(snapshot,\n" +
+					"boot_restored, known_hosts_restored, boot) with boot as check_boot returns it."},
+			{Name: "delete_snapshot", Args: "instance, name", Fn: m.deleteSnapshotFn,
+				Doc: "Delete snapshot name of the stopped instance (`qemu-img snapshot -d`, or the copy) and the\n" +
+					"files kept with it, its record first. Refused like snapshot. Returns the files removed."},
 			{Name: "clones", Args: "", Fn: m.clonesFn,
 				Doc: "The ids of the instances that have a clone (a query)."},
 			{Name: "running", Args: "", Fn: m.runningFn,

@@ -48,6 +48,7 @@ type Image struct {
 	l2          map[uint64][]uint64
 	zEntry      uint64 // the cached compressed cluster
 	zData       []byte
+	header      []byte // the header as read (snapshot table, refcounts: see snapshots.go)
 }
 
 // Is reports whether the file at path starts with the qcow2 magic (a file
@@ -104,7 +105,7 @@ func parse(r io.ReaderAt, path string, depth int) (*Image, error) {
 	if version != 2 && version != 3 {
 		return nil, fmt.Errorf("qcow2 version %d not supported", version)
 	}
-	q := &Image{r: r, clusterBits: uint(be32(20)), Size: int64(be64(24)), l2: map[uint64][]uint64{}}
+	q := &Image{r: r, clusterBits: uint(be32(20)), Size: int64(be64(24)), l2: map[uint64][]uint64{}, header: h[:n]}
 	if q.clusterBits < 9 || q.clusterBits > 21 {
 		return nil, fmt.Errorf("cluster bits %d out of range", q.clusterBits)
 	}

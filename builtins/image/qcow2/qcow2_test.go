@@ -122,7 +122,8 @@ func TestHoldsData(t *testing.T) {
 // FuzzOpenQcow2 feeds arbitrary headers and tables to the qcow2 reader
 // (seeded with what qemu-img writes; the backing file offset is cleared, so
 // no other file is opened): no panic, no allocation a header merely asks
-// for, and reads of the guest view end.
+// for, and reads of the guest view, of the snapshot table and of the
+// refcounts end.
 func FuzzOpenQcow2(f *testing.F) {
 	dir := f.TempDir()
 	// small files (512-byte clusters, 64 KiB): the fuzzer mutates them fast
@@ -130,7 +131,12 @@ func FuzzOpenQcow2(f *testing.F) {
 	tooltest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p, "64K")
 	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", "-c", "write -z 8192 4096", p)
 	tooltest.Run(f, "", "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=512,compat=0.10", p, packed)
-	for _, p := range []string{p, packed} {
+	snap := filepath.Join(dir, "snap.qcow2")
+	tooltest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", snap, "64K")
+	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", snap)
+	tooltest.Run(f, "", "qemu-img", "snapshot", "-c", "one", snap)
+	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1024 512", snap)
+	for _, p := range []string{p, packed, snap} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			f.Fatal(err)
@@ -153,5 +159,9 @@ func FuzzOpenQcow2(f *testing.F) {
 		q.ReadAt(b, 4000)
 		q.ReadAt(b, q.Size-1)
 		q.HoldsData(0, 1<<20)
+		ss, _ := q.Snapshots()
+		for _, s := range ss {
+			q.SnapshotUsage(s)
+		}
 	})
 }
