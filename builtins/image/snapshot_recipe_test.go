@@ -1,0 +1,86 @@
+package image_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"pifarm/builtins/runtime"
+)
+
+// recipeConfig writes a configuration with nodes 0 to 2 and its cache in
+// dir, and returns its path.
+func recipeConfig(t *testing.T, dir string) string {
+	cfg := filepath.Join(dir, "config.star")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`cache = %q
+tools = {"guestmount": False, "remote-viewer": False}
+nodes = [
+    node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15"),
+    node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15"),
+    node(id = 2, alias = "entwo", lan = "192.168.66.8", wan = "100.65.5.15"),
+]
+`, filepath.Join(dir, "cache"))), 0o644)
+	return cfg
+}
+
+// recipeStep is one pifarm command line of a recipe test: its exit status
+// and what its output holds (and lacks).
+type recipeStep struct {
+	args string
+	code int
+	want []string
+	not  []string
+}
+
+// runSteps runs the steps in order (IMG in args is img) and stops at the
+// first one that does not do what it should.
+func runSteps(t *testing.T, cfg, img string, steps []recipeStep) {
+	t.Helper()
+	for _, st := range steps {
+		var out bytes.Buffer
+		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
+		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &out})
+		bad := code != st.code
+		for _, w := range st.want {
+			bad = bad || !strings.Contains(out.String(), w)
+		}
+		for _, w := range st.not {
+			bad = bad || strings.Contains(out.String(), w)
+		}
+		if bad {
+			t.Fatalf("pifarm %s: exit %d (want %d), output should hold %q and not %q:\n%s", st.args, code, st.code, st.want, st.not, out.String())
+		}
+	}
+}
+
+// TestRecipeBoxSnapshots: the box recipe's snapshot options on a clone and
+// on instance 0, and their misuses.
+func TestRecipeBoxSnapshots(t *testing.T) {
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := recipeConfig(t, dir)
+	runSteps(t, cfg, img, []recipeStep{
+		{"run image -i IMG --provide-qboot", 0, []string{"instance 0 is"}, nil},
+		{"run box --force-clone 1", 0, []string{"new clone"}, nil},
+		{"run box --snapshot 1", 1, []string{"--snapshot needs a snapshot name: pifarm run box --snapshot N NAME"}, nil},
+		{"run box 1 before", 1, []string{"before: a snapshot name goes with --snapshot"}, nil},
+		{"run box --snapshot --rollback 1 before", 1, []string{"one snapshot option at a time"}, nil},
+		{"run box --snapshot 1 12", 2, []string{"all digits"}, nil},
+		{"-n run box --snapshot 1 before", 0, []string{"qemu-img snapshot -c before " + filepath.Join(dir, "cache/clones/raspi-clone-1/clone-1.qcow2")}, nil},
+		{"run box --snapshots 1", 0, []string{"<1> enone has no snapshots"}, nil},
+		{"run box --snapshot 1 before", 0, []string{"<1> enone: snapshot before taken (qcow2, boot files kept)"}, nil},
+		{"run box --snapshot 1 before", 1, []string{"has a snapshot before already"}, nil},
+		{"run box --snapshots 1", 0, []string{"name    date", "before  20", "kept"}, nil},
+		{"-n run box --rollback 1 before", 0, []string{"qemu-img snapshot -a before "}, nil},
+		{"run box --rollback 1 before", 0, []string{"rolled back to snapshot before of 20", "boot files ok"}, []string{"no known_hosts"}},
+		{"run box --rollback 1 after", 1, []string{"no snapshot after (it has before;"}, nil},
+		{"run box --delete-snapshot 1 before", 0, []string{"snapshot before deleted"}, nil},
+		{"run box --snapshot 0 pristine", 0, []string{"<0> loner: snapshot pristine taken (copy, boot files kept)"}, nil},
+		{"-n run box --rollback 0 pristine", 0, []string{"cp --sparse=always " + filepath.Join(dir, "cache/clones/raspi-clone-0/snapshots/pristine.raw")}, nil},
+		{"run box --rollback 0 pristine", 0, []string{"<0> loner: rolled back to snapshot pristine"}, nil},
+		{"run box --snapshots", 0, []string{"pristine"}, nil},
+	})
+}
