@@ -170,6 +170,16 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 			{Name: "linked_clones", Args: "image=0", Fn: m.linkedFn,
 				Doc: "The ids of the linked clones whose base is image (a query): changing the image (expand,\n" +
 					"running instance 0, seeding once their guests wrote partition 1) invalidates them."},
+			{Name: "promote", Args: "instance", Fn: m.promoteFn,
+				Doc: "Make clone N instance 0's image: `qemu-img convert -f qcow2 -O raw CLONE TMP` (sparse) to a\n" +
+					"temporary file next to the registered image, synced; the old image keeps a second name, a\n" +
+					"numbered backup IMG.~K~ (`ln`: no copy), onto which its linked clones are rebased\n" +
+					"(`qemu-img rebase -u -b BACKUP -F raw`: the same content under another name; their base\n" +
+					"records follow), so none silently reads the new image; then the new file is renamed over\n" +
+					"the image: the registered path stays. Clone N stays as it is. Refused while any instance\n" +
+					"runs, the clone or the image is open or mounted, for a linked clone whose base changed, and\n" +
+					"when the raw file would not fit. Instance 0's boot files are then to be provided again\n" +
+					"(provide_qboot). Returns struct(image, backup, rebased, size)."},
 			{Name: "snapshot", Args: "instance, name", Fn: m.snapshotFn,
 				Doc: "Take snapshot name of the stopped instance's disk: a qcow2 internal snapshot of a clone\n" +
 					"(`qemu-img snapshot -c NAME DISK`: the same fraction of a second on any size), or for\n" +

@@ -35,17 +35,26 @@ type recipeStep struct {
 	not  []string
 }
 
-// runSteps runs the steps in order (IMG in args is img) and stops at the
+// runSteps runs the steps in order (IMG in args and want is the image, DIR
+// in want its folder, where the cache is) on
+// a fixture registered as instance 0 with a full clone 1, and stops at the
 // first one that does not do what it should.
-func runSteps(t *testing.T, cfg, img string, steps []recipeStep) {
+func runSteps(t *testing.T, steps []recipeStep) {
 	t.Helper()
+	dir := t.TempDir()
+	img := recipeFixture(t, dir)
+	cfg := recipeConfig(t, dir)
+	steps = append([]recipeStep{
+		{"run image -i IMG --provide-qboot", 0, []string{"instance 0 is"}, nil},
+		{"run box --force-clone 1", 0, []string{"new clone"}, nil},
+	}, steps...)
 	for _, st := range steps {
 		var out bytes.Buffer
 		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
 		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &out})
 		bad := code != st.code
 		for _, w := range st.want {
-			bad = bad || !strings.Contains(out.String(), w)
+			bad = bad || !strings.Contains(out.String(), strings.NewReplacer("IMG", img, "DIR", dir).Replace(w))
 		}
 		for _, w := range st.not {
 			bad = bad || strings.Contains(out.String(), w)
@@ -59,17 +68,12 @@ func runSteps(t *testing.T, cfg, img string, steps []recipeStep) {
 // TestRecipeBoxSnapshots: the box recipe's snapshot options on a clone and
 // on instance 0, and their misuses.
 func TestRecipeBoxSnapshots(t *testing.T) {
-	dir := t.TempDir()
-	img := recipeFixture(t, dir)
-	cfg := recipeConfig(t, dir)
-	runSteps(t, cfg, img, []recipeStep{
-		{"run image -i IMG --provide-qboot", 0, []string{"instance 0 is"}, nil},
-		{"run box --force-clone 1", 0, []string{"new clone"}, nil},
+	runSteps(t, []recipeStep{
 		{"run box --snapshot 1", 1, []string{"--snapshot needs a snapshot name: pifarm run box --snapshot N NAME"}, nil},
 		{"run box 1 before", 1, []string{"before: a snapshot name goes with --snapshot"}, nil},
 		{"run box --snapshot --rollback 1 before", 1, []string{"one snapshot option at a time"}, nil},
 		{"run box --snapshot 1 12", 2, []string{"all digits"}, nil},
-		{"-n run box --snapshot 1 before", 0, []string{"qemu-img snapshot -c before " + filepath.Join(dir, "cache/clones/raspi-clone-1/clone-1.qcow2")}, nil},
+		{"-n run box --snapshot 1 before", 0, []string{"qemu-img snapshot -c before DIR/cache/clones/raspi-clone-1/clone-1.qcow2"}, nil},
 		{"run box --snapshots 1", 0, []string{"<1> enone has no snapshots"}, nil},
 		{"run box --snapshot 1 before", 0, []string{"<1> enone: snapshot before taken (qcow2, boot files kept)"}, nil},
 		{"run box --snapshot 1 before", 1, []string{"has a snapshot before already"}, nil},
@@ -79,8 +83,24 @@ func TestRecipeBoxSnapshots(t *testing.T) {
 		{"run box --rollback 1 after", 1, []string{"no snapshot after (it has before;"}, nil},
 		{"run box --delete-snapshot 1 before", 0, []string{"snapshot before deleted"}, nil},
 		{"run box --snapshot 0 pristine", 0, []string{"<0> loner: snapshot pristine taken (copy, boot files kept)"}, nil},
-		{"-n run box --rollback 0 pristine", 0, []string{"cp --sparse=always " + filepath.Join(dir, "cache/clones/raspi-clone-0/snapshots/pristine.raw")}, nil},
+		{"-n run box --rollback 0 pristine", 0, []string{"cp --sparse=always DIR/cache/clones/raspi-clone-0/snapshots/pristine.raw"}, nil},
 		{"run box --rollback 0 pristine", 0, []string{"<0> loner: rolled back to snapshot pristine"}, nil},
 		{"run box --snapshots", 0, []string{"pristine"}, nil},
+	})
+}
+
+// TestRecipeImagePromote: image --promote N makes clone N instance 0's
+// image under the same path, keeps the old one as IMG.~1~, rebases the
+// linked clones onto it and provides instance 0's boot files.
+func TestRecipeImagePromote(t *testing.T) {
+	runSteps(t, []recipeStep{
+		{"run box --force-clone --linked 2", 0, []string{"new linked clone"}, nil},
+		{"run image --promote", 1, []string{"--promote N: N is the clone"}, nil},
+		{"run image --promote --provide-qboot 1", 1, []string{"--promote goes alone, not with --provide-qboot"}, nil},
+		{"-n run image --promote 1", 0, []string{"qemu-img convert -f qcow2 -O raw "}, nil},
+		{"run image --promote 1", 0, []string{"<1> enone is instance 0's image now: IMG", "the old image is kept as IMG.~1~",
+			"the linked clones 2 rested on the old image: rebased onto IMG.~1~", "<0> loner: boot files"}, nil},
+		{"run image 2", 0, []string{"linked clone of     IMG.~1~ (valid)"}, nil},
+		{"run image", 0, []string{"boot files          ok"}, []string{"warning: instance 0"}},
 	})
 }
