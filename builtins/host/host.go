@@ -53,7 +53,7 @@ func (m *module) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 	}
 	c := trace.Cmd{Argv: argv.Strings, Sudo: sudo, Heredoc: stdin.S}
 	if stream {
-		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		c.Stdout, c.Stderr = m.d.StreamOut(), m.d.StreamErr()
 	}
 	return m.command(c, false, check)
 }

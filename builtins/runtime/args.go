@@ -216,6 +216,10 @@ type parsed struct {
 	fanout      []*farm.Node
 	fanoutField string
 	fanoutText  string
+	// jobs and failFast are -j N and --fail-fast given after the recipe
+	// name (0, false: not given).
+	jobs     int
+	failFast bool
 }
 
 // parse applies GNU-style parsing to argv. The global -h/--help,
@@ -256,6 +260,18 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 		case strings.HasPrefix(a, "--"):
 			name, val, hasVal := strings.Cut(a[2:], "=")
 			o := byLong[name]
+			if o == nil && name == "jobs" {
+				n, err := jobsValue(s.recipe+": ", "--jobs", val, hasVal, argv, &i)
+				if err != nil {
+					return nil, err
+				}
+				p.jobs = n
+				continue
+			}
+			if o == nil && name == "fail-fast" && !hasVal {
+				p.failFast = true
+				continue
+			}
 			if o == nil {
 				if !hasVal && global(name) {
 					continue
@@ -281,6 +297,14 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 			for j := 1; j < len(a); j++ {
 				c := string(a[j])
 				o := byShort[c]
+				if o == nil && c == "j" {
+					n, err := jobsValue(s.recipe+": ", "-j", a[j+1:], j+1 < len(a), argv, &i)
+					if err != nil {
+						return nil, err
+					}
+					p.jobs = n
+					break
+				}
 				if o == nil {
 					if global(c) {
 						continue
@@ -435,6 +459,12 @@ func (s *spec) usage(long bool) string {
 		}
 		summary, more, _ := strings.Cut(o.help, "\n")
 		rows = append(rows, row{l, summary, more})
+	}
+	for _, p := range s.pos {
+		if p.instance && !p.many {
+			rows = append(rows, row{"-j, --jobs=N", "with a node set: at most N nodes at a time", ""},
+				row{"    --fail-fast", "with a node set: stop every node when one fails", ""})
+		}
 	}
 	rows = append(rows, row{"-h, --help", "this help; with -v the long explanation", ""},
 		row{"-n, --dry-run", "print what would be done, change nothing", ""},

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/term"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -36,7 +37,7 @@ const (
 	ExitOK      = 0
 	ExitFailed  = 1
 	ExitUsage   = 2
-	usageHeader = "usage: pifarm [-n] [-v] [-c FILE] COMMAND [ARGS...]"
+	usageHeader = "usage: pifarm [-n] [-v] [-c FILE] [-j N] [--fail-fast] COMMAND [ARGS...]"
 )
 
 // shortHelp is `pifarm --help`; modules is the module list (moduleIndex).
@@ -54,6 +55,10 @@ options:
   -n, --dry-run            print every action as a shell command, change nothing
   -v, --verbose            print every action as it runs
   -c, --config=FILE        use FILE instead of the config lookup
+  -j, --jobs=N             a node set runs at most N nodes at a time (default:
+                           the CPUs pifarm may use, fewer when as many guests
+                           of qemu.memory do not fit in available memory)
+      --fail-fast          a node set stops every node when one fails
   -h, --help               this help; -hv: the long explanation
       --version            print the version
 
@@ -81,13 +86,30 @@ built-in default (see 'pifarm config'). It holds the cache folder, image sizes,
 disk margin, pi passwords, the privilege command, QEMU settings, port bases and
 the node table.
 
-Exit status: 0 success, 1 a recipe failed (fail() or a builtin error; the
-Starlark backtrace and the cause are printed), 2 usage error (unknown option,
-recipe or instance).
+Node sets: a recipe declared with one instance argument, given a node set
+(1-4, 1,3,entwo, all, qemu, hardware, @TAG), runs once per node, concurrently,
+each run with its own options, door and log; recipes need no change. -j N
+bounds how many nodes run at once. Its default is the number of CPUs pifarm
+may use (its CPU affinity), lowered so that as many guests of config.star's
+qemu.memory fit in the host's available memory (MemAvailable of
+/proc/meminfo), and at least 1: QEMU boots are CPU-bound. One node's failure
+never stops the others unless --fail-fast. On a terminal each node has a
+status line (elapsed time, state, current step) updated in place, and a
+failure is printed in full when it happens; in a pipe or with -v every line
+is prefixed "<id> alias |", and a table of the outcomes ends the run
+(standard error). A dry run prints each node's trace as its own block, in
+node order.
+
+Exit status: 0 success (of every node of a node set), 1 a recipe failed
+(fail() or a builtin error; the Starlark backtrace and the cause are printed;
+for a node set: any node failed), 2 usage error (unknown option, recipe,
+instance or node).
 `
 
 type globals struct {
 	dryRun, verbose, help, version bool
+	failFast                       bool
+	jobs                           int
 	config                         string
 	rest                           []string
 }
@@ -108,6 +130,15 @@ func parseGlobals(args []string) (*globals, error) {
 			g.help = true
 		case a == "--version":
 			g.version = true
+		case a == "--fail-fast":
+			g.failFast = true
+		case a == "--jobs" || strings.HasPrefix(a, "--jobs="):
+			v, ok := strings.CutPrefix(a, "--jobs=")
+			n, err := jobsValue("", "--jobs", v, ok, args, &i)
+			if err != nil {
+				return nil, err
+			}
+			g.jobs = n
 		case a == "--config":
 			if i+1 >= len(args) {
 				return nil, trace.Usagef("option --config needs a FILE")
@@ -127,6 +158,13 @@ func parseGlobals(args []string) (*globals, error) {
 					g.verbose = true
 				case 'h':
 					g.help = true
+				case 'j':
+					n, err := jobsValue("", "-j", a[j+1:], j+1 < len(a), args, &i)
+					if err != nil {
+						return nil, err
+					}
+					g.jobs = n
+					j = len(a)
 				case 'c':
 					v := a[j+1:]
 					if v == "" {
@@ -262,6 +300,17 @@ func Main(o Options) int {
 	}
 	rt := New(d, cfg, o.Stdout)
 	defer rt.End()
+	rt.Fan = FanOptions{Jobs: g.jobs, FailFast: g.failFast, Stderr: o.Stderr}
+	if f, ok := o.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) && os.Getenv("TERM") != "dumb" {
+		rt.Fan.Terminal = true
+		rt.Fan.Size = func() (int, int) {
+			c, r, err := term.GetSize(int(f.Fd()))
+			if err != nil {
+				return 0, 0
+			}
+			return c, r
+		}
+	}
 	switch cmd {
 	case "run":
 		if len(rest) == 0 {

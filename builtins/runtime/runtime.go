@@ -37,6 +37,9 @@ type Runtime struct {
 	Farm    *farm.Farm
 	Modules []*trace.Module
 	Stdout  io.Writer
+	// Fan configures a recipe's runs over a node set (-j, --fail-fast,
+	// where and how they show).
+	Fan FanOptions
 
 	predeclared starlark.StringDict
 	cache       map[string]*loadEntry
@@ -242,9 +245,6 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 		fmt.Fprint(rt.Stdout, s.usage(longHelp || p.verbose))
 		return nil
 	}
-	if p.fanout != nil {
-		return trace.Usagef("%s: the node set %s names several nodes; this pifarm runs a recipe on one (give one id or alias)", name, p.fanoutText)
-	}
 	rt.applyFlags(p)
 	mainFn, ok := g["main"].(starlark.Callable)
 	if !script && !ok {
@@ -252,6 +252,13 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 	}
 	if err := rt.prepareCache(); err != nil {
 		return err
+	}
+	if p.fanout != nil {
+		if p.jobs > 0 {
+			rt.Fan.Jobs = p.jobs
+		}
+		rt.Fan.FailFast = rt.Fan.FailFast || p.failFast
+		return rt.fanOut(src, name, argv, p)
 	}
 	if script {
 		_, err = rt.exec(src)
@@ -273,9 +280,14 @@ func (rt *Runtime) applyFlags(p *parsed) {
 	if p.verbose {
 		rt.Door.Verbose = true
 	}
+	rt.setFlags(rt.Door.DryRun, rt.Door.Verbose)
+}
+
+// setFlags sets what the recipe reads as farm.dry_run and farm.verbose.
+func (rt *Runtime) setFlags(dryRun, verbose bool) {
 	if m, ok := rt.predeclared["farm"].(*starlarkstruct.Module); ok {
-		m.Members["dry_run"] = starlark.Bool(rt.Door.DryRun)
-		m.Members["verbose"] = starlark.Bool(rt.Door.Verbose)
+		m.Members["dry_run"] = starlark.Bool(dryRun)
+		m.Members["verbose"] = starlark.Bool(verbose)
 	}
 }
 

@@ -145,7 +145,7 @@ func (c *Conn) run(cmd string, o RunOpts) (Result, error) {
 	var stdout, stderr trace.SyncBuffer
 	var ow, ew io.Writer = &stdout, &stderr
 	if o.Stream {
-		ow, ew = io.MultiWriter(&stdout, os.Stdout), io.MultiWriter(&stderr, os.Stderr)
+		ow, ew = io.MultiWriter(&stdout, c.d.StreamOut()), io.MultiWriter(&stderr, c.d.StreamErr())
 	}
 	sess.Stdout, sess.Stderr = ow, ew
 	switch {

@@ -43,6 +43,11 @@ type Door struct {
 	Priv []string
 	// Root reports that pifarm already runs privileged: no prefix is needed.
 	Root bool
+	// Stdout and Stderr receive the output of commands whose output is
+	// streamed as it arrives (StreamOut, StreamErr); nil means pifarm's
+	// own standard output and error. A run over a node set gives each
+	// node's door its own, so the output lands in the node's log.
+	Stdout, Stderr io.Writer
 
 	mu      sync.Mutex
 	secrets []string
