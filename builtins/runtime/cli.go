@@ -50,6 +50,8 @@ commands:
   recipes                  list the bundled recipes
   doc [MODULE[.FUNCTION]]  reference of the builtin modules
   config                   print the built-in default config.star
+  runs [RUN [NODE]]        the recent runs over node sets, one run's outcome
+                           per node (RUN: last, or a run's name), a node's log
 
 options:
   -n, --dry-run            print every action as a shell command, change nothing
@@ -350,6 +352,8 @@ func Main(o Options) int {
 		return ExitOK
 	case "doc":
 		return rt.doc(rest, o.Stdout, o.Stderr)
+	case "runs":
+		return rt.runsCmd(rest, o.Stdout, o.Stderr)
 	}
 	fmt.Fprintf(o.Stderr, "pifarm: unknown command %q\n%s\n", cmd, usageHeader)
 	return ExitUsage

@@ -95,6 +95,13 @@ func (o *nodeOut) writer(k lineKind, masked bool) io.Writer {
 	return w
 }
 
+// setLog makes w (nil: none) receive every line from now on.
+func (o *nodeOut) setLog(w io.Writer) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.log = w
+}
+
 // line records one line of the node's output.
 func (o *nodeOut) line(k lineKind, text string) {
 	o.mu.Lock()

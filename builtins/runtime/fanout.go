@@ -74,6 +74,15 @@ func (e *FanoutError) Error() string {
 func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) error {
 	nodes := p.fanout
 	dry, verbose := rt.Door.DryRun, rt.Door.Verbose
+	started := time.Now()
+	var rec *record
+	if !dry {
+		var err error
+		if rec, err = rt.newRecord(name, argv, p.fanoutText, nodes, started); err != nil {
+			return err
+		}
+		defer rec.close()
+	}
 	disp := rt.newDisplay(nodes, dry, verbose)
 	outs := make([]*nodeOut, len(nodes))
 	for i, n := range nodes {
@@ -85,6 +94,7 @@ func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) err
 	for i, n := range nodes {
 		results[i] = &nodeResult{Node: n, Exit: -1, Cause: "not run"}
 	}
+
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -114,6 +124,9 @@ func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) err
 			defer wg.Done()
 			defer func() { <-slots }()
 			out := outs[i]
+			if rec != nil {
+				out.setLog(rec.log(n))
+			}
 			disp.begin(i)
 			t0 := time.Now()
 			end, err := rt.runNode(ctx, src, name, argv, p, n, out)
@@ -154,6 +167,13 @@ func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) err
 	}
 	for _, o := range outs {
 		o.flush()
+	}
+	if rec != nil {
+		masks := make([]func(string) string, len(outs))
+		for i, o := range outs {
+			masks[i] = o.mask
+		}
+		rec.finish(results, time.Since(started), masks)
 	}
 	disp.close(results)
 	fe := &FanoutError{Recipe: name, Set: p.fanoutText, Total: len(nodes)}

@@ -2,25 +2,38 @@ package runtime
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"pifarm/builtins/farm"
 	"pifarm/builtins/startest"
 )
 
 const fanRecipe = "testdata/recipes/fan.star"
+
+// fanEnv is goldenEnv with a cache of the test's own (runs records the
+// live fan-outs there); it returns the cache folder.
+func fanEnv(t *testing.T) string {
+	t.Helper()
+	goldenEnv(t)
+	cache := t.TempDir()
+	t.Setenv("PIFARM_CACHE", cache)
+	return cache
+}
 
 // TestFanOutInAPipe: a node set runs the recipe once per node; in a pipe
 // every line is prefixed with its node, standard output and error kept
 // apart; one node's failure stops no other; the summary table names the
 // cause; the exit status is 1.
 func TestFanOutInAPipe(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	o, e, code := pifarm(t, "run", fanRecipe, "--fail-on", "2", "1-3")
 	if code != ExitFailed {
 		t.Errorf("exit %d, want 1", code)
@@ -70,7 +83,7 @@ func TestFanOutInAPipe(t *testing.T) {
 // TestFanOutFailFast: with --fail-fast (before or after the recipe name)
 // the nodes after a failure do not run; without it they all do.
 func TestFanOutFailFast(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	for _, args := range [][]string{
 		{"--fail-fast", "-j", "1", "run", fanRecipe, "--fail-on", "1", "1-3"},
 		{"run", fanRecipe, "-j1", "--fail-fast", "--fail-on", "1", "1-3"},
@@ -90,7 +103,7 @@ func TestFanOutFailFast(t *testing.T) {
 // TestFanOutRunsConcurrently: three nodes that each wait 0.4 s take about
 // 0.4 s with -j 3 and about 1.2 s with -j 1.
 func TestFanOutRunsConcurrently(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	took := func(j string) time.Duration {
 		t0 := time.Now()
 		o, e, code := pifarm(t, "-j", j, "run", fanRecipe, "--sleep", "0.4", "1-3")
@@ -109,7 +122,7 @@ func TestFanOutRunsConcurrently(t *testing.T) {
 // TestFanOutUsageErrors: a bad -j and a node set naming an unknown node
 // are usage errors (exit status 2) before anything runs.
 func TestFanOutUsageErrors(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -130,7 +143,7 @@ func TestFanOutUsageErrors(t *testing.T) {
 // TestFanOutMasksSecrets: a secret registered by one node's door is
 // masked in its print() output and in its streamed command output.
 func TestFanOutMasksSecrets(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	o, e, code := pifarm(t, "run", fanRecipe, "--secret", "hunter2", "1,2")
 	if code != 0 || strings.Contains(o+e, "hunter2") || !strings.Contains(o, "<2> entwo | the secret is ****") || !strings.Contains(o, "<1> enone | streamed secret ****") {
 		t.Errorf("exit %d\n%s%s", code, o, e)
@@ -143,7 +156,7 @@ func TestFanOutMasksSecrets(t *testing.T) {
 // the failure printed in full above them when it happened, and at the
 // end each node's outcome, one line each.
 func TestFanOutOnATerminal(t *testing.T) {
-	goldenEnv(t)
+	fanEnv(t)
 	ptm, pts := openPTY(t, 30, 100)
 	var raw bytes.Buffer
 	var wg sync.WaitGroup
@@ -294,4 +307,107 @@ func (s *screen) String() string {
 		b.WriteString(strings.TrimRight(string(l), " ") + "\n")
 	}
 	return b.String()
+}
+
+// TestFanOutRecord: a live fan-out records each node's whole output
+// (trace lines and failure included, secrets masked) in runs/DATE-RECIPE/
+// N.log and the outcome in summary.json, 0600 files in 0700 folders;
+// pifarm runs lists the runs, shows one, and prints a node's log.
+func TestFanOutRecord(t *testing.T) {
+	cache := fanEnv(t)
+	_, _, code := pifarm(t, "run", fanRecipe, "--fail-on", "2", "--secret", "hunter2", "1-3")
+	if code != ExitFailed {
+		t.Fatalf("exit %d", code)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cache, "runs", "*-fan"))
+	if len(dirs) != 1 {
+		t.Fatalf("run folders %v", dirs)
+	}
+	run := filepath.Base(dirs[0])
+	for _, p := range []string{filepath.Join(cache, "runs"), dirs[0]} {
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, %v", p, fi.Mode(), err)
+		}
+	}
+	files, _ := os.ReadDir(dirs[0])
+	var names []string
+	for _, e := range files {
+		names = append(names, e.Name())
+		if fi, _ := e.Info(); fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v", e.Name(), fi.Mode())
+		}
+		if b, _ := os.ReadFile(filepath.Join(dirs[0], e.Name())); strings.Contains(string(b), "hunter2") {
+			t.Errorf("%s holds the secret:\n%s", e.Name(), b)
+		}
+	}
+	if strings.Join(names, " ") != "1.log 2.log 3.log summary.json" {
+		t.Errorf("files %v", names)
+	}
+	log2, _ := os.ReadFile(filepath.Join(dirs[0], "2.log"))
+	for _, want := range []string{"the secret is ****\n", "streamed secret ****\n", "sh -c 'echo streamed from 2; echo to stderr from 2 >&2'\n", "streamed from 2\n", "to stderr from 2\n", "Error in fail: fail: asked to fail on <2> entwo\n"} {
+		if !strings.Contains(string(log2), want) {
+			t.Errorf("2.log lacks %q:\n%s", want, log2)
+		}
+	}
+	var sum farm.RunSummary
+	data, _ := os.ReadFile(filepath.Join(dirs[0], "summary.json"))
+	if err := json.Unmarshal(data, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Recipe != "fan" || sum.Set != "1-3" || !sum.Finished || sum.Exit != 1 || len(sum.Nodes) != 3 ||
+		sum.Nodes[1].Node != 2 || sum.Nodes[1].Exit != 1 || sum.Nodes[1].Error != "asked to fail on <2> entwo" ||
+		sum.Nodes[0].Exit != 0 || sum.Nodes[0].Error != "" || sum.Nodes[2].Seconds <= 0 || strings.Join(sum.Args, " ") != "--fail-on 2 --secret **** 1-3" {
+		t.Errorf("summary.json:\n%s", data)
+	}
+
+	o, e, code := pifarm(t, "runs")
+	if code != 0 || !strings.Contains(o, run+"  fan     1-3    ") || !strings.Contains(o, "2 ok, 1 failed") {
+		t.Errorf("runs: exit %d\n%s%s", code, o, e)
+	}
+	o, e, code = pifarm(t, "runs", "last")
+	if code != 0 || !strings.Contains(o, "run "+run+": pifarm run fan --fail-on 2 --secret '****' 1-3\n") ||
+		!strings.Contains(o, "<2> entwo    failed  ") || !strings.Contains(o, filepath.Join(dirs[0], "2.log")+"  asked to fail on <2> entwo\n") {
+		t.Errorf("runs last: exit %d\n%s%s", code, o, e)
+	}
+	for _, node := range []string{"2", "entwo"} {
+		o, e, code = pifarm(t, "runs", "last", node)
+		if code != 0 || o != string(log2) {
+			t.Errorf("runs last %s: exit %d\n%s%s", node, code, o, e)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"runs", "nosuch"}, `no run "nosuch"`},
+		{[]string{"runs", "last", "4"}, `has no node "4" (its nodes: 1=enone, 2=entwo, 3=enthree)`},
+		{[]string{"runs", "--frob"}, "unknown option --frob"},
+		{[]string{"runs", "a", "b", "c"}, `unexpected argument "c"`},
+	} {
+		o, e, code := pifarm(t, tc.args...)
+		if code != ExitUsage || !strings.Contains(e, tc.want) {
+			t.Errorf("%v: exit %d, want 2 and %q\n%s%s", tc.args, code, tc.want, o, e)
+		}
+	}
+	// a dry run records nothing
+	pifarm(t, "-n", "run", fanRecipe, "1-3")
+	if dirs, _ := filepath.Glob(filepath.Join(cache, "runs", "*")); len(dirs) != 1 {
+		t.Errorf("after a dry run: %v", dirs)
+	}
+}
+
+// TestFanOutRefusesLinkedRuns: a symbolic link at the cache's runs
+// folder stops a live fan-out before any node runs, and nothing is
+// written through it.
+func TestFanOutRefusesLinkedRuns(t *testing.T) {
+	cache := fanEnv(t)
+	elsewhere := t.TempDir()
+	os.Symlink(elsewhere, filepath.Join(cache, "runs"))
+	o, e, code := pifarm(t, "run", fanRecipe, "1-2")
+	if code != ExitFailed || strings.Contains(o, "hello") || !strings.Contains(e, "runs is not a folder") {
+		t.Errorf("exit %d\n%s%s", code, o, e)
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("written through the link: %v", ents)
+	}
 }
