@@ -40,11 +40,11 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-T0=$(date +%s%N)
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-die() { echo "build.sh: $*" >&2; exit 1; }
-log() { printf '[%6.1fs] %s\n' "$(( ($(date +%s%N) - T0) / 1000000 ))e-3" "$*"; }
+TG_NAME=build.sh TG_T0=$(date +%s%N)
+. "$SRC/lib.sh"
+usage() { tg_usage "${BASH_SOURCE[0]}"; }
+die() { tg_die "$@"; }
+log() { tg_log "$@"; }
 
 NOPW=0 REFRESH=0 OUT=
 while [ $# -gt 0 ]; do
@@ -75,39 +75,20 @@ PW_SALT=pifarmtestguest0                 # fixed salt: same image bytes every bu
 
 CACHE=${PIFARM_TESTGUEST_CACHE:-$HOME/.cache/pifarm/testguest}
 # the archives this host's apt configuration names (read at run time)
-host_archive() {
-  apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 2>/dev/null |
-    awk -v s="$1" '$1 == s { sub(/\/$/, "", $2); print $2; exit }'
-}
-MIRROR=${PIFARM_DEBIAN_MIRROR:-$(host_archive bookworm)}
-SECURITY=${PIFARM_DEBIAN_SECURITY:-$(host_archive bookworm-security)}
+MIRROR=${PIFARM_DEBIAN_MIRROR:-$(tg_host_archive bookworm)}
+SECURITY=${PIFARM_DEBIAN_SECURITY:-$(tg_host_archive bookworm-security)}
 [ -n "$MIRROR" ] || die "this host's apt configuration names no Debian bookworm archive (see /etc/apt/sources.list.d); set PIFARM_DEBIAN_MIRROR"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/lock"
 flock -w 600 9 || die "another build holds $CACHE/lock"
 
 # ---- 1. host tools (installed only when missing) ------------------------------
-host_tools() {
-  local want=() t
-  # tool:package
-  for t in dpkg-deb:dpkg apt-get:apt mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs \
-           sfdisk:fdisk fdtput:device-tree-compiler cpio:cpio depmod:kmod modprobe:kmod \
-           openssl:openssl gzip:gzip flock:util-linux qemu-aarch64-static:qemu-user-static \
-           aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
-           aarch64-linux-gnu-readelf:binutils-aarch64-linux-gnu; do
-    command -v "${t%%:*}" >/dev/null || want+=("${t#*:}")
-  done
-  [ -e /usr/aarch64-linux-gnu/lib/libc.a ] || want+=(libc6-dev-arm64-cross)
-  [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || want+=(debian-archive-keyring)
-  [ ${#want[@]} = 0 ] && return 0
-  mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
-  log "installing host packages: ${want[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null ||
-    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null; } ||
-    die "could not install host packages: ${want[*]}"
-}
-host_tools
+tg_host_tools dpkg-deb:dpkg apt-get:apt mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs \
+  sfdisk:fdisk fdtput:device-tree-compiler cpio:cpio depmod:kmod modprobe:kmod \
+  openssl:openssl gzip:gzip flock:util-linux qemu-aarch64-static:qemu-user-static \
+  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu aarch64-linux-gnu-readelf:binutils-aarch64-linux-gnu \
+  /usr/aarch64-linux-gnu/lib/libc.a:libc6-dev-arm64-cross \
+  /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
 
 # ---- 2. arm64 packages: private apt lists and a .deb cache ---------------------
 APTDIR=$CACHE/apt
