@@ -212,8 +212,26 @@ pf_id_of_mac() {
 	PF_ID=$((0x$pf_im1${pf_im%%:*}${pf_im#*:}))
 }
 
-# pf_if_addr IFACE: its first IPv4 address with prefix (1.2.3.4/24).
-pf_if_addr() { ip -4 -o addr show dev "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "inet") { print $(i + 1); exit } }'; }
+# pf_if_addr IFACE: its first global IPv4 address with prefix (1.2.3.4/24).
+# A link-local one (169.254.0.0/16, which dhcpcd gives a NIC before or
+# without a lease) is no address of the node.
+pf_if_addr() {
+	ip -4 -o addr show dev "$1" 2>/dev/null | awk '/ scope (link|host) / { next }
+		{ for (i = 1; i < NF; i++) if ($i == "inet" && $(i + 1) !~ /^169\.254\./) { print $(i + 1); exit } }'
+}
+
+# pf_net_of ADDR/LEN: the network of an address (100.65.5.15/24 -> 100.65.5.0/24).
+pf_net_of() {
+	pf_no_len=${1#*/}
+	pf_no_ifs=$IFS
+	IFS=.
+	# shellcheck disable=SC2086
+	set -- ${1%/*}
+	IFS=$pf_no_ifs
+	pf_no=$((($1 << 24) | ($2 << 16) | ($3 << 8) | $4))
+	pf_no=$((pf_no & ((0xffffffff << (32 - pf_no_len)) & 0xffffffff)))
+	echo "$((pf_no >> 24 & 255)).$((pf_no >> 16 & 255)).$((pf_no >> 8 & 255)).$((pf_no & 255))/$pf_no_len"
+}
 
 # pf_default_gw: the IPv4 default gateway.
 pf_default_gw() { ip -4 route show default 2>/dev/null | awk '$1 == "default" { for (i = 2; i < NF; i++) if ($i == "via") { print $(i + 1); exit } }'; }
@@ -247,17 +265,128 @@ pf_rename() {
 }
 
 # pf_unmanaged IFACE: keep NetworkManager (RaspiOS Bookworm) off an interface
-# that gets a static address here; nothing where NetworkManager is absent.
+# that gets a static address here; nothing where NetworkManager is absent or
+# udev marked the interface NM_UNMANAGED already (pifarm's QEMU NICs, by the
+# rule in /etc/udev/rules.d/70-pifarm-qemu-nics.rules: no nmcli, which is slow
+# on an emulated CPU). dhcpcd is kept off them by pf_dhcpcd_deny.
 pf_unmanaged() {
 	pf_have nmcli || return 0
+	pf_read "$SYSFS/class/net/$1/ifindex" && pf_udev_unmanaged "$PF_LINE" && return 0
 	pf_runq nmcli device set "$1" managed no || true
 }
 
-# pf_set_hostname NAME: the running host name and /etc/hostname.
+# pf_udev_unmanaged IFINDEX: whether udev's database marks the interface
+# NM_UNMANAGED (read without a process).
+pf_udev_unmanaged() {
+	[ -r "$ROOT/run/udev/data/n$1" ] || return 1
+	while IFS= read -r pf_uu; do
+		[ "$pf_uu" = E:NM_UNMANAGED=1 ] && return 0
+	done <"$ROOT/run/udev/data/n$1"
+	return 1
+}
+
+# pf_dhcpcd_deny: where dhcpcd is installed (RaspiOS Bullseye), /etc/dhcpcd.conf
+# gets, once, the lines that keep it off the LAN and WLAN NICs (lan*, wlan0):
+# they have static addresses from the boot scripts, and dhcpcd would give them
+# IPv4 link-local ones (and ask for a lease nobody serves) besides. Returns 0
+# when it changed the file (dhcpcd reads it when it starts).
+pf_dhcpcd_deny() {
+	[ -f "$ROOT/etc/dhcpcd.conf" ] || return 1
+	while IFS= read -r pf_dd; do
+		[ "$pf_dd" = "$PF_DHCPCD_MARK" ] && return 1
+	done <"$ROOT/etc/dhcpcd.conf"
+	pf_write /etc/dhcpcd.conf "$(cat "$ROOT/etc/dhcpcd.conf")
+
+$PF_DHCPCD_MARK
+denyinterfaces lan* wlan0"
+}
+PF_DHCPCD_MARK="# pifarm: lan* and wlan0 have static addresses (/etc/boot.d/30-network, 40-wlan)"
+
+# pf_netmgr: the network manager that serves the WAN NIC, in PF_NETMGR:
+# "nm" (NetworkManager enabled, RaspiOS Bookworm), "dhcpcd" (its systemd unit
+# installed, RaspiOS Bullseye; it may have been disabled by an older pifarm),
+# else "" (no systemd: the boot scripts run a DHCP client on wan0 themselves).
+pf_netmgr() {
+	PF_NETMGR=
+	[ -d "$ROOT/run/systemd/system" ] || return 0
+	if pf_unit_enabled NetworkManager; then
+		PF_NETMGR=nm
+	elif [ -f "$ROOT/lib/systemd/system/dhcpcd.service" ] || [ -f "$ROOT/usr/lib/systemd/system/dhcpcd.service" ]; then
+		PF_NETMGR=dhcpcd
+	fi
+}
+
+# pf_wan_dhcp: make sure a DHCP client serves wan0 (it keeps, or finally
+# gets, the lease), after pf_netmgr: NetworkManager and dhcpcd under systemd
+# do it themselves (a dhcpcd unit that an older pifarm disabled is enabled
+# again); without systemd udhcpc (with the guest's own event script) or a
+# dhcpcd for wan0 alone starts in the background.
+pf_wan_dhcp() {
+	case $PF_NETMGR in
+	nm) return 0 ;;
+	dhcpcd)
+		pf_unit_enabled dhcpcd && return 0
+		pf_say "dhcpcd enabled again: it serves wan0"
+		pf_runq systemctl enable --now dhcpcd || pf_say "could not enable dhcpcd"
+		return 0
+		;;
+	esac
+	pf_wd=$ROOT/run/udhcpc.wan0.pid
+	if [ -f "$pf_wd" ] && kill -0 "$(cat "$pf_wd")" 2>/dev/null; then
+		return 0
+	elif pf_have udhcpc; then
+		set -- -i wan0 -b -t 20 -T 2 -p /run/udhcpc.wan0.pid
+		for pf_wd in /etc/udhcpc/default.script /etc/udhcpc.script /usr/share/udhcpc/default.script; do
+			if [ -x "$ROOT$pf_wd" ]; then
+				set -- "$@" -s "$pf_wd"
+				break
+			fi
+		done
+		# in the background: udhcpc -b only detaches once it has a lease
+		if [ -n "${PIFARM_BOOT_DRY:-}" ]; then
+			pf_run udhcpc "$@"
+		else
+			udhcpc "$@" </dev/null >/dev/null 2>&1 &
+		fi
+	elif pf_have dhcpcd; then
+		pf_runq dhcpcd -b -4 wan0
+	fi
+}
+
+# pf_node_v: this machine's node id as the node tables give it, in PF_NODE
+# (empty when unknown): under QEMU from pifarm's MAC of a NIC (52:54:5x:<id>),
+# else from a NIC's address on an "nN.wan" line of /etc/hosts; on hardware
+# from a NIC named lanN by /etc/iftab. It only reads.
+pf_node_v() {
+	PF_NODE=
+	for pf_nv in $(pf_netifs); do
+		pf_mac_v "$pf_nv"
+		if pf_id_of_mac "$PF_MAC"; then
+			[ -n "$(pf_node_info -n "$PF_ID")" ] && PF_NODE=$PF_ID && return 0
+		fi
+		pf_nv=$(pf_iftab_name "$PF_MAC")
+		case $pf_nv in lan[0-9]*) PF_NODE=${pf_nv#lan} && return 0 ;; esac
+	done
+	for pf_nv in $(pf_netifs); do
+		pf_nv=$(pf_if_addr "$pf_nv")
+		[ -n "$pf_nv" ] || continue
+		pf_nv=$(pf_node_of_wan "${pf_nv%/*}")
+		[ -n "$pf_nv" ] && PF_NODE=$pf_nv && return 0
+	done
+	return 0
+}
+
+# pf_set_hostname NAME: the running host name and /etc/hostname. Under
+# systemd through hostnamed (hostnamectl): NetworkManager follows it, where a
+# host name set behind its back would be put back to the one it started with.
 pf_set_hostname() {
 	pf_read "$ROOT/proc/sys/kernel/hostname" || PF_LINE=$(hostname 2>/dev/null)
 	if [ "$PF_LINE" != "$1" ]; then
-		pf_run hostname "$1"
+		if [ -d "$ROOT/run/systemd/system" ] && pf_have hostnamectl; then
+			pf_run hostnamectl set-hostname "$1" || pf_run hostname "$1"
+		else
+			pf_run hostname "$1"
+		fi
 	fi
 	pf_write /etc/hostname "$1" && pf_say "host name $1"
 	return 0
