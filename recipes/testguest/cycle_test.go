@@ -1,19 +1,21 @@
-// Package testguest holds pifarm's test guest builder (build.sh) and the
-// end-to-end test of the whole farm cycle on it (cycle.sh), run here with
-// real QEMU, real netlink, real SSH.
+// Package testguest holds pifarm's test guest builders (build.sh: busybox,
+// build-debian.sh: a real Debian system with systemd) and the end-to-end
+// tests of the whole farm cycle on them (cycle.sh, cycle-debian.sh), run here
+// with real QEMU, real netlink, real SSH.
 package testguest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 )
 
-// TestCycle builds pifarm and the test guests, then runs cycle.sh: the whole
-// development cycle with pifarm commands only, asserting on what the guests
-// and the host show. It needs root (namespaces, TAPs) and takes minutes.
-func TestCycle(t *testing.T) {
+// needCycle skips (or, in CI, fails) where an end-to-end cycle cannot run:
+// -short, or not root.
+func needCycle(t *testing.T) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("the end-to-end cycle takes minutes; not in -short mode")
 	}
@@ -23,26 +25,68 @@ func TestCycle(t *testing.T) {
 		}
 		t.Skip("the end-to-end cycle needs root (network namespace, TAP devices)")
 	}
+}
+
+// buildPifarm builds the pifarm binary into a temporary folder.
+func buildPifarm(t *testing.T) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "pifarm")
 	build := exec.Command("go", "build", "-o", bin, "../..")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		t.Fatalf("go build: %v", err)
 	}
+	return bin
+}
+
+// runCycle runs a cycle script with args in the work folder
+// PIFARM_CYCLE_WORK (default: a temporary one) and adds its stage times, headed
+// by name, to os.TempDir()/pifarm-cycle-times.txt, which outlives the
+// test's folders for the CI log.
+func runCycle(t *testing.T, name, script string, args ...string) {
+	t.Helper()
 	work := os.Getenv("PIFARM_CYCLE_WORK")
 	if work == "" {
 		work = t.TempDir()
 	}
-	cmd := exec.Command("./cycle.sh", bin)
+	cmd := exec.Command(script, args...)
 	cmd.Env = append(os.Environ(), "PIFARM_CYCLE_WORK="+work)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	err := cmd.Run()
-	// The stage times outlive the test's temporary folder, for the CI log.
 	if times, rerr := os.ReadFile(filepath.Join(work, "times")); rerr == nil {
-		os.WriteFile(filepath.Join(os.TempDir(), "pifarm-cycle-times.txt"), times, 0o644)
+		if f, ferr := os.OpenFile(filepath.Join(os.TempDir(), "pifarm-cycle-times.txt"),
+			os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); ferr == nil {
+			fmt.Fprintf(f, "%s:\n%s", name, times)
+			f.Close()
+		}
 		t.Logf("stage times:\n%s", times)
 	}
 	if err != nil {
-		t.Fatalf("cycle.sh: %v", err)
+		t.Fatalf("%s: %v", script, err)
+	}
+}
+
+// TestCycle builds pifarm and the busybox test guests, then runs cycle.sh:
+// the whole development cycle with pifarm commands only, asserting on what
+// the guests and the host show. It needs root (namespaces, TAPs) and takes
+// minutes.
+func TestCycle(t *testing.T) {
+	needCycle(t)
+	runCycle(t, "busybox guest", "./cycle.sh", buildPifarm(t))
+}
+
+// TestCycleDebian runs cycle-debian.sh on each variant of the systemd test
+// guest (a real Debian bookworm arm64 system built with debootstrap, the
+// build cached): dhcpcd (RaspiOS Bullseye-like) and NetworkManager (Bookworm-
+// like). Enrolment, base system, a sudo user, clones with the right node
+// identity, bridge and ping, shutdown. Root only, like TestCycle; the first
+// build takes several minutes.
+func TestCycleDebian(t *testing.T) {
+	needCycle(t)
+	bin := buildPifarm(t)
+	for _, v := range []string{"dhcpcd", "nm"} {
+		t.Run(v, func(t *testing.T) {
+			runCycle(t, "systemd guest, "+v, "./cycle-debian.sh", v, bin)
+		})
 	}
 }
