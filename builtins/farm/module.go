@@ -121,6 +121,7 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, kind (\"qemu\"\nor \"hardware\"), tags (a tuple), name, lan, wan, lan_net, wan_net, ssh_port, console_port,\nvnc_port, vnc_display, mac_wan, mac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel,\nssid, lan_tap, wlan_tap and the cache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
 			{Name: "nodes", Args: "set=\"all\"", Fn: m.nodes,
 				Doc: "The nodes of a node set, ordered by id (see farm.node); every node of the table by default.\n" + setDoc},
+			{Name: "parallel", Args: "fn, nodes, jobs=None", Fn: m.parallel, Doc: parallelDoc},
 			{Name: "hosts", Fn: m.hosts,
 				Doc: "The guest's /etc/hosts rendered from the node table."},
 			{Name: "iftab", Fn: m.iftab,

@@ -126,6 +126,9 @@ func nodeTags(id int, v starlark.Value) ([]string, error) {
 // Farm is the configured farm: what every module consults.
 type Farm struct {
 	Config *Config
+	// Jobs is how many calls farm.parallel runs at once unless told: the
+	// run's -j (the runtime sets it; 0 counts as 1).
+	Jobs int
 }
 
 // New returns the farm of a validated configuration.

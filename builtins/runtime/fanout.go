@@ -207,6 +207,7 @@ func (rt *Runtime) runNode(ctx context.Context, src source, name string, argv []
 	nrt := New(d, rt.Farm.Config, stdout)
 	nrt.Fan = rt.Fan
 	nrt.Fan.Jobs = rt.jobs()
+	nrt.Farm.Jobs = nrt.Fan.Jobs
 	s, g, err := nrt.loadSpec(src, name)
 	if err != nil {
 		return nrt.End, err

@@ -253,10 +253,11 @@ func (rt *Runtime) RunRecipe(src source, name string, argv []string, longHelp bo
 	if err := rt.prepareCache(); err != nil {
 		return err
 	}
+	if p.jobs > 0 {
+		rt.Fan.Jobs = p.jobs
+	}
+	rt.Farm.Jobs = rt.jobs()
 	if p.fanout != nil {
-		if p.jobs > 0 {
-			rt.Fan.Jobs = p.jobs
-		}
 		rt.Fan.FailFast = rt.Fan.FailFast || p.failFast
 		return rt.fanOut(src, name, argv, p)
 	}
