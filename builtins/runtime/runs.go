@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -12,7 +13,7 @@ import (
 )
 
 // runsUsage is the command line of `pifarm runs`.
-const runsUsage = "usage: pifarm runs [--all] [RUN [NODE]]   (RUN: a run's folder name, a prefix of it, or last)"
+const runsUsage = "usage: pifarm runs [--all] [--json] [RUN [NODE]]   (RUN: a run's folder name, a prefix of it, or last)"
 
 // runsShown is how many runs `pifarm runs` lists without --all.
 const runsShown = 20
@@ -20,12 +21,14 @@ const runsShown = 20
 // runsCmd is `pifarm runs`: the recent runs over node sets (newest
 // first), one run's outcome per node (RUN), or a node's log (RUN NODE).
 func (rt *Runtime) runsCmd(args []string, stdout, stderr io.Writer) int {
-	all := false
+	all, asJSON := false, false
 	var pos []string
 	for _, a := range args {
 		switch {
 		case a == "--all":
 			all = true
+		case a == "--json":
+			asJSON = true
 		case a == "-h" || a == "--help":
 			fmt.Fprintln(stdout, runsUsage)
 			return ExitOK
@@ -47,14 +50,20 @@ func (rt *Runtime) runsCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "pifarm: runs: %v\n", err)
 			return ExitFailed
 		}
-		if len(runs) == 0 {
-			fmt.Fprintf(stdout, "no runs recorded in %s (a recipe run over a node set records one)\n", f.RunsDir())
-			return ExitOK
-		}
 		if !all && len(runs) > runsShown {
 			runs = runs[:runsShown]
 		}
-		fmt.Fprint(stdout, runsTable(runs))
+		switch {
+		case asJSON:
+			if runs == nil {
+				runs = []*farm.RunSummary{}
+			}
+			writeJSON(stdout, runs)
+		case len(runs) == 0:
+			fmt.Fprintf(stdout, "no runs recorded in %s (a recipe run over a node set records one)\n", f.RunsDir())
+		default:
+			fmt.Fprint(stdout, runsTable(runs))
+		}
 		return ExitOK
 	}
 	s, err := f.FindRun(pos[0])
@@ -63,8 +72,16 @@ func (rt *Runtime) runsCmd(args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	if len(pos) == 1 {
-		fmt.Fprint(stdout, runTable(f, s))
+		if asJSON {
+			writeJSON(stdout, s)
+		} else {
+			fmt.Fprint(stdout, runTable(f, s))
+		}
 		return ExitOK
+	}
+	if asJSON {
+		fmt.Fprintf(stderr, "pifarm: runs: --json is for the lists of runs and nodes; a node's log is text\n")
+		return ExitUsage
 	}
 	id, err := runNode(f, s, pos[1])
 	if err != nil {
@@ -145,4 +162,12 @@ func runTable(f *farm.Farm, s *farm.RunSummary) string {
 	}
 	b.WriteString(textTable(rows))
 	return b.String()
+}
+
+// writeJSON writes v as indented JSON (HTML characters as they are).
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }
