@@ -157,7 +157,10 @@ echo "Reading package lists..."
 	}
 	calls := r.g.read("/var/log/apt-calls")
 	lines := strings.Split(strings.TrimSpace(calls), "\n")
-	if len(lines) != 5 || !strings.HasPrefix(lines[0], "noninteractive -q update") ||
+	// every download goes through the farm's package cache on the host
+	// (pkgcache's proxy at the .2 address of the guest's WAN net)
+	proxy := "-o Acquire::http::Proxy=http://100.65.4.2:5699"
+	if len(lines) != 5 || lines[0] != "noninteractive -q "+proxy+" update" || !strings.Contains(lines[1], proxy) || !strings.Contains(lines[2], proxy) ||
 		!strings.Contains(lines[1], "install -y -q") || !strings.HasSuffix(lines[1], " hostapd i2c-tools rfkill git build-essential autoconf automake libtool pkg-config rsync") ||
 		!strings.Contains(lines[2], "dist-upgrade -y") || lines[3] != " clean" || !strings.Contains(lines[4], "autoremove -y") {
 		t.Errorf("apt-get calls:\n%s", calls)
