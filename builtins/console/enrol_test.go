@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	xssh "golang.org/x/crypto/ssh"
 	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/runtime"
 	"pifarm/builtins/trace"
@@ -25,9 +26,10 @@ import (
 // log-in reads the guest's authorized_keys files.
 type fakeGuest struct {
 	t       *testing.T
-	root    string // guest folders: root/ (/root), home/ (/home), state/, bin/
+	root    string // guest folders: root/ (/root), home/ (/home), etc-ssh/ (/etc/ssh), state/, bin/
 	con     *fakeguest.Console
 	sshAddr string
+	hostKey xssh.Signer // its SSH server's, in etc-ssh/ as the .pub a console reads
 
 	mu  sync.Mutex
 	ssh *fakeguest.SSHServer
@@ -58,9 +60,11 @@ func newFakeGuest(t *testing.T, consoleAddr, sshAddr string, noPi bool, configur
 		t.Skip("the fake guest binds its folders over /root and /home in a private mount namespace: run as root (as CI does)")
 	}
 	g := &fakeGuest{t: t, root: t.TempDir(), sshAddr: sshAddr}
-	for _, d := range []string{"root", "home/pi", "state", "bin"} {
+	for _, d := range []string{"root", "home/pi", "state", "bin", "etc-ssh"} {
 		os.MkdirAll(filepath.Join(g.root, d), 0o755)
 	}
+	g.hostKey = fakeguest.NewHostKey(t, false)
+	os.WriteFile(filepath.Join(g.root, "etc-ssh", "ssh_host_ed25519_key.pub"), xssh.MarshalAuthorizedKey(g.hostKey.PublicKey()), 0o644)
 	os.Chmod(filepath.Join(g.root, "root"), 0o700)
 	for _, part := range strings.Split(shims, "-- ")[1:] {
 		name, body, _ := strings.Cut(part, "\n")
@@ -91,8 +95,8 @@ func (g *fakeGuest) command(user, line string) *exec.Cmd {
 	if user == "root" {
 		home = "/root"
 	}
-	script := fmt.Sprintf("mount --bind %s /root && mount --bind %s /home && cd %s && exec sh -c \"$1\"",
-		trace.Quote(filepath.Join(g.root, "root")), trace.Quote(filepath.Join(g.root, "home")), home)
+	script := fmt.Sprintf("mount --bind %s /root && mount --bind %s /home && mkdir -p /etc/ssh && mount --bind %s /etc/ssh && cd %s && exec sh -c \"$1\"",
+		trace.Quote(filepath.Join(g.root, "root")), trace.Quote(filepath.Join(g.root, "home")), trace.Quote(filepath.Join(g.root, "etc-ssh")), home)
 	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", line)
 	cmd.Env = append(os.Environ(), "HOME="+home, "PATH="+filepath.Join(g.root, "bin")+":"+os.Getenv("PATH"),
 		"FAKEGUEST="+filepath.Join(g.root, "state"))
@@ -115,7 +119,7 @@ func (g *fakeGuest) startSSH() {
 			b, _ := os.ReadFile(p)
 			return b
 		}
-	})
+	}, g.hostKey)
 }
 
 func (g *fakeGuest) sshCommands() []string {
@@ -177,6 +181,11 @@ func TestEnrolRecipeAgainstAFakeGuest(t *testing.T) {
 	t.Logf("enrol took %s:\n%s", time.Since(start), out)
 	if code != 0 {
 		t.Fatalf("enrol exit %d:\n%s", code, out)
+	}
+	// the host key was read over the console (kernel noise and all) and
+	// recorded before the first SSH log-in, not trusted on first use
+	if fp := xssh.FingerprintSHA256(g.hostKey.PublicKey()); !strings.Contains(out, "SSH host keys read over the console and recorded: "+fp+"\n") {
+		t.Errorf("enrol did not record the host key %s read over the console:\n%s", fp, out)
 	}
 	pub, err := os.ReadFile(filepath.Join(filepath.Dir(cfg), "cache", "conf", "id_ed25519.pub"))
 	if err != nil {
