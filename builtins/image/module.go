@@ -71,6 +71,12 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 					"The text of its /etc/ssh/ssh_host_*_key.pub files, one key a line, for ssh.trust; \"\" when it\n" +
 					"holds none (a fresh RaspiOS makes its keys at its first boot, so keys recorded for the\n" +
 					"instance before no longer apply); None for a qcow2 clone, which debugfs cannot read."},
+			{Name: "identity", Args: "image=0", Fn: m.identityFn,
+				Doc: "What tells the guest on the disk from others (a query; read from its root file system in pure\n" +
+					"Go, raw and qcow2 alike, no mount, no root): struct(hostname, machine_id (\"\" when empty: made at\n" +
+					"the first boot), keys (its public host keys, one a line, ed25519 first), fingerprints (theirs,\n" +
+					"SHA256), arch (uname -m of its /bin/sh), error (None, or why the file system could not be\n" +
+					"read)). What a running or killed guest left in its journal is not seen."},
 			{Name: "registered", Args: "", Fn: m.registeredFn,
 				Doc: "The image file registered as instance 0 (what clone-0.raw links to), or None."},
 			{Name: "register", Args: "path", Fn: m.registerFn,

@@ -7,10 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"pifarm/builtins/image/internal/tooltest"
 )
 
 // qemuOn starts a real QEMU (raspi3b, paused, daemonized) on disk, with
@@ -19,35 +20,11 @@ import (
 // hand). It returns the QEMU's pid; the QEMU is stopped with the test.
 func qemuOn(t *testing.T, disk, format string) int {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
-		t.Fatal("qemu-system-aarch64 is needed (apt-get install qemu-system-arm)")
-	}
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "kernel")
 	os.WriteFile(kernel, make([]byte, 4096), 0o600)
-	pidfile := filepath.Join(dir, "qemu.pid")
-	out, err := exec.Command("qemu-system-aarch64", "-M", "raspi3b", "-m", "1G", "-kernel", kernel,
-		"-drive", "media=disk,if=sd,format="+format+",file="+disk, "-S", "-display", "none",
-		"-nodefaults", "-pidfile", pidfile, "-daemonize").CombinedOutput()
-	if err != nil {
-		t.Fatalf("qemu: %v %s", err, out)
-	}
-	b, _ := os.ReadFile(pidfile)
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("qemu pidfile %q", b)
-	}
-	t.Cleanup(func() {
-		if p, err := os.FindProcess(pid); err == nil {
-			p.Kill()
-		}
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-				return
-			}
-		}
-	})
-	return pid
+	return tooltest.QEMU(t, filepath.Join(dir, "qemu.pid"), "-M", "raspi3b", "-m", "1G", "-kernel", kernel,
+		"-drive", "media=disk,if=sd,format="+format+",file="+disk)
 }
 
 func sum(t *testing.T, path string) [32]byte {

@@ -123,6 +123,16 @@ error. Dry run with empty keys: says what would be recorded.`},
 file kept as known_hosts~), because its disk changed: a new image, a fresh clone,
 an image whose first boot will make new keys. why is said in the trace. Returns
 whether any were recorded.`},
+			{Name: "new_host_keys", Args: `comment=""`, Fn: m.newHostKeys,
+				Doc: `A new set of SSH host keys made on this host, as ssh-keygen -A makes them
+(ed25519, ECDSA P-256, RSA 3072; OpenSSH's private key format), for a guest's
+disk written offline: pifarm then knows the keys it will present before it
+boots (record them with ssh.trust), instead of trusting its first key.
+Returns struct(archive, public, fingerprints, files): archive is a tar of
+etc/ssh/ssh_host_TYPE_key (mode 0600) and .pub (0644), owner root, to unpack
+at the guest's root (bytes: the private keys appear in no trace); public the
+.pub lines, ed25519 first; fingerprints their SHA256 fingerprints. Makes
+nothing outside pifarm's memory, in a dry run too.`},
 			{Name: "command", Args: `instance, cmd="", port=None, user="root"`, Fn: m.command,
 				Doc: `The ssh command line a user would type to reach the instance (and run cmd).`},
 		},

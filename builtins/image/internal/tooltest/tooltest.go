@@ -1,17 +1,20 @@
 // Package tooltest is the test support that the image module and its
 // codec packages share: running the real tools (sfdisk, mkfs.vfat,
-// mkfs.ext4, mcopy, qemu-img) that make and check their fixtures, and
-// reproducible random content. Only tests import it.
+// mkfs.ext4, mcopy, qemu-img) that make and check their fixtures, a paused
+// QEMU, and reproducible random content. Only tests import it.
 package tooltest
 
 import (
 	"bytes"
 	"fmt"
 	"math/rand"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Run runs the command name with args (and stdin when not empty) and
@@ -50,4 +53,34 @@ func FsckClean(t testing.TB, img string, start, n uint64) {
 	if strings.Contains(out, "\n  ") || strings.Contains(strings.ToLower(out), "wrong") || strings.Contains(out, "Free cluster") {
 		t.Errorf("fsck.vfat -n:\n%s", out)
 	}
+}
+
+// QEMU starts qemu-system-aarch64 with args, paused before its first
+// instruction (-S) and daemonized, writing its pid to pidfile, and
+// returns the pid; the QEMU is killed when the test ends. No guest runs:
+// it is a QEMU process that holds what args give it (a disk open, a
+// pidfile).
+func QEMU(t testing.TB, pidfile string, args ...string) int {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
+		t.Fatal("qemu-system-aarch64 is needed (apt-get install qemu-system-arm)")
+	}
+	args = append(args, "-S", "-display", "none", "-nodefaults", "-pidfile", pidfile, "-daemonize")
+	Run(t, "", "qemu-system-aarch64", args...)
+	b, _ := os.ReadFile(pidfile)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("qemu pidfile %q", b)
+	}
+	t.Cleanup(func() {
+		if p, err := os.FindProcess(pid); err == nil {
+			p.Kill()
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+				return
+			}
+		}
+	})
+	return pid
 }
