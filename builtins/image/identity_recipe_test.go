@@ -132,3 +132,28 @@ func TestRecipeCloneIdentity(t *testing.T) {
 	}
 	step("pifarm runs neither as root nor with sudo without a password, so pifarm cannot open its disk", 1, "run", "box", "--new-identity", "2")
 }
+
+// TestRecipePromoteIdentity: a promoted clone's image becomes instance 0
+// with an identity of instance 0's own, not the clone's twice.
+func TestRecipePromoteIdentity(t *testing.T) {
+	dir := t.TempDir()
+	img := chroottest.Image(t)
+	cfg := recipeConfig(t, dir)
+	for _, st := range []struct{ want, args string }{
+		{"instance 0 is", "run image -i " + img + " --provide-qboot"},
+		{"hostname enone", "run box --force-clone 1"},
+		{"<0> loner: an identity of its own: hostname loner", "run image --promote 1"},
+	} {
+		if out, code := pifarmIn(cfg, strings.Fields(st.args)...); code != 0 || !strings.Contains(out, st.want) {
+			t.Fatalf("pifarm %s: exit %d, output lacks %q:\n%s", st.args, code, st.want, out)
+		}
+	}
+	id0, id1 := identityOf(t, img), identityOf(t, filepath.Join(dir, "cache/clones/raspi-clone-1/clone-1.qcow2"))
+	if id0.Hostname != "loner" || len(id0.Fingerprints) != 3 || id0.Same(id1) != "" {
+		t.Fatalf("instance 0 %+v shares %q with clone 1", id0, id0.Same(id1))
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "cache/clones/raspi-clone-0/known_hosts"))
+	if f := strings.Fields(id0.Keys[0]); !strings.Contains(string(b), f[0]+" "+f[1]) {
+		t.Fatalf("instance 0's known_hosts lacks its key:\n%s", b)
+	}
+}
