@@ -89,7 +89,7 @@ func TestGuestOffline(t *testing.T) {
 
 // TestDiskKeysFollowTheDisk: registering an image records the host keys
 // its root file system holds (read from the disk, not trusted on first
-// use), a fresh clone gets its base's, and a fresh image at the same path
+// use), a fresh clone gets keys of its own, and a fresh image at the same path
 // (no keys: its first boot makes new ones) makes pifarm forget the keys
 // recorded before.
 func TestDiskKeysFollowTheDisk(t *testing.T) {
