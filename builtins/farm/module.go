@@ -115,6 +115,9 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 			"config":  f.ConfigStruct(),
 			"dry_run": starlark.Bool(d.DryRun),
 			"verbose": starlark.Bool(d.Verbose),
+			// terminal: pifarm's standard output is a terminal (the
+			// runtime sets it), so a recipe may redraw in place.
+			"terminal": starlark.False,
 		},
 		Funcs: []trace.Func{
 			{Name: "node", Args: "ref", Fn: m.node,
@@ -122,6 +125,8 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 			{Name: "nodes", Args: "set=\"all\"", Fn: m.nodes,
 				Doc: "The nodes of a node set, ordered by id (see farm.node); every node of the table by default.\n" + setDoc},
 			{Name: "parallel", Args: "fn, nodes, jobs=None", Fn: m.parallel, Doc: parallelDoc},
+			{Name: "last_runs", Args: "", Fn: m.lastRuns, Doc: lastRunsDoc},
+			{Name: "sleep", Args: "secs", Fn: sleep, Doc: sleepDoc},
 			{Name: "hosts", Fn: m.hosts,
 				Doc: "The guest's /etc/hosts rendered from the node table."},
 			{Name: "iftab", Fn: m.iftab,

@@ -300,3 +300,28 @@ func (f *Farm) LastRun(id int) (*RunSummary, *NodeSummary, error) {
 	}
 	return nil, nil, nil
 }
+
+// LastRuns is, for every node that took part in a recorded run, the
+// newest such run and the node's outcome in it: what LastRun gives, for
+// all nodes at one reading of the records.
+func (f *Farm) LastRuns() (map[int]LastRunOf, error) {
+	runs, err := f.Runs()
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]LastRunOf{}
+	for _, s := range runs {
+		for _, n := range s.Nodes {
+			if _, seen := out[n.Node]; !seen {
+				out[n.Node] = LastRunOf{Run: s, Node: n}
+			}
+		}
+	}
+	return out, nil
+}
+
+// LastRunOf is a node's newest recorded run and its outcome there.
+type LastRunOf struct {
+	Run  *RunSummary
+	Node NodeSummary
+}

@@ -206,6 +206,7 @@ func (rt *Runtime) runNode(ctx context.Context, src source, name string, argv []
 	d.Stdout, d.Stderr = out.writer(kindOut, true), out.writer(kindErrOut, true)
 	nrt := New(d, rt.Farm.Config, stdout)
 	nrt.Fan = rt.Fan
+	nrt.Fan.Terminal = false
 	nrt.Fan.Jobs = rt.jobs()
 	nrt.Farm.Jobs = nrt.Fan.Jobs
 	s, g, err := nrt.loadSpec(src, name)

@@ -284,11 +284,14 @@ func (rt *Runtime) applyFlags(p *parsed) {
 	rt.setFlags(rt.Door.DryRun, rt.Door.Verbose)
 }
 
-// setFlags sets what the recipe reads as farm.dry_run and farm.verbose.
+// setFlags sets what the recipe reads as farm.dry_run, farm.verbose and
+// farm.terminal (standard output is a terminal; never for one node of a
+// node set, whose output goes to its log).
 func (rt *Runtime) setFlags(dryRun, verbose bool) {
 	if m, ok := rt.predeclared["farm"].(*starlarkstruct.Module); ok {
 		m.Members["dry_run"] = starlark.Bool(dryRun)
 		m.Members["verbose"] = starlark.Bool(verbose)
+		m.Members["terminal"] = starlark.Bool(rt.Fan.Terminal)
 	}
 }
 
