@@ -53,16 +53,21 @@ type nodeResult struct {
 	Error, Cause string
 }
 
-// FanoutError is the error of a fan-out in which some nodes failed.
+// FanoutError is the error of a fan-out in which some nodes failed or
+// did not run.
 type FanoutError struct {
-	Recipe, Set   string
-	Failed, Total int
-	// Names labels the failed nodes.
+	Recipe, Set           string
+	Failed, NotRun, Total int
+	// Names labels the failed nodes and those that did not run.
 	Names []string
 }
 
 func (e *FanoutError) Error() string {
-	return fmt.Sprintf("%s %s: %d of %d nodes failed: %s", e.Recipe, e.Set, e.Failed, e.Total, strings.Join(e.Names, ", "))
+	what := fmt.Sprintf("%d of %d nodes failed", e.Failed, e.Total)
+	if e.NotRun > 0 {
+		what += fmt.Sprintf(", %d did not run", e.NotRun)
+	}
+	return fmt.Sprintf("%s %s: %s: %s", e.Recipe, e.Set, what, strings.Join(e.Names, ", "))
 }
 
 // fanOut runs the recipe once per node of p.fanout, at most rt.jobs() at
@@ -149,8 +154,11 @@ func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) err
 					r.Exit = ExitUsage
 				}
 				r.Error, r.Cause = out.mask(failureText(err)), out.mask(oneLine(err))
-				if interrupted {
+				switch {
+				case interrupted:
 					r.Cause = "stopped: another node failed (--fail-fast)"
+				case rt.Door.Context().Err() != nil:
+					r.Cause = "interrupted"
 				}
 				out.flush()
 				for _, l := range strings.Split(r.Error, "\n") {
@@ -178,12 +186,17 @@ func (rt *Runtime) fanOut(src source, name string, argv []string, p *parsed) err
 	disp.close(results)
 	fe := &FanoutError{Recipe: name, Set: p.fanoutText, Total: len(nodes)}
 	for _, r := range results {
-		if r.Exit != 0 {
+		switch r.Exit {
+		case 0:
+			continue
+		case -1:
+			fe.NotRun++
+		default:
 			fe.Failed++
-			fe.Names = append(fe.Names, r.Node.Label())
 		}
+		fe.Names = append(fe.Names, r.Node.Label())
 	}
-	if fe.Failed > 0 {
+	if fe.Failed+fe.NotRun > 0 {
 		return fe
 	}
 	return nil
@@ -244,9 +257,6 @@ func failureText(err error) string {
 // fail()'s text), else the error itself; blanks and line breaks folded,
 // at most 160 characters.
 func oneLine(err error) string {
-	if errors.Is(err, context.Canceled) {
-		return "interrupted"
-	}
 	s := err.Error()
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		if x, ok := e.(*starlark.EvalError); ok {

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -90,7 +91,7 @@ func TestFanOutFailFast(t *testing.T) {
 	} {
 		o, e, code := pifarm(t, args...)
 		if code != ExitFailed || strings.Contains(o, "enthree") || !strings.Contains(e, "<3> enthree  not run  -        not run: another node failed (--fail-fast)") ||
-			!strings.Contains(e, "pifarm: fan 1-3: 3 of 3 nodes failed") {
+			!strings.Contains(e, "pifarm: fan 1-3: 1 of 3 nodes failed, 2 did not run: <1> enone, <2> entwo, <3> enthree") {
 			t.Errorf("%v: exit %d\n%s%s", args, code, o, e)
 		}
 	}
@@ -409,5 +410,25 @@ func TestFanOutRefusesLinkedRuns(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
 		t.Errorf("written through the link: %v", ents)
+	}
+}
+
+// TestFanOutInterrupted: Ctrl-C stops the running nodes and starts no
+// other; the record says which were interrupted and which never ran.
+func TestFanOutInterrupted(t *testing.T) {
+	fanEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var out, errb bytes.Buffer
+	t0 := time.Now()
+	code := Main(Options{Args: []string{"-j", "2", "run", fanRecipe, "--sleep", "5", "1-4"}, Stdout: &out, Stderr: &errb, Ctx: ctx, NotRoot: true, DefaultConfig: startest.DefaultConfig(t)})
+	if code != ExitFailed || time.Since(t0) > 3*time.Second || !strings.Contains(errb.String(), "2 of 4 nodes failed, 2 did not run") {
+		t.Fatalf("exit %d after %v\n%s%s", code, time.Since(t0), out.String(), errb.String())
+	}
+	o, _, _ := pifarm(t, "runs", "last")
+	for _, want := range []string{"<1> enone    failed   ", "1.log  interrupted\n", "2.log  interrupted\n", "<4> enfour   not run  0.0      -  ", "  not run: interrupted\n"} {
+		if !strings.Contains(o, want) {
+			t.Errorf("runs last lacks %q:\n%s", want, o)
+		}
 	}
 }

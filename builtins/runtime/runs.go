@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -157,8 +158,11 @@ func runTable(f *farm.Farm, s *farm.RunSummary) string {
 		if !s.Finished && n.Exit == -1 {
 			word = "unfinished"
 		}
-		rows = append(rows, []string{fmt.Sprintf("<%d> %s", n.Node, n.Alias), word, fmt.Sprintf("%.1f", n.Seconds),
-			filepath.Join(f.RunsDir(), s.Run, n.Log), n.Error})
+		log := filepath.Join(f.RunsDir(), s.Run, n.Log)
+		if _, err := os.Lstat(log); err != nil {
+			log = "-"
+		}
+		rows = append(rows, []string{fmt.Sprintf("<%d> %s", n.Node, n.Alias), word, fmt.Sprintf("%.1f", n.Seconds), log, n.Error})
 	}
 	b.WriteString(textTable(rows))
 	return b.String()
