@@ -75,7 +75,7 @@ func (r *Root) Run(cmd string, o RunOpts) (Result, error) {
 		c.Stdin = bytes.NewReader(o.Stdin)
 	}
 	if o.Stream {
-		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		c.Stdout, c.Stderr = r.d.StreamOut(), r.d.StreamErr()
 	}
 	res, err := r.d.Exec(c)
 	out := Result{Stdout: string(res.Stdout), Stderr: string(res.Stderr), ExitCode: res.ExitCode}
