@@ -47,11 +47,13 @@ cycle_inner
 IMG=$W/raspios-test.img
 cp --sparse=always "$W/build.img" "$IMG"
 
-# boot_times PORT WHAT [CMD]: systemd's own account of a boot (and the output
-# of CMD, run as root in the same SSH session)
+# boot_times PORT WHAT [CMD]: systemd's own account of a boot: the time, the
+# slowest units, what the console's login prompt waited for (and the output of
+# CMD, run as root in the same SSH session)
 boot_times() {
   echo "-- boot of $2 (systemd-analyze)"
   gssh "$1" root "systemd-analyze time | head -n 1; systemd-analyze blame | head -n 12;
+    systemd-analyze critical-chain serial-getty@ttyAMA0.service | tail -n +4 | head -n 14;
     systemctl --failed --no-legend --plain | sed 's/^/failed unit: /'; ${3:-}" | tee -a "$W/boot-times"
 }
 # node_check PORT ALIAS LAN WAN: what a clone's boot scripts made of it
@@ -108,6 +110,7 @@ gssh 5700 root "test -x /etc/rc.local && test -f /etc/udev/rules.d/70-pifarm-qem
   grep -q n2.lan /etc/hosts && $deny" || fail "base system not installed (or dhcpcd.conf lacks pifarm's denyinterfaces)"
 out=$(gssh 5700 dev 'sudo -n id -u' 2>&1)
 [ "$out" = 0 ] || fail "user dev: sudo -n id -u said: $out"
+stage "checks (ssh)"
 
 cycle_clones "$IMG"
 node_check 5701 enone 192.168.66.7 100.65.4.15

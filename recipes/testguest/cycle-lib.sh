@@ -118,8 +118,7 @@ cycle_clones() {
 # cycle_clones_end: shut clones 1 and 2 down and remove them.
 cycle_clones_end() {
   echo "== shutdown both, remove the clones"
-  pf run shutdown 1
-  pf run shutdown 2
+  pf run shutdown 1,2                 # both at once
   [ -z "$(qpid 1)$(qpid 2)" ] || fail "a clone's QEMU still runs"
   pf run box --remove-all-clones
   [ ! -e "$W/cache/clones/raspi-clone-1/clone-1.qcow2" ] && [ ! -e "$W/cache/clones/raspi-clone-2/clone-2.qcow2" ] || fail "clones not removed"
@@ -129,12 +128,15 @@ cycle_clones_end() {
 # cycle_enrolled: instance 0 is enrolled: key log-in as root and as pi, the
 # key authorised once each, the root file system grown past 3 GiB.
 cycle_enrolled() {
-  local n kb
-  gssh 5700 root 'id -u' | grep -qx 0 || fail "no key login as root"
-  gssh 5700 pi 'id -un' | grep -qx pi || fail "no key login as pi"
-  n=$(gssh 5700 root 'cat /root/.ssh/authorized_keys /home/pi/.ssh/authorized_keys' | grep -c pifarm-cycle)
+  local out n kb
+  # one SSH session each: a log-in costs seconds on an emulated guest
+  out=$(gssh 5700 root 'id -u; cat /root/.ssh/authorized_keys /home/pi/.ssh/authorized_keys | grep -c pifarm-cycle;
+    df -k / | tail -1') || fail "no key login as root"
+  [ "$(echo "$out" | sed -n 1p)" = 0 ] || fail "no key login as root"
+  n=$(echo "$out" | sed -n 2p)
   [ "$n" = 2 ] || fail "the key is authorised $n times for root+pi, want once each"
-  kb=$(gssh 5700 root 'df -k / | tail -1' | awk '{print $2}')
+  kb=$(echo "$out" | sed -n 3p | awk '{print $2}')
   [ "$kb" -gt $((3 << 20)) ] || fail "root file system is $kb KiB after resize2fs, want > 3 GiB"
+  gssh 5700 pi 'id -un' | grep -qx pi || fail "no key login as pi"
   echo "root file system: $kb KiB"
 }

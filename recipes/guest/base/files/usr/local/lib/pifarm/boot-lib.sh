@@ -381,14 +381,18 @@ pf_node_v() {
 # host name set behind its back would be put back to the one it started with.
 pf_set_hostname() {
 	pf_read "$ROOT/proc/sys/kernel/hostname" || PF_LINE=$(hostname 2>/dev/null)
+	pf_sh_changed=
 	if [ "$PF_LINE" != "$1" ]; then
+		pf_sh_changed=yes
 		if [ -d "$ROOT/run/systemd/system" ] && pf_have hostnamectl; then
 			pf_run hostnamectl set-hostname "$1" || pf_run hostname "$1"
 		else
 			pf_run hostname "$1"
 		fi
 	fi
-	pf_write /etc/hostname "$1" && pf_say "host name $1"
+	# (hostnamectl wrote it already)
+	pf_write /etc/hostname "$1" && pf_sh_changed=yes
+	[ -n "$pf_sh_changed" ] && pf_say "host name $1"
 	return 0
 }
 
