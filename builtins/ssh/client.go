@@ -58,6 +58,10 @@ type Conn struct {
 	A      Auth
 	client *xssh.Client
 	dead   chan struct{}
+	// HostKey is the key the server presented, and Learnt whether this
+	// connection trusted it on first use (false: known_hosts held it).
+	HostKey xssh.PublicKey
+	Learnt  bool
 }
 
 // label names the connection in errors: user@host:port.
@@ -132,9 +136,11 @@ func algorithms(keys []xssh.PublicKey) []string {
 
 // hostKeyCallback verifies the server's key against the target's
 // known_hosts: trust on first use (recorded through the door), a clear
-// error with the reset command on a mismatch.
-func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
+// error with the reset command on a mismatch. The key accepted, and how,
+// is kept in c.
+func hostKeyCallback(d *trace.Door, t Target, c *Conn) xssh.HostKeyCallback {
 	return func(hostname string, remote net.Addr, key xssh.PublicKey) error {
+		c.HostKey, c.Learnt = nil, false
 		addr := t.Addr()
 		f, err := openKnownHosts(t.KnownHosts, os.O_RDONLY)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -149,6 +155,7 @@ func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 			}
 			err = cb(addr, remote, key)
 			if err == nil {
+				c.HostKey = key
 				return nil
 			}
 			var ke *knownhosts.KeyError
@@ -162,10 +169,14 @@ func hostKeyCallback(d *trace.Door, t Target) xssh.HostKeyCallback {
 			}
 		}
 		line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, key)
-		return d.Do(fmt.Sprintf("# ssh: trust the host key of %s on first use (%s %s), recorded in %s",
+		err = d.Do(fmt.Sprintf("# ssh: trust the host key of %s on first use (%s %s), recorded in %s",
 			addr, key.Type(), xssh.FingerprintSHA256(key), t.KnownHosts), func() error {
 			return recordHostKey(t.KnownHosts, line)
 		})
+		if err == nil {
+			c.HostKey, c.Learnt = key, true
+		}
+		return err
 	}
 }
 
@@ -309,7 +320,7 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 	cfg := &xssh.ClientConfig{
 		User:            a.User,
 		Auth:            methods,
-		HostKeyCallback: hostKeyCallback(d, t),
+		HostKeyCallback: hostKeyCallback(d, t, c),
 		Timeout:         timeout,
 	}
 	if algos := algorithms(knownKeys(t.KnownHosts, t.Addr())); len(algos) > 0 {

@@ -6,6 +6,7 @@ import (
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
+	xssh "golang.org/x/crypto/ssh"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
 )
@@ -25,6 +26,21 @@ var connMethods = &trace.Methods[*connValue]{
 		{Name: "host", Doc: "the host connected to (127.0.0.1 for an instance)", Get: func(v *connValue) starlark.Value { return starlark.String(v.c.T.Host) }},
 		{Name: "port", Doc: "the port connected to", Get: func(v *connValue) starlark.Value { return starlark.MakeInt(v.c.T.Port) }},
 		{Name: "user", Doc: "the user logged in as", Get: func(v *connValue) starlark.Value { return starlark.String(v.c.A.User) }},
+		{Name: "host_key", Doc: `the SHA256 fingerprint of the host key the server presented ("" in a dry run)`, Get: func(v *connValue) starlark.Value {
+			if v.c.HostKey == nil {
+				return starlark.String("")
+			}
+			return starlark.String(xssh.FingerprintSHA256(v.c.HostKey))
+		}},
+		{Name: "host_key_check", Doc: `how that key was accepted: "verified" (known_hosts held it), "first use" (trusted and recorded now), "" in a dry run`, Get: func(v *connValue) starlark.Value {
+			switch {
+			case v.c.HostKey == nil:
+				return starlark.String("")
+			case v.c.Learnt:
+				return starlark.String("first use")
+			}
+			return starlark.String("verified")
+		}},
 	},
 	Methods: []trace.Method[*connValue]{
 		{Name: "run", Args: "cmd, stdin=None, stdin_file=None, pty=False, stream=False, check=True, timeout=None", Fn: (*connValue).run,

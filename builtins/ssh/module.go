@@ -1,7 +1,8 @@
 // Package ssh is pifarm's `ssh` module: an SSH client (golang.org/x/crypto/ssh,
 // no ssh, scp or sshpass binaries) for instances (127.0.0.1:5700+N), hardware
-// nodes (their LAN address, port 22) and any host:port. Host keys are trusted
-// on first use and recorded per instance in the cache; commands return
+// nodes (their LAN address, port 22) and any host:port. Host keys are recorded
+// per instance in the cache, learnt over a trusted channel (ssh.trust) or
+// else on first use; commands return
 // stdout, stderr and exit status; files and whole trees are copied over the
 // same connection.
 //
@@ -63,9 +64,11 @@ func newWithKeys(d *trace.Door, f *farm.Farm, keys Keys) *trace.Module {
 		Name: "ssh",
 		Doc: `SSH to instances, hardware nodes and any host (no ssh/scp/sshpass binaries).
 
-Host keys are trusted on first use and recorded per instance in the cache
-(clones/raspi-clone-N/known_hosts); a changed key is an error that says how
-to reset it. The user's key is the first ~/.ssh/id_*.pub that has its private
+Host keys are recorded per instance in the cache
+(clones/raspi-clone-N/known_hosts): learnt over a channel pifarm trusts
+(ssh.trust: the console, a disk pifarm wrote the keys to), else trusted on
+first use; a connection tells which (c.host_key_check). A changed key is an
+error that says how to reset it. The user's key is the first ~/.ssh/id_*.pub that has its private
 key, else pifarm's own key (cache/conf/id_ed25519, created by
 ssh.public_key()).`,
 		Funcs: []trace.Func{
@@ -118,6 +121,11 @@ recorded for its address (the old file kept as known_hosts~). The next log-in
 then verifies the server's key instead of trusting the first one offered.
 Returns the keys' SHA256 fingerprints. A line that is not a public key is an
 error. Dry run with empty keys: says what would be recorded.`},
+			{Name: "fingerprints", Args: "keys", Fn: m.fingerprints,
+				Doc: `The SHA256 fingerprints ("SHA256:...") of public keys (keys: the text of
+/etc/ssh/ssh_host_*_key.pub files, one key a line), ed25519's first, the others
+in the order given. A line that is not a public key is an error. Reads nothing
+else; the same in a dry run.`},
 			{Name: "forget", Args: "instance, why, port=None", Fn: m.forget,
 				Doc: `Forget the host keys recorded for the instance (its known_hosts lines; the old
 file kept as known_hosts~), because its disk changed: a new image, a fresh clone,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"go.starlark.net/starlark"
@@ -42,6 +43,27 @@ func ParseHostKeys(text string) ([]xssh.PublicKey, error) {
 		return nil, errors.New("no public key in the text")
 	}
 	return keys, nil
+}
+
+// fingerprints is ssh.fingerprints: the SHA256 fingerprints of public
+// keys, ed25519's first, the others in the order given.
+func (m *module) fingerprints(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var keysText string
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "keys", &keysText); err != nil {
+		return nil, err
+	}
+	keys, err := ParseHostKeys(keysText)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", b.Name(), err)
+	}
+	sort.SliceStable(keys, func(i, j int) bool {
+		return keys[i].Type() == xssh.KeyAlgoED25519 && keys[j].Type() != xssh.KeyAlgoED25519
+	})
+	fps := make([]string, len(keys))
+	for i, k := range keys {
+		fps[i] = xssh.FingerprintSHA256(k)
+	}
+	return trace.Strings(fps), nil
 }
 
 // trust is ssh.trust: record the host keys of an instance learnt over a

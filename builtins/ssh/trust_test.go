@@ -10,6 +10,7 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 	"pifarm/builtins/console/fakeguest"
 	"pifarm/builtins/startest"
+	"pifarm/builtins/trace"
 )
 
 func TestParseHostKeys(t *testing.T) {
@@ -73,6 +74,7 @@ func TestTrustReplacesTheInstancesKeys(t *testing.T) {
 assert.fails(lambda: ssh.connect(15, user = "pi", password = "raspberry", timeout = 5), "host key mismatch")
 assert.eq(ssh.trust(15, pub, how = "read over the serial console"), [fp])
 c = ssh.connect(15, user = "pi", password = "raspberry", timeout = 5)
+assert.eq((c.host_key, c.host_key_check), (fp, "verified"))
 c.close()
 assert.fails(lambda: ssh.trust(15, "pi@raspberrypi:~$ ", how = "x"), "not a public key")
 assert.fails(lambda: ssh.trust(15, pub, how = ""), "how= must say")
@@ -89,6 +91,49 @@ assert.fails(lambda: ssh.trust(15, pub, how = ""), "how= must say")
 		strings.Contains(out, "on first use") {
 		t.Fatalf("trace:\n%s", out)
 	}
+}
+
+// TestHostKeyOfConnection: a connection tells the key its server presented
+// and whether it was trusted on first use or verified against known_hosts.
+func TestHostKeyOfConnection(t *testing.T) {
+	f := testFarm(t)
+	key := fakeguest.NewHostKey(t, true)
+	fakeguest.NewSSHServer(t, addr(17), key)
+	fx := fixture(t, startest.Options{}, f, noKeys(t))
+	fx.Set("fp", starlark.String(xssh.FingerprintSHA256(key.PublicKey())))
+	fx.Run("hostkey.star", `
+c = ssh.connect(17, user = "pi", password = "raspberry", timeout = 5)
+assert.eq((c.host_key, c.host_key_check), (fp, "first use"))
+c.close()
+c = ssh.connect(17, user = "pi", password = "raspberry", timeout = 5)
+assert.eq((c.host_key, c.host_key_check), (fp, "verified"))
+c.close()
+`)
+}
+
+// TestFingerprints: ed25519's fingerprint first, the others in the order
+// given; what is not a key is an error.
+func TestFingerprints(t *testing.T) {
+	fx := fixture(t, startest.Options{}, testFarm(t), noKeys(t))
+	ed, rsaKey := fakeguest.NewHostKey(t, false).PublicKey(), fakeguest.NewHostKey(t, true).PublicKey()
+	ecdsaKeys, err := NewHostKeys("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ec xssh.PublicKey
+	for _, k := range ecdsaKeys {
+		if k.Type == "ecdsa" {
+			ec, _, _, _, _ = xssh.ParseAuthorizedKey(k.Public)
+		}
+	}
+	line := func(k xssh.PublicKey) string { return string(xssh.MarshalAuthorizedKey(k)) }
+	fx.Set("text", starlark.String(line(ec)+"\n"+line(rsaKey)+line(ed)))
+	fx.Set("want", trace.Strings([]string{xssh.FingerprintSHA256(ed), xssh.FingerprintSHA256(ec), xssh.FingerprintSHA256(rsaKey)}))
+	fx.Run("fingerprints.star", `
+assert.eq(ssh.fingerprints(text), want)
+assert.fails(lambda: ssh.fingerprints(""), "no public key")
+assert.fails(lambda: ssh.fingerprints("root@enone:~# "), "not a public key")
+`)
 }
 
 // TestForget: the keys recorded for an instance go (other hosts' lines
