@@ -39,7 +39,10 @@ type Config struct {
 	Ports         Ports
 	Net           NetConfig
 	Tools         map[string]bool // optional helpers: remote-viewer, guestmount
-	Nodes         []*Node
+	// Host is the libvirt URI of every QEMU node that names none ("":
+	// a plain QEMU process of this machine); see HostURI.
+	Host  string
+	Nodes []*Node
 
 	pos map[string]syntax.Position
 }
@@ -80,7 +83,12 @@ type Node struct {
 	// Tags are the node's own labels (config.star's tags = [...]): the
 	// node set @TAG selects the nodes carrying TAG.
 	Tags []string
-	Pos  syntax.Position
+	// Host is the node's own libvirt URI (node(host = ...)); HostSet
+	// tells it was given, so host = "" keeps a node off the
+	// configuration's host. Farm.Host resolves both.
+	Host    string
+	HostSet bool
+	Pos     syntax.Position
 }
 
 // ConfigError is a configuration mistake, positioned in the file.
@@ -101,7 +109,7 @@ func (e *ConfigError) Error() string {
 var settings = map[string]bool{
 	"cache": true, "image_sizes_gib": true, "margin_percent": true, "pi_passwords": true,
 	"privilege": true, "guest_software": true, "qemu": true, "ports": true, "net": true,
-	"tools": true, "nodes": true,
+	"tools": true, "nodes": true, "host": true,
 }
 
 // Load reads and validates a config.star on top of the built-in defaults.
@@ -276,6 +284,11 @@ func (c *Config) set(k string, v starlark.Value) error {
 		c.Privilege, err = strs(v)
 	case "guest_software":
 		c.GuestSoftware, err = str(v)
+	case "host":
+		c.Host, err = str(v)
+		if err == nil && c.Host != "" {
+			_, err = ParseHostURI(c.Host)
+		}
 	case "qemu":
 		err = c.setQEMU(v)
 	case "ports":

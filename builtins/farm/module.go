@@ -17,6 +17,10 @@ import (
 func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 	s := func(v string) starlark.Value { return starlark.String(v) }
 	i := func(v int) starlark.Value { return starlark.MakeInt(v) }
+	host := ""
+	if h, ok := f.Host(n); ok {
+		host = h.URI
+	}
 	tags := make(starlark.Tuple, len(n.Tags))
 	for k, t := range n.Tags {
 		tags[k] = starlark.String(t)
@@ -52,6 +56,7 @@ func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 		"qmp":          s(f.QMP(n.ID)),
 		"pidfile":      s(f.Pidfile(n.ID)),
 		"known_hosts":  s(f.KnownHosts(n.ID)),
+		"host":         s(host),
 	})
 }
 

@@ -42,13 +42,14 @@ func (v *nodeValue) Hash() (uint32, error) { return uint32(v.n.ID), nil }
 func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	n := &Node{}
 	if len(args) > 0 {
-		return nil, fmt.Errorf("node: use keyword arguments (id=, alias=, lan=, wan=, lan_mac=, wan_mac=, wifi_channel=, ssid=, tags=)")
+		return nil, fmt.Errorf("node: use keyword arguments (id=, alias=, lan=, wan=, lan_mac=, wan_mac=, wifi_channel=, ssid=, tags=, host=)")
 	}
 	var lanMAC, wanMAC string
-	var tags starlark.Value = starlark.None
+	var tags, host starlark.Value = starlark.None, starlark.None
 	if err := starlark.UnpackArgs("node", args, kwargs,
 		"id", &n.ID, "alias", &n.Alias, "lan", &n.LAN, "wan", &n.WAN,
-		"lan_mac?", &lanMAC, "wan_mac?", &wanMAC, "wifi_channel?", &n.WifiChannel, "ssid?", &n.SSID, "tags?", &tags); err != nil {
+		"lan_mac?", &lanMAC, "wan_mac?", &wanMAC, "wifi_channel?", &n.WifiChannel, "ssid?", &n.SSID, "tags?", &tags,
+		"host?", &host); err != nil {
 		return nil, err
 	}
 	if thread.CallStackDepth() > 1 {
@@ -69,6 +70,21 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	}
 	n.Tags = t
 	for _, a := range []struct{ field, v string }{{"lan", n.LAN}, {"wan", n.WAN}} {
+	if host != starlark.None {
+		h, ok := starlark.AsString(host)
+		if !ok {
+			return nil, fmt.Errorf("node %d: host must be a libvirt URI string, got %s", n.ID, host.Type())
+		}
+		if h != "" {
+			if _, err := ParseHostURI(h); err != nil {
+				return nil, fmt.Errorf("node %d: %v", n.ID, err)
+			}
+		}
+		if h != "" && lanMAC != "" {
+			return nil, fmt.Errorf("node %d: a hardware box (lan_mac) runs on its own board, not on a libvirt host: remove host", n.ID)
+		}
+		n.Host, n.HostSet = h, true
+	}
 		ip := net.ParseIP(a.v)
 		if ip == nil || ip.To4() == nil {
 			return nil, fmt.Errorf("node %d: %s %q is not an IPv4 address", n.ID, a.field, a.v)
