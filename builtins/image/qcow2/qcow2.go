@@ -36,6 +36,7 @@ const (
 // pure-Go reader needs no temporary copy and no root (qemu-nbd).
 type Image struct {
 	r           io.ReaderAt // the qcow2 file
+	Path        string      // the qcow2 file's path as opened
 	Size        int64       // virtual size
 	Backing     string      // absolute backing file path, "" if none
 	BackingFmt  string      // "raw", "qcow2" or "" (probe)
@@ -84,6 +85,7 @@ func open(path string, depth int) (*Image, error) {
 		return nil, fmt.Errorf("qcow2 %s: %w", path, err)
 	}
 	q.closers = append([]io.Closer{f}, q.closers...)
+	q.Path = path
 	return q, nil
 }
 
