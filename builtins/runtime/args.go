@@ -15,7 +15,10 @@ import (
 type optSpec struct {
 	short, long, metavar, help string
 	takesValue                 bool
-	def                        starlark.Value
+	// many: the option may be given again and again; its value is the
+	// list of the values given (empty when none).
+	many bool
+	def  starlark.Value
 }
 
 // posSpec is one positional argument declared with args.instance,
@@ -61,8 +64,8 @@ func argsModule(*trace.Door, *farm.Farm) *trace.Module {
 		Funcs: []trace.Func{
 			{Name: "flag", Args: "short, long, help", Fn: argsFlag,
 				Doc: "A flag option: -s/--long. In main(opts) it is opts.long (True when given).\nshort may be \"\" for a long-only option. " + optionHelpDoc},
-			{Name: "option", Args: "short, long, metavar, help, default=None", Fn: argsOption,
-				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default. " + optionHelpDoc},
+			{Name: "option", Args: "short, long, metavar, help, default=None, many=False", Fn: argsOption,
+				Doc: "An option with a value: -s VALUE, -sVALUE, --long=VALUE or --long VALUE.\nIn main(opts) it is opts.long: the string given, else default. With many=True it may be\ngiven again and again, and opts.long is the list of the values given in order (empty when\nnone). " + optionHelpDoc},
 			{Name: "instance", Args: "default=\"0\", required=False, help=\"\"", Fn: argsInstance,
 				Doc: "One positional instance (node id or alias), resolved through the node table:\nopts.instance is a farm.node(...) struct. Unknown ids or aliases are usage errors.\ndefault=None with required=False makes opts.instance None when absent.\nA node set given for it (1-4, 1,3,entwo, all, qemu, hardware, @TAG) runs the recipe once\nper node, concurrently, each run with its own opts (see pifarm -hv)."},
 			{Name: "instances", Args: "help=\"\"", Fn: argsInstances,
@@ -84,8 +87,14 @@ func argsFlag(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwar
 func argsOption(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	o := &optSpec{takesValue: true, def: starlark.None}
 	if err := starlark.UnpackArgs(b.Name(), args, kwargs, "short", &o.short, "long", &o.long,
-		"metavar", &o.metavar, "help?", &o.help, "default?", &o.def); err != nil {
+		"metavar", &o.metavar, "help?", &o.help, "default?", &o.def, "many?", &o.many); err != nil {
 		return nil, err
+	}
+	if o.many {
+		if o.def != starlark.None {
+			return nil, fmt.Errorf("%s: option --%s takes many values: its default is the empty list, not %s", b.Name(), o.long, o.def)
+		}
+		o.def = starlark.NewList(nil)
 	}
 	return o, o.check()
 }
@@ -229,6 +238,16 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 	p := &parsed{values: map[string]starlark.Value{}}
 	for _, o := range s.opts {
 		p.values[field(o.long)] = o.def
+		if o.many {
+			p.values[field(o.long)] = starlark.NewList(nil)
+		}
+	}
+	set := func(o *optSpec, val string) {
+		if l, ok := p.values[field(o.long)].(*starlark.List); ok && o.many {
+			l.Append(starlark.String(val))
+			return
+		}
+		p.values[field(o.long)] = starlark.String(val)
 	}
 	byShort, byLong := map[string]*optSpec{}, map[string]*optSpec{}
 	for _, o := range s.opts {
@@ -292,7 +311,7 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 				i++
 				val = argv[i]
 			}
-			p.values[field(o.long)] = starlark.String(val)
+			set(o, val)
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			for j := 1; j < len(a); j++ {
 				c := string(a[j])
@@ -323,7 +342,7 @@ func (s *spec) parse(argv []string, f *farm.Farm, fm func(*farm.Node) starlark.V
 					i++
 					val = argv[i]
 				}
-				p.values[field(o.long)] = starlark.String(val)
+				set(o, val)
 				break
 			}
 		default:
@@ -456,6 +475,9 @@ func (s *spec) usage(long bool) string {
 		l += "--" + o.long
 		if o.takesValue {
 			l += "=" + o.metavar
+		}
+		if o.many {
+			l += "..."
 		}
 		summary, more, _ := strings.Cut(o.help, "\n")
 		rows = append(rows, row{l, summary, more})

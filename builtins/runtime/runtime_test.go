@@ -258,6 +258,7 @@ func TestParseOptions(t *testing.T) {
 		{short: "r", long: "run", def: starlark.False},
 		{short: "i", long: "disk-image", metavar: "FILE", takesValue: true, def: starlark.None},
 		{long: "useradd", metavar: "NAME", takesValue: true, def: starlark.None},
+		{short: "d", long: "device", metavar: "DEV", takesValue: true, many: true, def: starlark.NewList(nil)},
 	}}
 	for _, tc := range []struct {
 		argv []string
@@ -268,6 +269,9 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"-ri", "a.img"}, map[string]string{"run": "True", "disk_image": `"a.img"`}, ""},
 		{[]string{"-ia.img"}, map[string]string{"disk_image": `"a.img"`}, ""},
 		{[]string{"--disk-image=b.img", "--useradd", "bob"}, map[string]string{"disk_image": `"b.img"`, "useradd": `"bob"`}, ""},
+		{[]string{"-r"}, map[string]string{"device": "[]"}, ""},
+		{[]string{"-d", "a", "--device=b", "-dc", "--device", "a"}, map[string]string{"device": `["a", "b", "c", "a"]`}, ""},
+		{[]string{"--device"}, nil, "needs a value (DEV)"},
 		{[]string{"--run=yes"}, nil, "takes no value"},
 		{[]string{"--disk"}, nil, "did you mean --disk-image"},
 		{[]string{"-x"}, nil, "unknown option -x"},
