@@ -88,7 +88,11 @@ type Node struct {
 	// configuration's host. Farm.Host resolves both.
 	Host    string
 	HostSet bool
-	Pos     syntax.Position
+	// Serial is a hardware box's serial console (nil: none configured).
+	Serial *Serial
+	// Power switches a hardware box's power (nil: not under pifarm's control).
+	Power *Power
+	Pos   syntax.Position
 }
 
 // ConfigError is a configuration mistake, positioned in the file.
@@ -389,6 +393,9 @@ func (c *Config) validate() error {
 		if n.ID > maxID {
 			maxID = n.ID
 		}
+	}
+	if err := checkHardware(c.Nodes); err != nil {
+		return err
 	}
 	// Instance N uses base+N of every service: a port past 65535 is blamed
 	// on ports when this file set it, else on the node.

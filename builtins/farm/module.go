@@ -56,6 +56,8 @@ func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 		"qmp":          s(f.QMP(n.ID)),
 		"pidfile":      s(f.Pidfile(n.ID)),
 		"known_hosts":  s(f.KnownHosts(n.ID)),
+		"serial":       s(n.Serial.String()),
+		"power":        s(n.Power.Describe()),
 		"host":         s(host),
 	})
 }
@@ -126,7 +128,7 @@ func (f *Farm) Module(d *trace.Door) *trace.Module {
 		},
 		Funcs: []trace.Func{
 			{Name: "node", Args: "ref", Fn: m.node,
-				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, kind (\"qemu\"\nor \"hardware\"), tags (a tuple), name, lan, wan, lan_net, wan_net, ssh_port, console_port,\nvnc_port, vnc_display, mac_wan, mac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel,\nssid, lan_tap, wlan_tap and the cache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
+				Doc: "The node named by id (2, \"2\") or alias (\"entwo\"), as a struct with id, alias, kind (\"qemu\"\nor \"hardware\"), tags (a tuple), name, lan, wan, lan_net, wan_net, ssh_port, console_port,\nvnc_port, vnc_display, mac_wan, mac_lan, mac_wlan, hw_lan_mac, hw_wan_mac, wifi_channel,\nssid, lan_tap, wlan_tap, serial (a hardware box's serial console: a device path or\ntcp:HOST:PORT, \"\" when none), power (its power control in words, \"\" when none) and the cache paths dir, disk, kernel, dtb, sig, qmp, pidfile, known_hosts.\nAn unknown id or alias is a usage error (exit status 2)."},
 			{Name: "nodes", Args: "set=\"all\"", Fn: m.nodes,
 				Doc: "The nodes of a node set, ordered by id (see farm.node); every node of the table by default.\n" + setDoc},
 			{Name: "parallel", Args: "fn, nodes, jobs=None", Fn: m.parallel, Doc: parallelDoc},

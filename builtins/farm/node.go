@@ -16,7 +16,8 @@ import (
 // predeclared is what config.star sees besides the Starlark core.
 func predeclared() starlark.StringDict {
 	return starlark.StringDict{
-		"node": starlark.NewBuiltin("node", nodeBuiltin),
+		"node":    starlark.NewBuiltin("node", nodeBuiltin),
+		"uhubctl": starlark.NewBuiltin("uhubctl", uhubctlBuiltin),
 		"env": starlark.NewBuiltin("env", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 			var name, def string
 			if err := starlark.UnpackArgs(b.Name(), args, kwargs, "name", &name, "default?", &def); err != nil {
@@ -41,6 +42,7 @@ func (v *nodeValue) Hash() (uint32, error) { return uint32(v.n.ID), nil }
 
 func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	n := &Node{}
+	kwargs, hw := hardwareKwargs(kwargs)
 	if len(args) > 0 {
 		return nil, fmt.Errorf("node: use keyword arguments (id=, alias=, lan=, wan=, lan_mac=, wan_mac=, wifi_channel=, ssid=, tags=, host=)")
 	}
@@ -109,6 +111,9 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	}
 	if strings.ContainsAny(n.SSID, " \t\n") || len(n.SSID) > 32 {
 		return nil, fmt.Errorf("node %d: ssid %q must be 1-32 characters without blanks", n.ID, n.SSID)
+	}
+	if err := hw.apply(n); err != nil {
+		return nil, err
 	}
 	return &nodeValue{n}, nil
 }
