@@ -114,6 +114,14 @@ func TestRecipeCloneIdentity(t *testing.T) {
 	if !strings.Contains(out, "  2\n") && !strings.Contains(out, "  2  ") {
 		t.Errorf("the table does not show clone 1 sharing with 2:\n%s", out)
 	}
+	// status reads the stopped nodes' identities from their disks
+	out = step("same as", 0, "run", "status", "1,2")
+	if ls := strings.Split(strings.TrimSpace(out), "\n"); len(ls) != 3 || !strings.HasSuffix(ls[1], "enone     (empty)     "+id1.Fingerprints[0][:19]+"  2") ||
+		!strings.HasSuffix(ls[2], "enone     (empty)     "+id1.Fingerprints[0][:19]+"  1") {
+		t.Errorf("status of two nodes with one disk:\n%s", out)
+	}
+	step("\n  identity hostname enone, machine-id (empty: made at the next boot), host key "+id1.Fingerprints[0]+" (read from its disk)\n"+
+		"           WARNING: <1> enone's disk has the same hostname enone, host key "+id1.Fingerprints[0], 0, "run", "status", "2")
 	runningQEMU(t, cache, 1)
 	// dry runs: nothing starts, the checks are the same
 	step("its disk has the identity of the running <1> enone (hostname enone, host key SHA256:", 1, "-n", "run", "box", "--run-ignore-qboot", "2")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -80,20 +81,47 @@ func newFleetAt(t testing.TB, n, sshBase int, delay time.Duration, key xssh.Publ
 	os.WriteFile(cfg, []byte(fmt.Sprintf("cache = %q\nports = {\"ssh\": %d, \"console\": %d, \"vnc\": %d}\nnodes = [\n%s]\n",
 		filepath.Join(dir, "cache"), sshBase, fleetConsoleBase, fleetVNCBase, nodes.String())), 0o644)
 	f := &fleet{cfg: cfg, servers: map[int]*fakeguest.SSHServer{}, base: sshBase}
-	hostKey := fakeguest.NewHostKey(t, false)
 	for id := 1; id <= n; id++ {
 		if slices.Contains(down, id) {
 			continue
 		}
+		hostKey := fakeguest.NewHostKey(t, false)
 		s := fakeguest.NewSSHServerWith(t, fmt.Sprintf("127.0.0.1:%d", sshBase+id), func(s *fakeguest.SSHServer) {
 			if delay > 0 {
 				s.Listener = slowListener{s.Listener, delay}
 			}
+			fakeIdentity(t, s, fmt.Sprintf("n%d", id), hostKey.PublicKey())
 		}, hostKey)
 		s.Authorize(key)
 		f.servers[id] = s
 	}
 	return f
+}
+
+// fakeIdentity gives a fake guest an identity of its own: its commands read
+// the host name, machine-id and SSH host keys from files in its folder
+// (hostname, machine-id, ssh_host_ed25519_key.pub) instead of the host's.
+func fakeIdentity(t testing.TB, s *fakeguest.SSHServer, hostname string, key xssh.PublicKey) {
+	t.Helper()
+	mid := make([]byte, 16)
+	rand.Read(mid)
+	for name, content := range map[string]string{
+		"hostname":                 hostname + "\n",
+		"machine-id":               fmt.Sprintf("%x\n", mid),
+		"ssh_host_ed25519_key.pub": string(xssh.MarshalAuthorizedKey(key)),
+	} {
+		if err := os.WriteFile(filepath.Join(s.Dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := s.Dir
+	s.Command = func(user, cmd string) *exec.Cmd {
+		cmd = strings.NewReplacer("/proc/sys/kernel/hostname", dir+"/hostname", "/etc/machine-id", dir+"/machine-id",
+			"/etc/ssh/ssh_host_", dir+"/ssh_host_").Replace(cmd)
+		c := exec.Command("sh", "-c", cmd)
+		c.Dir = dir
+		return c
+	}
 }
 
 // run runs pifarm with the fleet's configuration.
@@ -109,7 +137,8 @@ func (f *fleet) run(t testing.TB, ctx context.Context, args ...string) (string, 
 
 // TestFleetStatus: with no instance, status is one table of every node:
 // SSH answering and root logging in by key, the uptime, load, root file
-// system use and kernel read from the node, the last recorded run; a
+// system use and kernel read from the node, the last recorded run, its
+// identity (hostname, machine-id, host key, the nodes sharing any); a
 // node nobody serves shows as such; --json has the documented shape.
 func TestFleetStatus(t *testing.T) {
 	f := newFleet(t, 4, 3)
@@ -123,10 +152,26 @@ func TestFleetStatus(t *testing.T) {
 	if len(lines) != 5 || !strings.HasPrefix(lines[0], "id  alias  kind  qemu     console  ssh  uptime") {
 		t.Fatalf("the table:\n%s", o)
 	}
+	machineID := func(id int) string {
+		b, _ := os.ReadFile(filepath.Join(f.servers[id].Dir, "machine-id"))
+		return strings.TrimSpace(string(b))
+	}
+	keyOf := func(id int) string {
+		b, _ := os.ReadFile(filepath.Join(f.servers[id].Dir, "ssh_host_ed25519_key.pub"))
+		k, _, _, _, err := xssh.ParseAuthorizedKey(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return xssh.FingerprintSHA256(k)
+	}
 	for _, i := range []int{1, 2, 4} {
 		cells := strings.Fields(lines[i])
 		if cells[2] != "qemu" || cells[3] != "stopped" || cells[4] != "no" || cells[5] != "key" || !strings.Contains(lines[i], strings.TrimSpace(string(kernel))) || !strings.Contains(lines[i], "%") {
 			t.Errorf("node %d: %q", i, lines[i])
+		}
+		id := []int{0, 1, 2, 0, 4}[i]
+		if want := []string{fmt.Sprintf("n%d", id), machineID(id)[:8], keyOf(id)[:19], "-"}; !reflect.DeepEqual(cells[len(cells)-4:], want) {
+			t.Errorf("node %d's identity: %q, want %q", id, cells[len(cells)-4:], want)
 		}
 	}
 	if c := strings.Fields(lines[3]); c[5] != "no" || c[6] != "-" || c[len(c)-1] != "-" {
@@ -136,7 +181,7 @@ func TestFleetStatus(t *testing.T) {
 	// the last run shows
 	f.run(t, nil, "run", fanRecipe, "--fail-on", "2", "1,2")
 	o, _, _ = f.run(t, nil, "run", "status", "1-2")
-	if !strings.Contains(o, " fan ok\n") || !strings.HasSuffix(o, " fan failed\n") {
+	if !strings.Contains(o, " fan ok      n1 ") || !strings.Contains(o, " fan failed  n2 ") {
 		t.Errorf("last runs:\n%s", o)
 	}
 
@@ -145,7 +190,7 @@ func TestFleetStatus(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(o), &rows) != nil || len(rows) != 4 {
 		t.Fatalf("--json: exit %d\n%s%s", code, o, e)
 	}
-	want := []string{"alias", "console", "error", "id", "kernel", "kind", "last_run", "load", "pid", "power", "qemu", "root_login", "root_use_percent", "ssh", "uptime_seconds"}
+	want := []string{"alias", "console", "error", "id", "identity", "kernel", "kind", "last_run", "load", "pid", "power", "qemu", "root_login", "root_use_percent", "ssh", "uptime_seconds"}
 	if got := keysOf(t, rows[0]); !reflect.DeepEqual(got, want) {
 		t.Errorf("keys %v, want %v", got, want)
 	}
@@ -156,8 +201,31 @@ func TestFleetStatus(t *testing.T) {
 	if l := r["last_run"].(map[string]any); l["recipe"] != "fan" || l["exit"] != 1.0 || l["error"] != "asked to fail on <2> n2" || !reflect.DeepEqual(keysOf(t, l), []string{"error", "exit", "recipe", "run", "started"}) {
 		t.Errorf("node 2's last run: %v", l)
 	}
-	if rows[2]["ssh"] != false || rows[2]["root_login"] != nil || rows[2]["last_run"] != nil {
+	if rows[2]["ssh"] != false || rows[2]["root_login"] != nil || rows[2]["last_run"] != nil || rows[2]["identity"] != nil {
 		t.Errorf("node 3: %v", rows[2])
+	}
+	id := r["identity"].(map[string]any)
+	if !reflect.DeepEqual(keysOf(t, id), []string{"host_key", "host_key_check", "host_keys", "hostname", "machine_id", "same_as", "source"}) ||
+		id["hostname"] != "n2" || id["machine_id"] != machineID(2) || id["host_key"] != keyOf(2) || id["host_key_check"] != "verified" ||
+		!reflect.DeepEqual(id["host_keys"], []any{keyOf(2)}) || id["source"] != "ssh" || !reflect.DeepEqual(id["same_as"], []any{}) {
+		t.Errorf("node 2's identity: %v", id)
+	}
+
+	// a node with another's machine-id: both say so
+	os.WriteFile(filepath.Join(f.servers[2].Dir, "machine-id"), []byte(machineID(1)+"\n"), 0o644)
+	o, e, code = f.run(t, nil, "run", "status", "--json", "1,2,4")
+	if code != 0 || json.Unmarshal([]byte(o), &rows) != nil {
+		t.Fatalf("--json: exit %d\n%s%s", code, o, e)
+	}
+	for i, want := range [][]any{{2.0}, {1.0}, {}} {
+		if got := rows[i]["identity"].(map[string]any)["same_as"]; !reflect.DeepEqual(got, want) {
+			t.Errorf("node %v: same_as %v, want %v", rows[i]["id"], got, want)
+		}
+	}
+	o, _, _ = f.run(t, nil, "run", "status", "1,2")
+	if ls := strings.Split(strings.TrimSpace(o), "\n"); len(ls) != 3 || !strings.HasSuffix(ls[0], "host key             same as") ||
+		!strings.HasSuffix(ls[1], " 2") || !strings.HasSuffix(ls[2], " 1") {
+		t.Errorf("two nodes with one machine-id:\n%s", o)
 	}
 
 	// a changed host key is the node's error, the others are read
@@ -172,7 +240,8 @@ func TestFleetStatus(t *testing.T) {
 
 	// one node: the detailed view, as before
 	o, _, _ = f.run(t, nil, "run", "status", "n1")
-	if !strings.Contains(o, "<1> n1: QEMU is not running") || !strings.Contains(o, "key log-in as root works") {
+	if !strings.Contains(o, "<1> n1: QEMU is not running") || !strings.Contains(o, "key log-in as root works") ||
+		!strings.Contains(o, fmt.Sprintf("\n  identity hostname n1, machine-id %s, host key %s; SSH presented %s, verified against the recorded one\n", machineID(1)[:8], keyOf(1), keyOf(1))) {
 		t.Errorf("status n1:\n%s", o)
 	}
 }
