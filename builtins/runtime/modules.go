@@ -3,6 +3,7 @@ package runtime
 import (
 	"io"
 
+	"pifarm/builtins/card"
 	"pifarm/builtins/chroot"
 	"pifarm/builtins/console"
 	"pifarm/builtins/farm"
@@ -26,6 +27,7 @@ var registry = []func(*trace.Door, *farm.Farm) *trace.Module{
 	guest.New,
 	net.New,
 	image.New,
+	card.New,
 	chroot.New,
 	pkgcache.New,
 	qemu.New,
