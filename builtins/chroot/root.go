@@ -61,6 +61,12 @@ type Root struct {
 	closed  bool
 }
 
+// lockWait is how long Open waits for the instance's lock, which a start,
+// a clone (of any instance: it takes every instance lock) or another open
+// holds: a clone takes seconds, a start less; another open of the disk
+// holds it for its whole provisioning, and that wait ends in an error.
+var lockWait = 2 * time.Minute
+
 // closeTimeout bounds each clean-up command (an unmount, the daemon's stop).
 const closeTimeout = 30 * time.Second
 
@@ -87,12 +93,14 @@ func Open(d *trace.Door, f *farm.Farm, n *farm.Node, o Options) (*Root, error) {
 		Dir: filepath.Join(f.InstanceDir(n.ID), "chroot")}
 	r.Path = filepath.Join(r.Dir, "root")
 	if !d.DryRun {
-		l, err := farm.TryLock(f.Lock(n.ID))
+		l, err := farm.WaitLock(d.Context(), f.Lock(n.ID), lockWait, func() {
+			d.Note("%s: waiting for %s, held by another pifarm or another node's run (at most %s)", op, f.Lock(n.ID), lockWait)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 		if l == nil {
-			return nil, fmt.Errorf("%s: instance %d is being started, changed or opened by another pifarm (%s is locked); try again when it is done", op, n.ID, f.Lock(n.ID))
+			return nil, fmt.Errorf("%s: instance %d is being started, changed or opened by another pifarm (%s is still locked after %s); try again when it is done", op, n.ID, f.Lock(n.ID), lockWait)
 		}
 		r.lock = l
 	}

@@ -1,9 +1,11 @@
 package farm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"pifarm/builtins/trace"
@@ -45,6 +47,32 @@ func TryLock(path string) (*os.File, error) {
 		f.Close()
 	}
 	return nil, fmt.Errorf("lock %s: the file keeps being replaced while it is locked; is another program removing it?", path)
+}
+
+// WaitLock is TryLock that waits, at most wait, while another holder
+// (another pifarm, or another node's run in this one: the image module
+// holds every instance lock while it makes a clone) keeps the lock,
+// polling from 5 ms up to every 200 ms. noted is called once, when it
+// starts waiting. It returns nil, nil when wait ran out; ctx ends the
+// wait with its error.
+func WaitLock(ctx context.Context, path string, wait time.Duration, noted func()) (*os.File, error) {
+	deadline := time.Now().Add(wait)
+	poll := 5 * time.Millisecond
+	for first := true; ; first = false {
+		f, err := TryLock(path)
+		if f != nil || err != nil || !time.Now().Before(deadline) {
+			return f, err
+		}
+		if first && noted != nil {
+			noted()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the lock %s: %w", path, ctx.Err())
+		case <-time.After(min(poll, time.Until(deadline))):
+		}
+		poll = min(2*poll, 200*time.Millisecond)
+	}
 }
 
 // InstanceDirMode is the mode of an instance folder: its disk, the guest's
