@@ -92,11 +92,21 @@ func (s System) Inspect(path string, src *Source) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	return s.inspectDisk(t, name, src)
+}
+
+// inspectDisk inspects the whole disk name for target t: sysfs, mounts,
+// swaps, processes, size, removability.
+func (s System) inspectDisk(t *Target, name string, src *Source) (*Target, error) {
+	path := t.Path
+	refuse := func(forceable bool, format string, args ...any) {
+		t.Refusals = append(t.Refusals, Refusal{Why: fmt.Sprintf(format, args...), Forceable: forceable})
+	}
 	d, err := s.ReadDisk(name)
 	if err != nil {
 		return nil, err
 	}
-	t.Disk, t.Capacity = d, d.Size
+	t.Block, t.Disk, t.Capacity = true, d, d.Size
 	mounts, swaps, err := s.Mounts(d)
 	if err != nil {
 		return nil, fmt.Errorf("%s: read the mounts: %w", path, err)
