@@ -1,7 +1,9 @@
 // Package console is pifarm's `console` module: an expect-style session on
 // a guest's TCP serial console (QEMU's `-serial tcp:...,server,nowait`,
-// port 5800+N). It logs in, runs commands with their exit status, and
-// watches for the guest to stop, without chat, socat or nc.
+// port 5800+N) or on a hardware node's serial console (a USB-UART device
+// opened raw at 115200 8N1 through termios, or a raw TCP serial server
+// such as ser2net). It logs in, runs commands with their exit status, and
+// watches for the guest to stop, without chat, socat, nc or stty.
 //
 // Everything sent to a guest passes the tracing door: a dry run prints
 // "# console 5801: send 'pi'" style lines (passwords masked), connects to
@@ -36,7 +38,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 	return &trace.Module{
 		Name: "console",
 		End:  m.end,
-		Doc: `Expect-style sessions on a guest's TCP serial console (port 5800+N).
+		Doc: `Expect-style sessions on a serial console: a guest's TCP port (5800+N), a hardware node's device or raw TCP endpoint.
 
 QEMU serves one console client at a time and drops what the guest prints
 while nobody is connected: a session asks for a fresh prompt rather than
@@ -52,7 +54,11 @@ a shell is ended with exit, each within a few seconds of its own.`,
 				Doc: `Connect to the serial console of an instance and return a session.
 
 instance is a node (farm.node), an id, an alias, or "host:port" for any TCP
-console; timeout (seconds, positive) bounds the connect. The session stays
+console; timeout (seconds, positive) bounds the connect. A hardware node's
+console is the node table's serial: a device (a USB-UART such as
+/dev/ttyUSB0, opened raw at serial_baud, 115200 8N1 unless told, and locked
+against other terminal programs) or tcp:HOST:PORT (a raw TCP serial server
+such as ser2net). The session stays
 open for the rest of the run: opening the same console again returns it.
 
 Dry run: prints "# console 5801: ..." lines for the connection, every text
@@ -62,7 +68,8 @@ returns output "" and exit_code 0, prompt returns kind "login".
 ` + sessionMethods.Reference()},
 			{Name: "probe", Args: "instance, timeout=1", Fn: m.probe,
 				Doc: `Whether the instance's console port accepts connections (a query: runs in
-dry-run too). True while pifarm itself holds the console. QEMU accepts a
+dry-run too); for a hardware node's serial device, whether it exists, is a
+terminal and no other program holds it. True while pifarm itself holds the console. QEMU accepts a
 second client only when the first leaves, so True does not promise that
 nobody else is connected.`},
 		},
@@ -77,35 +84,46 @@ func (m *module) instanceRef() farm.InstanceRef {
 	}}
 }
 
-// address is the console address of an instance argument and its label.
-func (m *module) address(ref *farm.InstanceRef) (addr, label string, err error) {
+// address is the console address of an instance argument and its label;
+// serial is set for a hardware node's serial console (its device or raw
+// TCP endpoint, which addr then names).
+func (m *module) address(ref *farm.InstanceRef) (addr, label string, serial *farm.Serial, err error) {
 	if n := ref.Node; n != nil {
+		if n.Kind() == "hardware" {
+			if n.Serial == nil {
+				return "", "", nil, fmt.Errorf("node %d (%s) is a hardware box without a serial console in the node table: add serial = \"/dev/ttyUSB0\" (its USB-UART) or serial = \"tcp:HOST:PORT\" (a ser2net raw port) to its node() in %s", n.ID, n.Alias, m.f.Config.Path)
+			}
+			if n.Serial.Device != "" {
+				return n.Serial.Device, "serial " + n.Serial.Device, n.Serial, nil
+			}
+			return n.Serial.Addr, "serial " + n.Serial.String(), n.Serial, nil
+		}
 		port := m.f.ConsolePort(n)
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprintf("console %d", port), nil
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprintf("console %d", port), nil, nil
 	}
 	host, port, err := net.SplitHostPort(ref.Text)
 	if err != nil || port == "" {
-		return "", "", trace.Usagef("console address %q is not host:port", ref.Text)
+		return "", "", nil, trace.Usagef("console address %q is not host:port", ref.Text)
 	}
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	return net.JoinHostPort(host, port), "console " + ref.Text, nil
+	return net.JoinHostPort(host, port), "console " + ref.Text, nil, nil
 }
 
 // openArgs unpacks the instance and timeout arguments of open and probe:
-// the console's address and label.
-func (m *module) openArgs(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, def time.Duration) (addr, label string, timeout time.Duration, err error) {
+// the console's address and label (and serial console, see address).
+func (m *module) openArgs(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, def time.Duration) (addr, label string, serial *farm.Serial, timeout time.Duration, err error) {
 	ref, t := m.instanceRef(), trace.Seconds{D: def}
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "timeout?", &t); err != nil {
-		return "", "", 0, err
+		return "", "", nil, 0, err
 	}
-	addr, label, err = m.address(&ref)
-	return addr, label, t.D, err
+	addr, label, serial, err = m.address(&ref)
+	return addr, label, serial, t.D, err
 }
 
 func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	addr, label, timeout, err := m.openArgs(b, args, kwargs, 10*time.Second)
+	addr, label, serial, timeout, err := m.openArgs(b, args, kwargs, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -119,8 +137,13 @@ func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	if ok && !sv.s.closed && sv.s.conn != nil {
 		sv.s.conn.Close() // QEMU closed it (the instance stopped): free the socket
 	}
-	s, err := Dial(m.d, label, addr, timeout)
-	if err != nil {
+	var s *Session
+	if serial != nil {
+		s, err = DialSerial(m.d, label, serial, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
+		}
+	} else if s, err = Dial(m.d, label, addr, timeout); err != nil {
 		return nil, fmt.Errorf("%s: %w (is the instance running?)", label, err)
 	}
 	sv = &sessionValue{s: s, m: m}
@@ -131,7 +154,7 @@ func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 }
 
 func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	addr, _, timeout, err := m.openArgs(b, args, kwargs, time.Second)
+	addr, _, serial, timeout, err := m.openArgs(b, args, kwargs, time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +163,9 @@ func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	m.mu.Unlock()
 	if ok && !sv.s.closed && sv.s.conn != nil && sv.s.alive() {
 		return starlark.True, nil
+	}
+	if serial != nil && serial.Device != "" {
+		return starlark.Bool(probeSerial(serial.Device)), nil
 	}
 	c, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {

@@ -38,10 +38,11 @@ type Session struct {
 	d *trace.Door
 	// Label names the console in trace lines and errors ("console 5801").
 	Label string
-	// Addr is the TCP address of the console.
+	// Addr is the TCP address of the console, or the path of a serial
+	// device.
 	Addr string
 
-	conn   net.Conn
+	conn   conn
 	mu     sync.Mutex
 	buf    []byte // cleaned text not yet consumed by an expect
 	cut    int    // bytes dropped from the front of buf so far (absolute offsets)
@@ -80,10 +81,7 @@ type Match struct {
 // Dial connects to a console. Dry, it connects to nothing and prints a
 // comment; the returned session answers every call with plausible values.
 func Dial(d *trace.Door, label, addr string, timeout time.Duration) (*Session, error) {
-	s := &Session{d: d, Label: label, Addr: addr, notify: make(chan struct{})}
-	var b [4]byte
-	rand.Read(b[:])
-	s.nonce = hex.EncodeToString(b[:])
+	s := newSession(d, label, addr)
 	if d.DryRun {
 		d.Print(fmt.Sprintf("# %s: connect to %s", label, addr))
 		return s, nil
@@ -100,6 +98,15 @@ func Dial(d *trace.Door, label, addr string, timeout time.Duration) (*Session, e
 	s.conn = conn
 	go s.read()
 	return s, nil
+}
+
+// newSession is a session on addr, not connected yet.
+func newSession(d *trace.Door, label, addr string) *Session {
+	s := &Session{d: d, Label: label, Addr: addr, notify: make(chan struct{})}
+	var b [4]byte
+	rand.Read(b[:])
+	s.nonce = hex.EncodeToString(b[:])
+	return s
 }
 
 func (s *Session) read() {
@@ -252,7 +259,11 @@ func (s *Session) failf(wrapped error, format string, args ...any) error {
 	s.mu.Unlock()
 	msg := s.Label + ": " + fmt.Sprintf(format, args...)
 	if !got {
-		msg += fmt.Sprintf("; nothing was received from %s (is the guest still booting, or is another client such as nc, socat or another pifarm connected? QEMU serves one console client at a time)", s.Addr)
+		if strings.HasPrefix(s.Addr, "/") {
+			msg += fmt.Sprintf("; nothing was received from %s (is the board powered and booting? Its console needs enable_uart=1 in config.txt, the UART's TX on the Pi's RX (pin 10), RX on TX (pin 8), GND joined)", s.Addr)
+		} else {
+			msg += fmt.Sprintf("; nothing was received from %s (is the guest still booting, or is another client such as nc, socat or another pifarm connected? QEMU serves one console client at a time)", s.Addr)
+		}
 	} else {
 		msg += "; last lines received:"
 		for _, l := range tail(hist, 8) {

@@ -5,7 +5,10 @@
 package fakeguest
 
 import (
+	"errors"
+	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -50,7 +53,7 @@ type Console struct {
 	conns int
 	typed int      // bytes received from clients
 	lines []string // shell lines received
-	conn  net.Conn
+	conn  io.ReadWriteCloser
 	intr  int // Ctrl-Cs that stopped a running command
 }
 
@@ -79,6 +82,20 @@ func NewConsole(t testing.TB, addr string, configure ...func(*Console)) *Console
 	return fc
 }
 
+// NewStreamConsole serves the console on one stream, the master side of
+// a pseudo-terminal whose slave a test opens as a board's serial device;
+// configure, when given, adjusts it before it serves. Listener is nil.
+func NewStreamConsole(t testing.TB, rw io.ReadWriteCloser, configure ...func(*Console)) *Console {
+	t.Helper()
+	fc := &Console{Users: map[string]string{"pi": "raspberry"}, Dir: t.TempDir(), FailDelay: 300 * time.Millisecond}
+	for _, c := range configure {
+		c(fc)
+	}
+	fc.conns, fc.conn = 1, rw
+	go fc.handle(rw)
+	return fc
+}
+
 func (fc *Console) serve() {
 	for {
 		c, err := fc.Listener.Accept()
@@ -102,7 +119,7 @@ func (fc *Console) prompt() string {
 	return "\x1b[?2004h" + fc.user + "@raspberrypi:~" + p
 }
 
-func (fc *Console) handle(c net.Conn) {
+func (fc *Console) handle(c io.ReadWriter) {
 	if fc.Silent {
 		buf := make([]byte, 256)
 		for {
@@ -377,7 +394,9 @@ func (fc *Console) SetState(st int, user string) {
 }
 
 // PowerDown prints the kernel's last words and closes the console, as QEMU
-// does when it exits after a power-down.
+// does when it exits after a power-down. A board's console on a stream
+// (NewStreamConsole) stays open, as a UART does until its power is cut:
+// the test closes the stream then.
 func (fc *Console) PowerDown() {
 	fc.mu.Lock()
 	c := fc.conn
@@ -385,6 +404,9 @@ func (fc *Console) PowerDown() {
 	fc.mu.Unlock()
 	if c != nil {
 		c.Write([]byte("[  101.223456] reboot: Power down\r\n"))
+	}
+	if fc.Listener == nil {
+		return
 	}
 	fc.Listener.Close()
 	if c != nil {
@@ -426,4 +448,41 @@ func (fc *Console) State() (int, string) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	return fc.state, fc.user
+}
+
+// PTYMaster is the master side of a pseudo-terminal as QEMU's pty chardev
+// uses it: a read while no client has the slave open fails with EIO,
+// which the board does not take for its end; it waits for the next client
+// (polling, as QEMU does) until Close.
+func PTYMaster(f *os.File) io.ReadWriteCloser { return &ptyMaster{f: f} }
+
+type ptyMaster struct {
+	f      *os.File
+	mu     sync.Mutex
+	closed bool
+}
+
+func (p *ptyMaster) Read(b []byte) (int, error) {
+	for {
+		n, err := p.f.Read(b)
+		if !errors.Is(err, syscall.EIO) {
+			return n, err
+		}
+		p.mu.Lock()
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return n, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *ptyMaster) Write(b []byte) (int, error) { return p.f.Write(b) }
+
+func (p *ptyMaster) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	return p.f.Close()
 }
