@@ -48,6 +48,9 @@ type Plan struct {
 	// Warnings explain what was left out, and what listens beyond
 	// loopback.
 	Warnings []string
+	// Line, when set, is the command as a shell line where Argv alone
+	// is not all of it (virsh create with the domain XML as its input).
+	Line string
 	// VNCPassword: VNC listens beyond loopback with password=on; the start
 	// sets a password over QMP (see setVNCPassword).
 	VNCPassword bool

@@ -79,9 +79,13 @@ func (in *Instances) commandFn(_ *starlark.Thread, b *starlark.Builtin, args sta
 	if err != nil {
 		return nil, err
 	}
-	p, err := Command(in.F, n, o)
+	p, err := in.plan(n, o)
 	if err != nil {
 		return nil, err
+	}
+	line := trace.Join(p.Argv)
+	if p.Line != "" {
+		line = p.Line
 	}
 	// Like qemu.start's: on standard error (in the trace when dry), never
 	// mixed into what a recipe prints.
@@ -89,7 +93,7 @@ func (in *Instances) commandFn(_ *starlark.Thread, b *starlark.Builtin, args sta
 		in.D.Print("# warning: " + w)
 	}
 	return starlarkstruct.FromStringDict(starlark.String("qemu_command"), starlark.StringDict{
-		"argv": trace.Strings(p.Argv), "line": starlark.String(trace.Join(p.Argv)),
+		"argv": trace.Strings(p.Argv), "line": starlark.String(line),
 		"lan": starlark.Bool(p.LAN), "wlan": starlark.Bool(p.WLAN), "warnings": trace.Strings(p.Warnings),
 	}), nil
 }
@@ -274,6 +278,10 @@ func (in *Instances) StatusStruct(st Status) *starlarkstruct.Struct {
 		// vnc_password_file names the 0600 file with the VNC password of a
 		// QEMU whose VNC listens beyond loopback, else "".
 		"vnc_password_file": starlark.String(st.VNCPasswordFile),
+		// host and domain: the libvirt URI and domain name of a node
+		// placed on a libvirt host, else "".
+		"host":   starlark.String(st.Host),
+		"domain": starlark.String(st.Domain),
 	})
 }
 

@@ -29,6 +29,10 @@ type Instances struct {
 	// another pifarm (a start, or the image module cloning or changing an
 	// image, which can take minutes); 0 means 10 minutes.
 	LockWait time.Duration
+
+	// hosts are the libvirt connections of the nodes placed on a
+	// libvirt host (see libvirt.go).
+	hosts hostConns
 }
 
 // Status is what is known about one instance's QEMU.
@@ -59,6 +63,9 @@ type Status struct {
 	// VNCPasswordFile names the file (mode 0600) holding the VNC password
 	// of a QEMU whose VNC listens beyond loopback; "" when it has none.
 	VNCPasswordFile string
+	// Host is the libvirt URI of a node placed on a libvirt host, Domain
+	// its domain there; "" for a QEMU process of this machine.
+	Host, Domain string
 
 	// dead: a stale pidfile behind which no QEMU can be (see find).
 	dead bool
@@ -251,6 +258,9 @@ func (in *Instances) Status(n *farm.Node) Status {
 }
 
 func (in *Instances) probe(n *farm.Node) Status {
+	if h, ok := in.placed(n); ok {
+		return in.probeOn(h, n)
+	}
 	id := n.ID
 	st := Status{ID: id, Alias: n.Alias}
 	q := in.find(id)

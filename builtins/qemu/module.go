@@ -62,7 +62,15 @@ QEMU runs in the foreground and start returns when it exits.
 
 Returns the status (see qemu.status) with already=True when it was running before,
 lan/wlan (TAP NICs present), warnings and line (the command run). Dry-run prints the
-exact qemu-system-aarch64 line and starts nothing; missing TAPs print "# warning:" lines.`},
+exact qemu-system-aarch64 line and starts nothing; missing TAPs print "# warning:" lines.
+
+A node placed on a libvirt host (config.star's host, or the node's own host =) starts as
+a transient libvirt domain there instead, from the same instance model (machine, memory,
+CPUs, acceleration, boot files, SD card, serial console on TCP 5800+N, SSH forward
+5700+N and VNC 5900+N on that host's loopback, the NICs and their MACs); the trace shows
+"virsh -c URI create /dev/stdin" with the domain XML. status, quit, wait_exit, qmp and
+the waits work the same through libvirt (and through the host's SSH connection for a
+remote one); console=True, gui=True and global_bind=True are refused there.`},
 			{Name: "status", Args: "node", Fn: in.statusFn,
 				Doc: `Whether instance node's QEMU runs, from its pidfile, /proc and QMP (never ps).
 

@@ -26,6 +26,9 @@ func (in *Instances) QMPCommand(n *farm.Node, command string, arguments starlark
 		}
 		args = json.RawMessage(js)
 	}
+	if h, ok := in.placed(n); ok {
+		return in.qmpOn(h, n, command, args)
+	}
 	st := in.Status(n)
 	if !st.Running {
 		return "", fmt.Errorf("instance %d is not running", n.ID)

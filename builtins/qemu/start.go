@@ -22,6 +22,9 @@ import (
 // the image module). A VNC display beyond loopback gets a fresh password
 // (see setVNCPassword).
 func (in *Instances) Start(n *farm.Node, o Options) (Status, error) {
+	if h, ok := in.placed(n); ok {
+		return in.startOn(h, n, o)
+	}
 	id := n.ID
 	plan, err := Command(in.F, n, o)
 	if err != nil {

@@ -22,6 +22,9 @@ import (
 // pidfile naming another live process, or garbage, with no QEMU behind it
 // is refused with an error (nothing is signalled).
 func (in *Instances) Quit(n *farm.Node, timeout time.Duration) (bool, error) {
+	if h, ok := in.placed(n); ok {
+		return in.quitOn(h, n, timeout)
+	}
 	id := n.ID
 	q := in.find(id)
 	if q.pid == 0 && q.staleReason == "" {
@@ -112,6 +115,9 @@ func (in *Instances) orphan(n *farm.Node) int {
 // WaitExit waits until instance n's QEMU has exited, at most timeout. It
 // returns at once when none runs.
 func (in *Instances) WaitExit(n *farm.Node, timeout time.Duration) error {
+	if h, ok := in.placed(n); ok {
+		return in.waitExitOn(h, n, timeout)
+	}
 	pid := in.find(n.ID).pid
 	if pid == 0 {
 		return nil

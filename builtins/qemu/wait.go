@@ -65,7 +65,7 @@ func (in *Instances) backoff(cur time.Duration) time.Duration {
 // success.
 func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.Duration) (WaitResult, error) {
 	port := in.F.ConsolePort(n)
-	what := fmt.Sprintf("instance %d: console 127.0.0.1:%d waiting for /%s/", n.ID, port, re)
+	what := fmt.Sprintf("instance %d: console %s waiting for /%s/", n.ID, in.where(n, port), re)
 	if in.D.DryRun {
 		in.D.Note("wait until the console (nc localhost %d) shows /%s/ (at most %s)", port, re, timeout)
 		return WaitResult{OK: true}, nil
@@ -78,7 +78,7 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 	var dialErr error
 	ran := in.alive(n)
 	for {
-		conn, err := dialLoopback(ctx, port, deadline)
+		conn, err := in.dialPort(ctx, n, port, deadline)
 		if err != nil && (dialErr == nil || !isTimeout(err)) {
 			dialErr = err
 		}
@@ -119,6 +119,9 @@ func (in *Instances) WaitConsole(n *farm.Node, re *regexp.Regexp, timeout time.D
 
 // alive reports whether instance n's QEMU runs (pidfile and /proc, no QMP).
 func (in *Instances) alive(n *farm.Node) bool {
+	if h, ok := in.placed(n); ok {
+		return in.probeOn(h, n).Running
+	}
 	return in.find(n.ID).pid != 0
 }
 
@@ -181,7 +184,7 @@ func (in *Instances) readUntil(conn net.Conn, re *regexp.Regexp, deadline time.T
 // closes it; that is retried until the deadline. Dry, it prints a comment.
 func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, error) {
 	port := in.F.SSHPort(n)
-	what := fmt.Sprintf("instance %d: ssh 127.0.0.1:%d waiting for an SSH banner", n.ID, port)
+	what := fmt.Sprintf("instance %d: ssh %s waiting for an SSH banner", n.ID, in.where(n, port))
 	if in.D.DryRun {
 		in.D.Note("wait until ssh -p %d localhost answers with an SSH banner (at most %s)", port, timeout)
 		return WaitResult{OK: true}, nil
@@ -192,7 +195,7 @@ func (in *Instances) WaitSSH(n *farm.Node, timeout time.Duration) (WaitResult, e
 	var retry time.Duration
 	ran := in.alive(n)
 	for {
-		conn, err := dialLoopback(ctx, port, deadline)
+		conn, err := in.dialPort(ctx, n, port, deadline)
 		if err == nil {
 			stop := closeOnCancel(ctx, conn)
 			// QEMU's forward to a paused or busy guest may neither answer
