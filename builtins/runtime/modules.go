@@ -12,6 +12,7 @@ import (
 	"pifarm/builtins/image"
 	"pifarm/builtins/net"
 	"pifarm/builtins/pkgcache"
+	"pifarm/builtins/power"
 	"pifarm/builtins/qemu"
 	"pifarm/builtins/ssh"
 	"pifarm/builtins/trace"
@@ -33,6 +34,7 @@ var registry = []func(*trace.Door, *farm.Farm) *trace.Module{
 	qemu.New,
 	ssh.New,
 	console.New,
+	power.New,
 	argsModule,
 }
 
