@@ -28,6 +28,11 @@ type Target struct {
 	// Shared reports that KnownHosts holds other hosts too (the reset hint
 	// then uses ssh-keygen -R instead of rm).
 	Shared bool
+	// Via, when set, opens the connection instead of a TCP connection to
+	// Addr: a guest on a remote libvirt host, whose forwarded SSH port
+	// listens on that host's loopback, is reached through the host's SSH
+	// connection (Addr still names it in known_hosts and messages).
+	Via func(deadline time.Time) (net.Conn, error)
 }
 
 // Addr is host:port.
@@ -265,7 +270,19 @@ func (e *HostKeyMismatch) Error() string { return e.Msg }
 // is not up yet), is retried with short pauses until the deadline.
 // Dry, it connects to nothing.
 func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*Conn, error) {
-	c := &Conn{d: d, T: t, A: a}
+	return dial(d, t, a, keys, timeout, nil)
+}
+
+// dial is Dial, logging in first on probed when it is not nil (a
+// connection Probe opened to t): the handshake goes on after the banner it
+// read, no new connection is made for it. It is closed when not used.
+func dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration, probed *Probed) (c *Conn, err error) {
+	defer func() {
+		if probed != nil {
+			probed.Close()
+		}
+	}()
+	c = &Conn{d: d, T: t, A: a}
 	byLen := append([]string(nil), a.Passwords...)
 	sort.Slice(byLen, func(i, j int) bool { return len(byLen[i]) > len(byLen[j]) })
 	for _, p := range byLen {
@@ -333,7 +350,22 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 	ctx := d.Context()
 	pause := 20 * time.Millisecond
 	for {
-		client, err := dialOnce(ctx, t.Addr(), cfg, deadline)
+		var nc net.Conn
+		if probed != nil {
+			nc, probed = probed, nil
+		}
+		var client *xssh.Client
+		var err error
+		if nc == nil && t.Via != nil {
+			if nc, err = t.Via(deadline); err != nil {
+				// The remote host's loopback refused: the guest's
+				// forward is not there yet, as a refused connection.
+				err = fmt.Errorf("%w (%w)", err, syscall.ECONNREFUSED)
+			}
+		}
+		if err == nil {
+			client, err = dialOnce(ctx, t.Addr(), cfg, deadline, nc)
+		}
 		if err == nil {
 			c.client = client
 			c.dead = make(chan struct{})
@@ -372,11 +404,13 @@ func Dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration) (*C
 func dialOnce(ctx interface {
 	Done() <-chan struct{}
 	Err() error
-}, addr string, cfg *xssh.ClientConfig, deadline time.Time) (*xssh.Client, error) {
-	dl := net.Dialer{Deadline: deadline}
-	nc, err := dl.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
+}, addr string, cfg *xssh.ClientConfig, deadline time.Time, nc net.Conn) (*xssh.Client, error) {
+	if nc == nil {
+		dl := net.Dialer{Deadline: deadline}
+		var err error
+		if nc, err = dl.Dial("tcp", addr); err != nil {
+			return nil, err
+		}
 	}
 	// ClientConfig.Timeout covers the TCP connect only: bound the handshake.
 	nc.SetDeadline(deadline)
@@ -414,24 +448,59 @@ func retryable(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
 }
 
-// Banner reads the server's identification line ("SSH-2.0-...") without
-// logging in, or returns "" when none arrives within timeout.
-func Banner(addr string, timeout time.Duration) string {
+// Probed is a connection on which Probe read the server's banner: what
+// was read of it (the banner line and whatever followed) is read again
+// first, so that an SSH handshake can go on over it. Logging in on it
+// saves a connection: under full-system emulation each new connection
+// costs the guest's SSH server a process and seconds before its banner.
+type Probed struct {
+	net.Conn
+	pre []byte
+	at  time.Time // when the banner was read
+}
+
+// Read returns what Probe read first, then what the connection brings.
+func (p *Probed) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// Probe reads the server's identification line ("SSH-2.0-...") without
+// logging in and returns it with the connection it came on, or "" and nil
+// when none arrives within timeout.
+func Probe(addr string, timeout time.Duration) (string, *Probed) {
 	nc, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
-		return ""
+		return "", nil
 	}
-	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(timeout))
 	r := bufio.NewReader(nc)
+	var seen []byte
 	for i := 0; i < 20; i++ {
 		line, err := r.ReadString('\n')
+		seen = append(seen, line...)
 		if strings.HasPrefix(line, "SSH-") {
-			return strings.TrimSpace(line)
+			rest, _ := r.Peek(r.Buffered())
+			nc.SetDeadline(time.Time{})
+			return strings.TrimSpace(line), &Probed{Conn: nc, pre: append(seen, rest...), at: time.Now()}
 		}
 		if err != nil {
-			return ""
+			break
 		}
 	}
-	return ""
+	nc.Close()
+	return "", nil
+}
+
+// Banner is Probe's line; the connection is closed.
+func Banner(addr string, timeout time.Duration) string {
+	s, p := Probe(addr, timeout)
+	if p != nil {
+		p.Close()
+	}
+	return s
 }

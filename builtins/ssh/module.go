@@ -34,6 +34,7 @@ type module struct {
 
 	mu       sync.Mutex
 	conns    map[string]*connValue // user@host:port -> open connection
+	probed   map[string]*Probed    // host:port -> the connection of the last probe, for the next log-in
 	keyShown bool                  // dry run: the key creation was printed
 }
 
@@ -59,7 +60,7 @@ func New(d *trace.Door, f *farm.Farm) *trace.Module {
 }
 
 func newWithKeys(d *trace.Door, f *farm.Farm, keys Keys) *trace.Module {
-	m := &module{d: d, f: f, keys: keys, conns: map[string]*connValue{}}
+	m := &module{d: d, f: f, keys: keys, conns: map[string]*connValue{}, probed: map[string]*Probed{}}
 	return &trace.Module{
 		Name: "ssh",
 		Doc: `SSH to instances, hardware nodes and any host (no ssh/scp/sshpass binaries).
@@ -112,7 +113,9 @@ seconds, else None. A query: runs in dry-run too; logs in to nothing.
 A port nobody listens on (QEMU's forward to a guest without an SSH server
 closes at once) costs no wait; a slow guest (OpenSSH under full-system
 emulation takes 0.4-2 s and more to send its banner) is waited for up to
-timeout.`},
+timeout. The connection is kept open for 20 s: a log-in to the same host and
+port (ssh.connect, ssh.login_error) goes on over it instead of making another
+one, which would cost an emulated guest another process and banner.`},
 			{Name: "trust", Args: "instance, keys, how, port=None", Fn: m.trust,
 				Doc: `Record the instance's SSH host keys, learnt over a channel pifarm already
 trusts (keys: the text of the guest's /etc/ssh/ssh_host_*_key.pub, one key a
@@ -167,6 +170,12 @@ func (m *module) target(ref *farm.InstanceRef, port int) (Target, error) {
 		}
 		if port != 0 {
 			t.Port = port
+		}
+		if _, remote := m.f.Remote(n); remote {
+			p := t.Port
+			t.Via = func(deadline time.Time) (net.Conn, error) {
+				return m.f.DialPort(m.d.Context(), n, p, time.Until(deadline))
+			}
 		}
 		return t, nil
 	}
@@ -235,13 +244,17 @@ func (m *module) dial(a *login) (*connValue, error) {
 		return nil, err
 	}
 	id := a.user + "@" + t.Addr()
+	probed := m.takeProbed(t.Addr())
 	m.mu.Lock()
 	if cv, ok := m.conns[id]; ok && cv.c.alive() && (key == "" || cv.c.A.KeyFile == key) {
 		m.mu.Unlock()
+		if probed != nil {
+			probed.Close()
+		}
 		return cv, nil
 	}
 	m.mu.Unlock()
-	c, err := Dial(m.d, t, Auth{User: a.user, Passwords: a.password.Strings, KeyFile: key}, m.keys, a.timeout.D)
+	c, err := dial(m.d, t, Auth{User: a.user, Passwords: a.password.Strings, KeyFile: key}, m.keys, a.timeout.D, probed)
 	if err != nil {
 		return nil, err
 	}
@@ -319,10 +332,41 @@ func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	if err != nil {
 		return nil, err
 	}
-	if s := Banner(t.Addr(), timeout.D); s != "" {
+	s, p := Probe(t.Addr(), timeout.D)
+	if p == nil {
+		return starlark.None, nil
+	}
+	if m.d.DryRun { // no log-in follows
+		p.Close()
 		return starlark.String(s), nil
 	}
-	return starlark.None, nil
+	m.mu.Lock()
+	old := m.probed[t.Addr()]
+	m.probed[t.Addr()] = p
+	m.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return starlark.String(s), nil
+}
+
+// probedKeep is how long a probe's connection waits for the log-in that
+// usually follows it (servers drop a connection that does not log in
+// within their grace time: OpenSSH 120 s, dropbear 300 s).
+const probedKeep = 20 * time.Second
+
+// takeProbed returns the connection the last probe of addr left open
+// (nil when none, or when it is older than probedKeep: then it is closed).
+func (m *module) takeProbed(addr string) *Probed {
+	m.mu.Lock()
+	p := m.probed[addr]
+	delete(m.probed, addr)
+	m.mu.Unlock()
+	if p != nil && time.Since(p.at) > probedKeep {
+		p.Close()
+		return nil
+	}
+	return p
 }
 
 func (m *module) command(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {

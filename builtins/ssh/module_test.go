@@ -46,8 +46,30 @@ assert.eq(ssh.command(11), "ssh -p 21111 root@localhost")
 assert.eq(ssh.command("n11", "id -u", user = "pi"), "ssh -p 21111 pi@localhost 'id -u'")
 c.close()
 `)
-	if n := srv.Connections(); n != 2 { // one probe, one login
+	if n := srv.Connections(); n != 2 { // one login, one probe
 		t.Fatalf("%d connections, want 2 (reuse)", n)
+	}
+}
+
+// TestProbeConnectionCarriesTheLogIn: a log-in right after a probe of the
+// same address goes on over the probe's connection (the banner replayed);
+// a probe followed by no log-in is closed by the next probe or log-in.
+func TestProbeConnectionCarriesTheLogIn(t *testing.T) {
+	f := testFarm(t)
+	srv := fakeguest.NewSSHServer(t, addr(12))
+	fixture(t, startest.Options{}, f, Keys{Home: t.TempDir(), ConfDir: t.TempDir()}).Run("probed.star", `
+assert.true(ssh.probe(12).startswith("SSH-2.0-"))
+c = ssh.connect(12, user = "pi", password = "raspberry", timeout = 5)
+assert.eq(c.run("echo ok").stdout, "ok\n")
+ssh.probe(12)
+assert.true(ssh.connect(12, user = "pi", password = "raspberry") == c)
+ssh.probe(12)
+ssh.probe(12)
+assert.true("authentication failed" in ssh.login_error(12, user = "root", password = "wrong", timeout = 5))
+assert.eq(c.run("echo still").stdout, "still\n")
+`)
+	if n := srv.Connections(); n != 4 { // the first and the last probe carried a log-in
+		t.Fatalf("%d connections, want 4", n)
 	}
 }
 
