@@ -134,6 +134,7 @@ func TestDryOpenRunClose(t *testing.T) {
 c = chroot.open(0, root = struct(offset = 46137344, bytes = 49283072), boot = struct(offset = 4194304, bytes = 41943040))
 r = c.run("apt-get -q update", stream = True)
 assert.eq(r.exit_code, 0)
+assert.eq(c.apt_update(["-o", "Acquire::http::Proxy=http://127.0.0.1:5699"]).exit_code, 0)
 c.close()
 `)
 	out := fx.Output()
@@ -147,6 +148,8 @@ c.close()
 		"sudo mount -t proc proc " + dir + "/root/proc\n",
 		"sudo install -m 755 /dev/stdin " + dir + "/root/usr/sbin/policy-rc.d <<'EOF'\n",
 		"sudo chroot " + dir + "/root /usr/bin/env -i PATH=" + guestPATH + " HOME=/root LC_ALL=C.UTF-8 TERM=dumb /bin/sh -c 'apt-get -q update'\n",
+		"sudo unshare --mount --propagation private sh -c 'exec 2>&1'$'\\n''r=$1 loc=$2; shift 2'",
+		"update' apt-update " + dir + "/root C.UTF-8 -o Acquire::http::Proxy=http://127.0.0.1:5699\n",
 		"sudo rm -f " + dir + "/root/usr/sbin/policy-rc.d\n",
 		"sudo umount " + dir + "/root\n",
 	} {

@@ -40,6 +40,16 @@ output to the terminal as it arrives; check makes a non-zero exit an error
 quoting stderr's tail; timeout (seconds) ends the command (timeout(1)).
 The environment is clean: PATH, HOME=/root, LC_ALL=C.UTF-8 if the guest has it
 (else C), TERM=dumb. Dry run: prints "chroot ROOT ... sh -c CMD".`},
+		{Name: "apt_update", Args: "options=[], stream=False", Fn: (*value).aptUpdate,
+			Doc: `apt-get update for the guest, run by this host's own apt (native speed) in a
+mount namespace where the guest's apt configuration, lists, package cache,
+dpkg status and keyrings stand where the guest sees them, for the guest's
+architectures (its dpkg's); by the guest's apt in the chroot when the host has
+no apt, or the guest's configuration runs commands around an update, or a
+source is signed by a key outside /etc/apt and /usr/share/keyrings. options
+are apt-get's (e.g. ["-o", "Acquire::http::Proxy=URL"]). Returns
+struct(stdout, stderr, exit_code), all output in stdout; exit_code 127: the
+guest has no apt-get.`},
 		{Name: "close", Args: "", Fn: (*value).close,
 			Doc: `Undo the open in reverse order (files made, mounts, the qcow2 export) and let
 the instance lock go. A run that ends without close() closes it too.`},
@@ -83,6 +93,19 @@ func (v *value) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple
 	}
 	o.Timeout = timeout.D
 	res, err := v.r.Run(cmd, o)
+	if err != nil {
+		return nil, err
+	}
+	return trace.ResultStruct(res.Stdout, res.Stderr, res.ExitCode), nil
+}
+
+func (v *value) aptUpdate(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
+	var opts trace.StringList
+	var stream bool
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "options?", &opts, "stream?", &stream); err != nil {
+		return nil, err
+	}
+	res, err := v.r.AptUpdate(opts.Strings, stream)
 	if err != nil {
 		return nil, err
 	}

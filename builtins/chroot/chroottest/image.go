@@ -29,6 +29,13 @@ const (
 // root and pi. It skips the test when a host tool is missing.
 func Image(t testing.TB) string {
 	t.Helper()
+	return ImageWith(t, nil, nil)
+}
+
+// ImageWith is Image with more: files (path in the root: content) and the
+// host programs progs (each with its libraries, in /usr/bin).
+func ImageWith(t testing.TB, more map[string]string, progs []string) string {
+	t.Helper()
 	work := t.TempDir()
 	tree := filepath.Join(work, "tree")
 	for _, d := range []string{"proc", "sys", "dev", "run", "boot/firmware", "usr/sbin", "usr/bin", "etc/ssh", "var/cache/apt/archives", "root", "tmp", "home/pi"} {
@@ -45,12 +52,16 @@ func Image(t testing.TB) string {
 		"etc/shadow":      "root:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
 		"etc/hostname":    "raspberrypi\n",
 	}
+	for name, content := range more {
+		files[name] = content
+		os.MkdirAll(filepath.Join(tree, filepath.Dir(name)), 0o755)
+	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(tree, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, prog := range []string{"dash", "busybox", "ssh-keygen"} {
+	for _, prog := range append([]string{"dash", "busybox", "ssh-keygen"}, progs...) {
 		copyWithLibs(t, tree, prog)
 	}
 	os.Symlink("dash", filepath.Join(tree, "usr/bin/sh"))
