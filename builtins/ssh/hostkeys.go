@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"go.starlark.net/starlark"
-	"go.starlark.net/starlarkstruct"
 	xssh "golang.org/x/crypto/ssh"
 	"pifarm/builtins/trace"
 )
@@ -104,7 +103,10 @@ func HostKeysTar(keys []HostKey) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// newHostKeys is ssh.new_host_keys.
+// newHostKeys is ssh.new_host_keys: the keys are made in the background
+// (an RSA key of 3072 bits takes up to seconds), so a recipe that asks for
+// them before a long step (a conversion, a copy) has them when it needs
+// them; the value's fields wait for them.
 func (m *module) newHostKeys(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	var comment string
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "comment?", &comment); err != nil {
@@ -113,6 +115,17 @@ func (m *module) newHostKeys(_ *starlark.Thread, b *starlark.Builtin, args starl
 	if strings.ContainsAny(comment, "\n\r") {
 		return nil, trace.Usagef("%s: comment %q holds a line break", b.Name(), comment)
 	}
+	v := &hostKeysValue{name: b.Name(), done: make(chan struct{})}
+	go func() {
+		defer close(v.done)
+		v.fields, v.err = hostKeyFields(comment)
+	}()
+	return v, nil
+}
+
+// hostKeyFields makes a set of host keys and returns the fields of
+// ssh.new_host_keys's value.
+func hostKeyFields(comment string) (starlark.StringDict, error) {
 	keys, err := NewHostKeys(comment)
 	if err != nil {
 		return nil, err
@@ -128,8 +141,52 @@ func (m *module) newHostKeys(_ *starlark.Thread, b *starlark.Builtin, args starl
 		fps = append(fps, starlark.String(k.Fingerprint))
 		files = append(files, starlark.String("/etc/ssh/ssh_host_"+k.Type+"_key"), starlark.String("/etc/ssh/ssh_host_"+k.Type+"_key.pub"))
 	}
-	return starlarkstruct.FromStringDict(starlark.String("host_keys"), starlark.StringDict{
+	return starlark.StringDict{
 		"archive": starlark.Bytes(archive), "public": starlark.String(strings.Join(pubs, "")),
 		"fingerprints": starlark.NewList(fps), "files": starlark.NewList(files),
-	}), nil
+	}, nil
+}
+
+// hostKeysValue is ssh.new_host_keys's value: its fields wait until the
+// keys are made (a failure to make them is the error of every field).
+type hostKeysValue struct {
+	name   string
+	done   chan struct{}
+	fields starlark.StringDict
+	err    error
+}
+
+func (v *hostKeysValue) String() string        { return "<host_keys>" }
+func (v *hostKeysValue) Type() string          { return "host_keys" }
+func (v *hostKeysValue) Freeze()               {}
+func (v *hostKeysValue) Truth() starlark.Bool  { return starlark.True }
+func (v *hostKeysValue) Hash() (uint32, error) { return 0, fmt.Errorf("unhashable: host_keys") }
+
+// AttrNames lists the fields.
+func (v *hostKeysValue) AttrNames() []string {
+	return []string{"archive", "files", "fingerprints", "public"}
+}
+
+// Attr returns a field once the keys are made.
+func (v *hostKeysValue) Attr(name string) (starlark.Value, error) {
+	<-v.done
+	if v.err != nil {
+		return nil, fmt.Errorf("%s: %w", v.name, v.err)
+	}
+	f, ok := v.fields[name]
+	if !ok {
+		return nil, nil // no such field: starlark says so
+	}
+	if l, ok := f.(*starlark.List); ok {
+		return starlark.NewList(append([]starlark.Value(nil), listValues(l)...)), nil
+	}
+	return f, nil
+}
+
+func listValues(l *starlark.List) []starlark.Value {
+	out := make([]starlark.Value, l.Len())
+	for i := range out {
+		out[i] = l.Index(i)
+	}
+	return out
 }

@@ -143,7 +143,9 @@ Returns struct(archive, public, fingerprints, files): archive is a tar of
 etc/ssh/ssh_host_TYPE_key (mode 0600) and .pub (0644), owner root, to unpack
 at the guest's root (bytes: the private keys appear in no trace); public the
 .pub lines, ed25519 first; fingerprints their SHA256 fingerprints. Makes
-nothing outside pifarm's memory, in a dry run too.`},
+nothing outside pifarm's memory, in a dry run too. The keys are made in the
+background (an RSA key takes up to seconds): ask for them before a long step
+and the fields wait only for what is left.`},
 			{Name: "command", Args: `instance, cmd="", port=None, user="root"`, Fn: m.command,
 				Doc: `The ssh command line a user would type to reach the instance (and run cmd).`},
 		},

@@ -136,6 +136,26 @@ assert.fails(lambda: ssh.fingerprints("root@enone:~# "), "not a public key")
 `)
 }
 
+// TestNewHostKeysValue: ssh.new_host_keys's value waits for the keys made in
+// the background; its lists are the caller's to change.
+func TestNewHostKeysValue(t *testing.T) {
+	fx := fixture(t, startest.Options{}, testFarm(t), noKeys(t))
+	fx.Run("newkeys.star", `
+k = ssh.new_host_keys(comment = "root@enone")
+assert.eq(type(k), "host_keys")
+assert.eq(dir(k), ["archive", "files", "fingerprints", "public"])
+assert.eq(len(k.fingerprints), 3)
+assert.eq(ssh.fingerprints(k.public), k.fingerprints)
+assert.eq(k.files[:2], ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub"])
+assert.true(k.public.startswith("ssh-ed25519 ") and k.public.count("root@enone") == 3)
+assert.eq(type(k.archive), "bytes")
+k.fingerprints.append("x")
+assert.eq(len(k.fingerprints), 3)
+assert.true(ssh.new_host_keys().fingerprints != k.fingerprints)
+assert.fails(lambda: ssh.new_host_keys(comment = "a\nb"), "line break")
+`)
+}
+
 // TestForget: the keys recorded for an instance go (other hosts' lines
 // stay, the old file is kept as known_hosts~); forgetting again changes
 // nothing.
