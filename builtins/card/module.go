@@ -89,7 +89,7 @@ partitions) unless yes; without a terminal it is refused unless yes.
 Only the image's data is written; its holes are zeroed on a card
 (BLKZEROOUT). The first sector is wiped first and the image's MBR written
 last. With verify every written range is read back (O_DIRECT) and its
-SHA-256 compared with the one taken while writing. boot_files (a dict
+64-bit hash compared with the one taken while writing. boot_files (a dict
 NAME: text) are written into partition 1 (FAT) of each card before its MBR.
 An image file target is written to NAME.partial and renamed over NAME (the
 old one kept as NAME~). Ctrl-C stops every card; a stopped card has no
