@@ -195,6 +195,12 @@ func (m *mod) ProvideQboot(id int, path string) (*Qboot, error) {
 		} else {
 			line = mcopyLine(d.Real, d.Layout.Boot().Offset(), "::"+name, dst)
 		}
+		if m.sameInCache(dst, b) {
+			// the same bytes already (a promoted clone's kernel, a second
+			// call): nothing to write, and no backup of them
+			m.d.Note("%s holds %s of partition 1 of %s already (%d bytes)", dst, name, path, len(b))
+			continue
+		}
 		if _, err := os.Lstat(dst); err == nil {
 			line = "cp -p " + trace.Quote(dst) + " " + trace.Quote(dst+"~") + "\n" + line
 		}

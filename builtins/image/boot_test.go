@@ -90,6 +90,20 @@ func TestRegisterProvideCheck(t *testing.T) {
 	if st, _ := m.CheckBoot(0); st.State != "ok" {
 		t.Fatalf("after re-provide: %+v", st)
 	}
+	// the same boot files once more: neither is written again
+	ker0, _ := os.Stat(m.f.Kernel(0))
+	dtb0, _ := os.Stat(m.f.DTB(0))
+	if _, err := m.ProvideQboot(0, ""); err != nil {
+		t.Fatal(err)
+	}
+	ker1, _ := os.Stat(m.f.Kernel(0))
+	dtb1, _ := os.Stat(m.f.DTB(0))
+	if !os.SameFile(ker0, ker1) || !os.SameFile(dtb0, dtb1) {
+		t.Error("unchanged boot files were written again")
+	}
+	if st, _ := m.CheckBoot(0); st.State != "ok" {
+		t.Fatalf("after providing the same files: %+v", st)
+	}
 	// registering another image drops the stale boot files
 	other := filepath.Join(dir, "other.img")
 	run(t, "", "cp", "--sparse=always", fx.path, other)

@@ -1,8 +1,10 @@
 package image
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -192,6 +194,32 @@ func (m *mod) writeCache(path string, data []byte, mode os.FileMode, backup bool
 		}
 		return c.commit(tmp, path, backup)
 	})
+}
+
+// sameInCache reports whether the cache file path holds exactly data (read
+// through the cache's root: a symbolic link is never followed out of it).
+// Any failure to read it is "no".
+func (m *mod) sameInCache(path string, data []byte) bool {
+	same := false
+	m.withCache(func(c *cacheFS) error {
+		r, err := c.tr.Rel(path)
+		if err != nil {
+			return err
+		}
+		f, err := c.root.Open(r)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(data)) {
+			return err
+		}
+		b := make([]byte, len(data)+1)
+		n, _ := io.ReadFull(f, b)
+		same = n == len(data) && bytes.Equal(b[:n], data)
+		return nil
+	})
+	return same
 }
 
 // leftoverRE matches the temporary files of an instance folder that a
