@@ -634,10 +634,42 @@ func (m *mod) Rollback(id int, name string) (*RollbackResult, error) {
 			return nil, fmt.Errorf("%s: the disk is rolled back, but its boot files could not be read from it: %w", op, err)
 		}
 	}
+	if res.BootRestored && m.trustKeptBoot(id, res.Snapshot.Boot) {
+		res.Boot = BootState{State: "ok", Message: fmt.Sprintf("instance %d: boot files as kept with snapshot %s, which they matched when it was taken", id, name)}
+		return res, nil
+	}
 	if res.Boot, err = m.CheckBoot(id); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+// trustKeptBoot records, after a rollback put back the boot files kept with
+// a snapshot whose signature was sum, that they match the disk: it is the
+// snapshot's guest view again, and that view's boot files had signature
+// sum when the snapshot was taken (CheckBoot then). The .sig record gets
+// the disk's new identity, so that nothing is read again; false (and
+// CheckBoot decides) when the restored record is not that signature's or
+// the disk cannot be opened.
+func (m *mod) trustKeptBoot(id int, sum string) bool {
+	rec, err := readSig(m.f.Sig(id))
+	if err != nil || sum == "" || rec.Sum != sum || rec.older() != "" {
+		return false
+	}
+	path, err := m.diskPath(id)
+	if err != nil {
+		return false
+	}
+	d, err := m.open(path)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	ids, err := d.chainIDs()
+	if err != nil {
+		return false
+	}
+	return m.refreshSig(id, newSigRecord(rec.Sum, rec.Sizes, ids)) == nil
 }
 
 func (m *mod) rollback(op string, id int, name, disk, real string) (*RollbackResult, error) {

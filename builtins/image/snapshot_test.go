@@ -171,8 +171,11 @@ func TestSnapshotRollbackClone(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("rollback in %v", time.Since(t0))
-			if !r.BootRestored || !r.KnownHostsRestored || r.Boot.State != "ok" {
+			if !r.BootRestored || !r.KnownHostsRestored || r.Boot.State != "ok" || r.Boot.Hashed {
 				t.Fatalf("rollback %+v", r)
+			}
+			if st, err := m.CheckBoot(id); err != nil || st.State != "ok" {
+				t.Fatalf("the boot files after the rollback: %+v %v", st, err)
 			}
 			if !bytes.Equal(guestBytes(t, disk, off, 65536), before) {
 				t.Fatal("the write survived the rollback")
