@@ -11,6 +11,7 @@
 package console
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"sort"
@@ -99,7 +100,11 @@ func (m *module) address(ref *farm.InstanceRef) (addr, label string, serial *far
 			return n.Serial.Addr, "serial " + n.Serial.String(), n.Serial, nil
 		}
 		port := m.f.ConsolePort(n)
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), fmt.Sprintf("console %d", port), nil, nil
+		label := fmt.Sprintf("console %d", port)
+		if h, ok := m.f.Remote(n); ok {
+			label += " on " + h.Name()
+		}
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), label, nil, nil
 	}
 	host, port, err := net.SplitHostPort(ref.Text)
 	if err != nil || port == "" {
@@ -113,17 +118,34 @@ func (m *module) address(ref *farm.InstanceRef) (addr, label string, serial *far
 
 // openArgs unpacks the instance and timeout arguments of open and probe:
 // the console's address and label (and serial console, see address).
-func (m *module) openArgs(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, def time.Duration) (addr, label string, serial *farm.Serial, timeout time.Duration, err error) {
+func (m *module) openArgs(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, def time.Duration) (addr, label string, serial *farm.Serial, dial Dialer, timeout time.Duration, err error) {
 	ref, t := m.instanceRef(), trace.Seconds{D: def}
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &ref, "timeout?", &t); err != nil {
-		return "", "", nil, 0, err
+		return "", "", nil, nil, 0, err
 	}
 	addr, label, serial, err = m.address(&ref)
-	return addr, label, serial, t.D, err
+	return addr, label, serial, m.dialer(ref.Node), t.D, err
+}
+
+// dialer is how the console of node n is reached: nil (a TCP connection
+// to its address) unless n is a guest on a remote libvirt host, whose
+// console port listens on that host's loopback and is reached through
+// the host's SSH connection (farm.Farm.DialPort).
+func (m *module) dialer(n *farm.Node) Dialer {
+	if n == nil {
+		return nil
+	}
+	if _, ok := m.f.Remote(n); !ok {
+		return nil
+	}
+	port := m.f.ConsolePort(n)
+	return func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+		return m.f.DialPort(ctx, n, port, timeout)
+	}
 }
 
 func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	addr, label, serial, timeout, err := m.openArgs(b, args, kwargs, 10*time.Second)
+	addr, label, serial, dial, timeout, err := m.openArgs(b, args, kwargs, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +165,7 @@ func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
-	} else if s, err = Dial(m.d, label, addr, timeout); err != nil {
+	} else if s, err = DialVia(m.d, label, addr, timeout, dial); err != nil {
 		return nil, fmt.Errorf("%s: %w (is the instance running?)", label, err)
 	}
 	sv = &sessionValue{s: s, m: m}
@@ -154,7 +176,7 @@ func (m *module) open(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 }
 
 func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	addr, _, serial, timeout, err := m.openArgs(b, args, kwargs, time.Second)
+	addr, _, serial, dial, timeout, err := m.openArgs(b, args, kwargs, time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +189,13 @@ func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 	if serial != nil && serial.Device != "" {
 		return starlark.Bool(probeSerial(serial.Device)), nil
 	}
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	if dial == nil {
+		dial = func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+			d := net.Dialer{Timeout: timeout}
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	c, err := dial(m.d.Context(), timeout)
 	if err != nil {
 		return starlark.False, nil
 	}

@@ -81,6 +81,16 @@ type Match struct {
 // Dial connects to a console. Dry, it connects to nothing and prints a
 // comment; the returned session answers every call with plausible values.
 func Dial(d *trace.Door, label, addr string, timeout time.Duration) (*Session, error) {
+	return DialVia(d, label, addr, timeout, nil)
+}
+
+// Dialer opens the connection to a console within timeout (a tunnel to a
+// remote host's loopback).
+type Dialer func(ctx context.Context, timeout time.Duration) (net.Conn, error)
+
+// DialVia is Dial through dial, which replaces the TCP connection to addr
+// when not nil (addr then only names the console).
+func DialVia(d *trace.Door, label, addr string, timeout time.Duration, dial Dialer) (*Session, error) {
 	s := newSession(d, label, addr)
 	if d.DryRun {
 		d.Print(fmt.Sprintf("# %s: connect to %s", label, addr))
@@ -89,9 +99,13 @@ func Dial(d *trace.Door, label, addr string, timeout time.Duration) (*Session, e
 	if d.Verbose {
 		d.Print(fmt.Sprintf("# %s: connect to %s", label, addr))
 	}
-	var dl net.Dialer
-	dl.Timeout = timeout
-	conn, err := dl.DialContext(d.Context(), "tcp", addr)
+	if dial == nil {
+		dial = func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
+			dl := net.Dialer{Timeout: timeout}
+			return dl.DialContext(ctx, "tcp", addr)
+		}
+	}
+	conn, err := dial(d.Context(), timeout)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}

@@ -1,11 +1,13 @@
 package farm
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // HostURI is a parsed libvirt connection URI naming where a node's QEMU
@@ -124,4 +126,43 @@ func (f *Farm) Host(n *Node) (h HostURI, ok bool) {
 		return HostURI{}, false // validated at load: not reached
 	}
 	return h, true
+}
+
+// Reacher connects to TCP port on the loopback of node n's host within
+// timeout: the run sets one (see Farm.Reach) that tunnels through a remote
+// libvirt host's SSH connection.
+type Reacher func(ctx context.Context, n *Node, port int, timeout time.Duration) (net.Conn, error)
+
+// Remote reports the remote libvirt host of node n: one reached over SSH,
+// whose guests' ports listen on that host's loopback.
+func (f *Farm) Remote(n *Node) (HostURI, bool) {
+	h, ok := f.Host(n)
+	if !ok || h.Local() {
+		return HostURI{}, false
+	}
+	return h, true
+}
+
+// DialPort connects to TCP port of node n's host: 127.0.0.1 of this machine,
+// or of the node's remote libvirt host through f.Reach (the host's SSH
+// connection), so a remote guest's console and SSH port are reached with
+// no port exposed and no tunnel opened by hand.
+func (f *Farm) DialPort(ctx context.Context, n *Node, port int, timeout time.Duration) (net.Conn, error) {
+	if h, ok := f.Remote(n); ok {
+		if f.Reach == nil {
+			return nil, fmt.Errorf("node %d is on %s, and this program has no way to reach it (no tunnel set up)", n.ID, h.URI)
+		}
+		return f.Reach(ctx, n, port, timeout)
+	}
+	d := net.Dialer{Timeout: timeout}
+	return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+}
+
+// sshLogin is [user@]host of an SSH host, as ssh takes it.
+func sshLogin(h HostURI) string {
+	s := h.Host
+	if h.User != "" {
+		s = h.User + "@" + s
+	}
+	return s
 }

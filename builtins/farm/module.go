@@ -17,9 +17,12 @@ import (
 func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 	s := func(v string) starlark.Value { return starlark.String(v) }
 	i := func(v int) starlark.Value { return starlark.MakeInt(v) }
-	host := ""
+	host, remote := "", ""
 	if h, ok := f.Host(n); ok {
 		host = h.URI
+		if !h.Local() {
+			remote = sshLogin(h)
+		}
 	}
 	tags := make(starlark.Tuple, len(n.Tags))
 	for k, t := range n.Tags {
@@ -59,6 +62,9 @@ func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 		"serial":       s(n.Serial.String()),
 		"power":        s(n.Power.Describe()),
 		"host":         s(host),
+		// remote is user@host of a remote libvirt host ("" otherwise):
+		// the node's ports listen on that host's loopback.
+		"remote": s(remote),
 	})
 }
 

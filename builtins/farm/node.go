@@ -150,6 +150,9 @@ type Farm struct {
 	// Jobs is how many calls farm.parallel runs at once unless told: the
 	// run's -j (the runtime sets it; 0 counts as 1).
 	Jobs int
+	// Reach tunnels to the ports of guests on remote libvirt hosts (see
+	// DialPort); the runtime sets it.
+	Reach Reacher
 }
 
 // New returns the farm of a validated configuration.

@@ -282,6 +282,9 @@ func (in *Instances) StatusStruct(st Status) *starlarkstruct.Struct {
 		// placed on a libvirt host, else "".
 		"host":   starlark.String(st.Host),
 		"domain": starlark.String(st.Domain),
+		// where says in words what runs: "pid 7139", or the domain and
+		// its host ("domain pifarm-enone-1a2b3c on root@farm2").
+		"where": starlark.String(st.Where(in.F)),
 	})
 }
 

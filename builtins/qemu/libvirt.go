@@ -2,10 +2,14 @@ package qemu
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -190,6 +194,20 @@ func (in *Instances) startOn(h farm.HostURI, n *farm.Node, o Options) (Status, e
 	if err != nil {
 		return Status{}, err
 	}
+	if !h.Local() && in.D.DryRun {
+		// What the start would put on the host, as far as it can be
+		// told from here.
+		if c, err := in.conn(h); err != nil {
+			in.D.Print("# warning: " + err.Error())
+		} else if st := in.probeOn(h, n); st.Running {
+			st.Already = true
+			return st, nil
+		} else if r, err := in.stage(h, c, n); err != nil {
+			in.D.Print("# warning: " + err.Error())
+		} else {
+			d.Disk, d.Kernel, d.DTB = r.Disk, r.Kernel, r.DTB
+		}
+	}
 	xmlText := d.XML()
 	cmd := createCmd(h, o)
 	cmd.Heredoc = xmlText
@@ -248,6 +266,16 @@ func (in *Instances) startOn(h farm.HostURI, n *farm.Node, o Options) (Status, e
 		if err := in.ensureWrapper(h, c); err != nil {
 			return Status{}, fmt.Errorf("instance %d: %w", id, err)
 		}
+	}
+	if !h.Local() {
+		r, err := in.stage(h, c, n)
+		if err != nil {
+			return Status{}, fmt.Errorf("instance %d: %w", id, err)
+		}
+		d.Disk, d.Kernel, d.DTB = r.Disk, r.Kernel, r.DTB
+		xmlText = d.XML()
+		cmd.Heredoc = xmlText
+		line = in.D.Line(cmd)
 	}
 	warn()
 	err = in.D.Do(line, func() error {
@@ -561,4 +589,110 @@ func createCmd(h farm.HostURI, o Options) trace.Cmd {
 		return virt.Virsh(h.URI, "create", "--paused", "/dev/stdin")
 	}
 	return virt.Virsh(h.URI, "create", "/dev/stdin")
+}
+
+// remoteFiles are an instance's disk and boot files on a remote host.
+type remoteFiles struct{ Disk, Kernel, DTB string }
+
+// stage puts instance n's disk and boot files into pifarm's storage pool
+// on remote host h (see virt.Upload): instance 0's image once per content
+// (a new volume when the image changed, so clones resting on the old one
+// keep it), a clone's qcow2 overlay with its backing file renamed to that
+// volume, and the kernel and device tree of the instance, each checked by
+// its sha256 there. A volume uploaded before is kept as it is: from its
+// first start on, the instance's disk lives on its host.
+func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFiles, error) {
+	ctx := in.D.Context()
+	id := n.ID
+	if err := c.EnsurePool(ctx, in.D); err != nil {
+		return remoteFiles{}, err
+	}
+	prefix := strings.TrimSuffix(in.DomainName(n), "") // pifarm-ALIAS-HASH
+	farmTag := prefix[strings.LastIndexByte(prefix, '-')+1:]
+	dir := filepath.Join(in.F.Config.CacheDir(), "hosts", hostDir(h))
+	if !in.D.DryRun {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return remoteFiles{}, err
+		}
+	}
+	var progress io.Writer = os.Stderr
+	if in.D.Stderr != nil {
+		progress = in.D.Stderr
+	}
+	up := func(vol, local string, extra func(*virt.Upload)) (string, error) {
+		u := virt.Upload{Vol: vol, Local: local, State: filepath.Join(dir, vol+".upload"), Progress: progress}
+		if extra != nil {
+			extra(&u)
+		}
+		return c.Upload(ctx, in.D, u)
+	}
+	base, err := filepath.EvalSymlinks(in.F.Disk(0))
+	if err != nil {
+		return remoteFiles{}, fmt.Errorf("instance 0's image %s: %w", in.F.Disk(0), err)
+	}
+	bi, err := os.Stat(base)
+	if err != nil {
+		return remoteFiles{}, err
+	}
+	baseVol := fmt.Sprintf("pifarm-%s-0-%s.raw", farmTag, shortHash(fmt.Sprint(bi.Size(), bi.ModTime().UnixNano())))
+	var r remoteFiles
+	if r.Disk, err = up(baseVol, base, nil); err != nil {
+		return r, err
+	}
+	if id != 0 {
+		overlay := in.F.Disk(id)
+		tmp := filepath.Join(dir, fmt.Sprintf("clone-%d.qcow2", id))
+		r.Disk, err = up(fmt.Sprintf("pifarm-%s-%d.qcow2", farmTag, id), tmp, func(u *virt.Upload) {
+			u.Source = overlay
+			u.Prepare = func() error {
+				if _, err := in.D.Exec(trace.Cmd{Argv: []string{"cp", "--sparse=always", overlay, tmp}}); err != nil {
+					return err
+				}
+				_, err := in.D.Exec(trace.Cmd{Argv: []string{"qemu-img", "rebase", "-u", "-F", "raw", "-b", r.Disk, tmp}})
+				return err
+			}
+		})
+		if err != nil {
+			return r, err
+		}
+		os.Remove(tmp)
+	}
+	if r.Kernel, err = up(fmt.Sprintf("pifarm-%s-%d.ker", farmTag, id), in.F.Kernel(id), nil); err != nil {
+		return r, err
+	}
+	if r.DTB, err = up(fmt.Sprintf("pifarm-%s-%d.dtb", farmTag, id), in.F.DTB(id), nil); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// hostDir is the cache folder name of a remote host's records.
+func hostDir(h farm.HostURI) string {
+	return strings.NewReplacer("/", "_", ":", "_", "@", "_", "[", "", "]", "").Replace(h.Name()) + "-" + shortHash(h.URI)
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:3])
+}
+
+// Where says in words what runs for a status: "pid N" for a QEMU of this
+// machine, "domain NAME on HOST" (with the pid when it is known) for one
+// on a libvirt host.
+func (st Status) Where(f *farm.Farm) string {
+	if st.Host == "" {
+		return fmt.Sprintf("pid %d", st.PID)
+	}
+	on := st.Host
+	if h, err := farm.ParseHostURI(st.Host); err == nil {
+		on = h.Name()
+		if h.Local() {
+			on = h.URI
+		}
+	}
+	s := fmt.Sprintf("domain %s on %s", st.Domain, on)
+	if st.PID > 0 {
+		s = fmt.Sprintf("pid %d, %s", st.PID, s)
+	}
+	return s
 }

@@ -24,6 +24,7 @@ import (
 	"go.starlark.net/syntax"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
+	"pifarm/builtins/virt"
 	"pifarm/recipes"
 )
 
@@ -55,6 +56,7 @@ type loadEntry struct {
 // d, which takes the configuration's privilege command.
 func New(d *trace.Door, cfg *farm.Config, stdout io.Writer) *Runtime {
 	f := farm.New(cfg)
+	f.Reach = virt.NewTunnels(f).Reach
 	d.Priv = cfg.Privilege
 	rt := &Runtime{Door: d, Farm: f, Stdout: stdout, cache: map[string]*loadEntry{}}
 	rt.Modules = buildModules(d, f)

@@ -32,7 +32,12 @@ type Target struct {
 	// Addr: a guest on a remote libvirt host, whose forwarded SSH port
 	// listens on that host's loopback, is reached through the host's SSH
 	// connection (Addr still names it in known_hosts and messages).
-	Via func(deadline time.Time) (net.Conn, error)
+	Via *Via
+}
+
+// Via opens a connection to a Target some other way than TCP to its Addr.
+type Via struct {
+	Dial func(deadline time.Time) (net.Conn, error)
 }
 
 // Addr is host:port.
@@ -357,7 +362,7 @@ func dial(d *trace.Door, t Target, a Auth, keys Keys, timeout time.Duration, pro
 		var client *xssh.Client
 		var err error
 		if nc == nil && t.Via != nil {
-			if nc, err = t.Via(deadline); err != nil {
+			if nc, err = t.Via.Dial(deadline); err != nil {
 				// The remote host's loopback refused: the guest's
 				// forward is not there yet, as a refused connection.
 				err = fmt.Errorf("%w (%w)", err, syscall.ECONNREFUSED)

@@ -175,9 +175,9 @@ func (m *module) target(ref *farm.InstanceRef, port int) (Target, error) {
 		}
 		if _, remote := m.f.Remote(n); remote {
 			p := t.Port
-			t.Via = func(deadline time.Time) (net.Conn, error) {
+			t.Via = &Via{Dial: func(deadline time.Time) (net.Conn, error) {
 				return m.f.DialPort(m.d.Context(), n, p, time.Until(deadline))
-			}
+			}}
 		}
 		return t, nil
 	}

@@ -1,0 +1,401 @@
+package virt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"golang.org/x/sys/unix"
+	"pifarm/builtins/trace"
+)
+
+// Pool is the storage pool pifarm keeps its volumes in on a remote host,
+// PoolDir its folder there.
+const (
+	Pool    = "pifarm"
+	PoolDir = "/var/lib/libvirt/images/pifarm"
+)
+
+// chunk bounds one upload call: the progress record is written after each.
+const chunk = 256 << 20
+
+// EnsurePool makes the storage pool on the host when it is missing (a
+// folder pool at PoolDir, built, started, started at boot) and starts it
+// when it is stopped. The trace shows the virsh commands.
+func (c *Conn) EnsurePool(ctx context.Context, d *trace.Door) error {
+	var pool libvirt.StoragePool
+	var state uint8
+	missing := false
+	err := c.Call(ctx, 20*time.Second, func(l *libvirt.Libvirt) error {
+		p, err := l.StoragePoolLookupByName(Pool)
+		if err != nil {
+			var le libvirt.Error
+			if errors.As(err, &le) && le.Code == uint32(libvirt.ErrNoStoragePool) {
+				missing = true
+				return nil
+			}
+			return err
+		}
+		pool = p
+		state, _, _, _, err = l.StoragePoolGetInfo(p)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: storage pool %s: %w", c.Host.URI, Pool, err)
+	}
+	if !missing && state == uint8(libvirt.StoragePoolRunning) {
+		return nil
+	}
+	u := c.Host.URI
+	var lines []string
+	if missing {
+		lines = append(lines, d.Line(Virsh(u, "pool-define-as", Pool, "dir", "--target", PoolDir)),
+			d.Line(Virsh(u, "pool-build", Pool)), d.Line(Virsh(u, "pool-autostart", Pool)))
+	}
+	lines = append(lines, d.Line(Virsh(u, "pool-start", Pool)))
+	return d.Do(strings.Join(lines, "\n"), func() error {
+		return c.Call(ctx, 60*time.Second, func(l *libvirt.Libvirt) error {
+			if missing {
+				x := "<pool type='dir'><name>" + esc(Pool) + "</name><target><path>" + esc(PoolDir) + "</path></target></pool>"
+				p, err := l.StoragePoolDefineXML(x, 0)
+				if err != nil {
+					return fmt.Errorf("define storage pool %s: %w", Pool, err)
+				}
+				pool = p
+				if err := l.StoragePoolBuild(p, 0); err != nil {
+					return fmt.Errorf("build storage pool %s: %w", Pool, err)
+				}
+				if err := l.StoragePoolSetAutostart(p, 1); err != nil {
+					return fmt.Errorf("autostart storage pool %s: %w", Pool, err)
+				}
+			}
+			if err := l.StoragePoolCreate(pool, 0); err != nil {
+				return fmt.Errorf("start storage pool %s: %w", Pool, err)
+			}
+			return nil
+		})
+	})
+}
+
+// VolPath is where volume name of pifarm's pool lies on the host.
+func VolPath(name string) string { return PoolDir + "/" + name }
+
+// Upload copies a local file into volume Vol of pifarm's pool on a remote
+// host, once: a volume whose record says it holds this very file (same
+// size and modification time, checksum verified) is left alone.
+//
+// Only the data extents of a sparse file travel (SEEK_DATA/SEEK_HOLE; the
+// volume is made sparse, so a hole stays a hole there too), in chunks of
+// at most 256 MiB, and after each one the record (State, a local JSON
+// file) says how far it got: an upload that was interrupted (Ctrl-C, a
+// lost connection) goes on from there at the next command. Progress
+// receives a line per chunk. The end is checked: sha256 of the volume on
+// the host (sha256sum over the host's SSH connection) must be the
+// file's.
+type Upload struct {
+	Vol      string // volume name
+	Local    string // the local file
+	State    string // the local record of the upload
+	Progress io.Writer
+	// Source, when set, is the file whose size and modification time
+	// identify the content (Local is then made from it by Prepare, only
+	// when an upload is needed: a copy with another backing file name).
+	Source  string
+	Prepare func() error
+}
+
+// uploadState is the record of an upload.
+type uploadState struct {
+	Key    string `json:"key"`  // size and modification time of the local file
+	Done   int64  `json:"done"` // bytes of the file uploaded from the start
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+func fileKey(fi os.FileInfo) string {
+	return strconv.FormatInt(fi.Size(), 10) + "-" + strconv.FormatInt(fi.ModTime().UnixNano(), 10)
+}
+
+// Run performs the upload through the door d (dry: the virsh commands
+// only) and returns the volume's path on the host.
+func (c *Conn) Upload(ctx context.Context, d *trace.Door, u Upload) (string, error) {
+	path := VolPath(u.Vol)
+	src := u.Source
+	if src == "" {
+		src = u.Local
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return "", fmt.Errorf("upload %s to %s: %w", src, c.Host.Name(), err)
+	}
+	key := fileKey(fi)
+	var st uploadState
+	if b, err := os.ReadFile(u.State); err == nil {
+		json.Unmarshal(b, &st)
+	}
+	if st.Key != key {
+		st = uploadState{Key: key}
+	}
+	var vol libvirt.StorageVol
+	var volSize uint64
+	exists := false
+	err = c.Call(ctx, 20*time.Second, func(l *libvirt.Libvirt) error {
+		p, err := l.StoragePoolLookupByName(Pool)
+		var le libvirt.Error
+		if errors.As(err, &le) && le.Code == uint32(libvirt.ErrNoStoragePool) && d.DryRun {
+			return nil // made by this (dry) run
+		}
+		if err != nil {
+			return err
+		}
+		if err := l.StoragePoolRefresh(p, 0); err != nil {
+			return err
+		}
+		v, err := l.StorageVolLookupByName(p, u.Vol)
+		if err != nil {
+			var le libvirt.Error
+			if errors.As(err, &le) && le.Code == uint32(libvirt.ErrNoStorageVol) {
+				return nil
+			}
+			return err
+		}
+		vol, exists = v, true
+		_, volSize, _, err = l.StorageVolGetInfo(v)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("libvirt %s: volume %s: %w", c.Host.URI, u.Vol, err)
+	}
+	if exists && st.SHA256 != "" && st.Done == int64(volSize) {
+		return path, nil // uploaded and verified before
+	}
+	if u.Prepare != nil {
+		if err := d.Do("# make "+trace.Quote(u.Local)+" from "+trace.Quote(src)+" for the host", u.Prepare); err != nil {
+			return "", err
+		}
+		if !d.DryRun {
+			if fi, err = os.Stat(u.Local); err != nil {
+				return "", err
+			}
+		}
+	}
+	fresh := !exists || st.Done == 0 || volSize != uint64(fi.Size())
+	if fresh {
+		st.Done = 0
+	}
+	var lines []string
+	if exists && fresh {
+		lines = append(lines, d.Line(Virsh(c.Host.URI, "vol-delete", "--pool", Pool, u.Vol)))
+	}
+	if fresh {
+		lines = append(lines, d.Line(Virsh(c.Host.URI, "vol-create-as", Pool, u.Vol, strconv.FormatInt(fi.Size(), 10)+"b", "--allocation", "0", "--format", "raw")))
+	}
+	up := Virsh(c.Host.URI, "vol-upload", "--pool", Pool, "--sparse", u.Vol, u.Local)
+	if st.Done > 0 {
+		up = Virsh(c.Host.URI, "vol-upload", "--pool", Pool, "--offset", strconv.FormatInt(st.Done, 10), u.Vol, u.Local)
+		lines = append(lines, fmt.Sprintf("# an earlier upload got to byte %d of %d: it goes on from there", st.Done, fi.Size()))
+	}
+	lines = append(lines, d.Line(up), fmt.Sprintf("# check: sha256sum %s on %s is the sha256 of %s", trace.Quote(path), c.Host.Name(), trace.Quote(u.Local)))
+	err = d.Do(strings.Join(lines, "\n"), func() error {
+		if fresh {
+			if err := c.Call(ctx, 60*time.Second, func(l *libvirt.Libvirt) error {
+				p, err := l.StoragePoolLookupByName(Pool)
+				if err != nil {
+					return err
+				}
+				if exists {
+					if err := l.StorageVolDelete(vol, 0); err != nil {
+						return err
+					}
+				}
+				x := fmt.Sprintf("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>", esc(u.Vol), fi.Size())
+				vol, err = l.StorageVolCreateXML(p, x, 0)
+				return err
+			}); err != nil {
+				return fmt.Errorf("create volume %s: %w", u.Vol, err)
+			}
+		}
+		return c.send(ctx, vol, u, &st)
+	})
+	if err != nil {
+		return "", fmt.Errorf("libvirt %s: upload %s to volume %s: %w", c.Host.URI, u.Local, u.Vol, err)
+	}
+	return path, nil
+}
+
+// send uploads the data extents of u.Local past st.Done, recording
+// progress, then verifies the checksum.
+func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *uploadState) error {
+	f, err := os.Open(u.Local)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	ext, err := Extents(f, size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", u.Local, err)
+	}
+	sum := make(chan string, 1)
+	go func() { sum <- dataSHA256(u.Local, ext) }()
+	save := func() error {
+		b, _ := json.Marshal(st)
+		return trace.WriteAtomic(u.State, b, 0o600, false)
+	}
+	start, sent := time.Now(), int64(0)
+	for _, e := range ext {
+		data, end := max(e.Off, st.Done), e.Off+e.Len
+		for data < end {
+			n := min(end-data, chunk)
+			err := c.Call(ctx, 10*time.Minute, func(l *libvirt.Libvirt) error {
+				return l.StorageVolUpload(vol, io.NewSectionReader(f, data, n), uint64(data), uint64(n), 0)
+			})
+			if err != nil {
+				return err
+			}
+			data += n
+			sent += n
+			st.Done = data
+			if err := save(); err != nil {
+				return err
+			}
+			if u.Progress != nil {
+				el := time.Since(start).Seconds()
+				fmt.Fprintf(u.Progress, "upload %s: %d%% (%d of %d MiB of data sent, %.0f MiB/s)\n", u.Vol, data*100/size, sent>>20, allocated(fi)>>20, float64(sent)/(1<<20)/max(el, 0.001))
+			}
+		}
+	}
+	st.Done = size
+	local := <-sum
+	if local == "" {
+		return fmt.Errorf("read %s for its checksum", u.Local)
+	}
+	if c.ssh != nil {
+		out, err := c.RemoteInput("sh -s", DataSumScript(VolPath(u.Vol), ext))
+		if err != nil {
+			return fmt.Errorf("checksum of %s on %s: %w", VolPath(u.Vol), c.Host.Name(), err)
+		}
+		if f := strings.Fields(out); len(f) == 0 || f[0] != local {
+			st.Done = 0 // start again next time
+			save()
+			return fmt.Errorf("checksum mismatch: %s on %s is not %s (sha256 %s, local %s); the next start uploads it again", VolPath(u.Vol), c.Host.Name(), u.Local, firstField(out), local)
+		}
+	}
+	st.SHA256 = local
+	return save()
+}
+
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// allocated is the bytes a file holds on disk.
+func allocated(fi os.FileInfo) int64 {
+	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return s.Blocks * 512
+	}
+	return fi.Size()
+}
+
+// Extent is a range of a sparse file that holds data: Off, Len bytes.
+type Extent struct{ Off, Len int64 }
+
+// Extents lists the data extents of the first size bytes of f
+// (SEEK_DATA/SEEK_HOLE; a file system without them reports one extent).
+func Extents(f *os.File, size int64) ([]Extent, error) {
+	var out []Extent
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seek data: %w", err)
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("seek hole: %w", err)
+		}
+		hole = min(hole, size)
+		if data >= hole {
+			break
+		}
+		out = append(out, Extent{data, hole - data})
+		off = hole
+	}
+	return out, nil
+}
+
+// dataSHA256 is the hex sha256 of the data extents of a file, one after
+// the other ("" when it cannot be read): with the holes of a volume made
+// sparse and written only there, it tells the volume holds the file,
+// reading only the data (a 4 GiB image holding 1.5 GB is checked in the
+// time of 1.5 GB).
+func dataSHA256(path string, ext []Extent) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h := sha256.New()
+	for _, e := range ext {
+		if _, err := io.Copy(h, io.NewSectionReader(f, e.Off, e.Len)); err != nil {
+			return ""
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// DataSumScript is the shell script that prints the sha256 of the
+// extents ext of the file at path on a host (GNU dd, sha256sum), as
+// dataSHA256 computes it here.
+func DataSumScript(path string, ext []Extent) string {
+	var b strings.Builder
+	b.WriteString("set -e\nf=" + trace.Quote(path) + "\n{\n:\n")
+	for _, e := range ext {
+		fmt.Fprintf(&b, "dd if=\"$f\" bs=4M iflag=skip_bytes,count_bytes skip=%d count=%d status=none\n", e.Off, e.Len)
+	}
+	b.WriteString("} | sha256sum\n")
+	return b.String()
+}
+
+// remote runs cmd on a remote host over its SSH connection and returns
+// its standard output; a failure quotes its standard error.
+func (c *Conn) remote(cmd string) (string, error) {
+	return c.RemoteInput(cmd, "")
+}
+
+// RemoteInput runs cmd on the remote host with stdin; see remote.
+func (c *Conn) RemoteInput(cmd, stdin string) (string, error) {
+	if c.ssh == nil {
+		return "", fmt.Errorf("%s is this machine: no SSH connection", c.Host.URI)
+	}
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	var out, errb strings.Builder
+	s.Stdout, s.Stderr = &out, &errb
+	s.Stdin = strings.NewReader(stdin)
+	if err := s.Run(cmd); err != nil {
+		return out.String(), fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
