@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -51,12 +53,45 @@ func usable(path string) bool {
 	if err != nil {
 		return false
 	}
-	_, err = xssh.ParseRawPrivateKey(data)
+	_, err = parseKey(data)
 	var pm *xssh.PassphraseMissingError
 	if errors.As(err, &pm) {
 		return os.Getenv("SSH_AUTH_SOCK") != ""
 	}
 	return err == nil
+}
+
+// parsedKeys holds the private keys parsed in this process, by the SHA-256
+// of the file's content, with the error of a key that does not parse
+// (a passphrase missing): every log-in reads the user's key file again,
+// but parses a content once. Parsing an RSA key checks it, which takes
+// tens of milliseconds of CPU (30 ms for 3072 bits here): twice per log-in,
+// that was most of the CPU `pifarm run status` spent on 100 nodes.
+var parsedKeys struct {
+	sync.Mutex
+	m map[[sha256.Size]byte]parsedKey
+}
+
+type parsedKey struct {
+	s   xssh.Signer
+	err error
+}
+
+// parseKey is xssh.ParsePrivateKey, once per content in this process;
+// concurrent callers wait for the first one's result.
+func parseKey(data []byte) (xssh.Signer, error) {
+	sum := sha256.Sum256(data)
+	parsedKeys.Lock()
+	defer parsedKeys.Unlock()
+	if p, ok := parsedKeys.m[sum]; ok {
+		return p.s, p.err
+	}
+	s, err := xssh.ParsePrivateKey(data)
+	if parsedKeys.m == nil {
+		parsedKeys.m = map[[sha256.Size]byte]parsedKey{}
+	}
+	parsedKeys.m[sum] = parsedKey{s, err}
+	return s, err
 }
 
 // PifarmKey is the path of pifarm's own private key.
@@ -144,7 +179,7 @@ func (k Keys) signers(explicit string) (out []xssh.Signer, names []string, done 
 			}
 			return nil
 		}
-		s, err := xssh.ParsePrivateKey(data)
+		s, err := parseKey(data)
 		if err != nil {
 			var pm *xssh.PassphraseMissingError
 			if errors.As(err, &pm) && !must {
