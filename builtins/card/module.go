@@ -61,7 +61,7 @@ func (m *module) table() *trace.Module {
 			"Mounted, busy, system or too small targets are refused; fixed disks need force.",
 		Funcs: []trace.Func{
 			{Name: "devices", Args: "", Fn: m.devicesFn, Doc: devicesDoc},
-			{Name: "flash", Args: "image, targets, force=[], yes=False, verify=True, boot_files={}", Fn: m.flashFn, Doc: flashDoc},
+			{Name: "flash", Args: "image, targets, force=[], yes=False, verify=True, boot_files={}, root_archives=[], root_files={}, root_remove=[]", Fn: m.flashFn, Doc: flashDoc},
 		},
 	}
 }
@@ -91,6 +91,12 @@ Only the image's data is written; its holes are zeroed on a card
 last. With verify every written range is read back (O_DIRECT) and its
 64-bit hash compared with the one taken while writing. boot_files (a dict
 NAME: text) are written into partition 1 (FAT) of each card before its MBR.
+The card's root file system (the image's first Linux partition, ext2/3/4) is
+changed offline with debugfs before the MBR too: root_remove (absolute paths)
+are removed where they are, root_files (a dict PATH: text, mode 0644, root's)
+written on every card, and root_archives[i] (bytes: a tar of regular files,
+e.g. ssh.new_host_keys().archive; None for none) unpacked on targets[i] only,
+each file with its mode and owner.
 An image file target is written to NAME.partial and renamed over NAME (the
 old one kept as NAME~). Ctrl-C stops every card; a stopped card has no
 partition table.
@@ -151,9 +157,12 @@ func (m *module) flashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 	force := trace.StringList{OneString: true}
 	var yes bool
 	verify := true
-	boot := &starlark.Dict{}
+	boot, rootFiles := &starlark.Dict{}, &starlark.Dict{}
+	var archives starlark.Value = starlark.NewList(nil)
+	var remove trace.StringList
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "image", &image, "targets", &targets, "force?", &force,
-		"yes?", &yes, "verify?", &verify, "boot_files?", &boot); err != nil {
+		"yes?", &yes, "verify?", &verify, "boot_files?", &boot, "root_archives?", &archives,
+		"root_files?", &rootFiles, "root_remove?", &remove); err != nil {
 		return nil, err
 	}
 	if len(targets.Strings) == 0 {
@@ -168,11 +177,20 @@ func (m *module) flashFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 		}
 		opt.BootFiles = append(opt.BootFiles, BootFile{Name: k, Data: []byte(v)})
 	}
+	var err error
+	if opt.Root, err = rootEdits(len(targets.Strings), archives, rootFiles, remove.Strings); err != nil {
+		return nil, err
+	}
 	src, err := OpenSource(image)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
+	if len(opt.Root) > 0 {
+		if _, err := src.rootPartition(); err != nil {
+			return nil, err
+		}
+	}
 	if len(opt.BootFiles) > 0 {
 		if _, _, err := src.bootPartition(); err != nil {
 			return nil, err
@@ -396,4 +414,63 @@ func (s *Source) bootPartition() (int64, int64, error) {
 		return 0, 0, fmt.Errorf("image %s: partition 1 (%d+%d) lies outside the image (%d bytes)", s.Path, start, size, s.Size)
 	}
 	return start, size, nil
+}
+
+// rootEdits builds each target's root edit from card.flash's arguments:
+// archives (a list, one tar or None per target), files (PATH: text, on
+// every card) and remove (paths). None of them given: no edits.
+func rootEdits(n int, archives starlark.Value, files *starlark.Dict, remove []string) ([]RootEdit, error) {
+	var common RootEdit
+	for _, p := range remove {
+		if err := rootPath(p); err != nil {
+			return nil, fmt.Errorf("root_remove: %w", err)
+		}
+		common.Remove = append(common.Remove, p)
+	}
+	for _, it := range files.Items() {
+		p, ok1 := starlark.AsString(it[0])
+		v, ok2 := starlark.AsString(it[1])
+		if !ok1 || !ok2 {
+			return nil, fmt.Errorf("root_files: want PATH: text, got %s: %s", it[0].Type(), it[1].Type())
+		}
+		if err := rootPath(p); err != nil {
+			return nil, fmt.Errorf("root_files: %w", err)
+		}
+		common.Files = append(common.Files, RootFile{Path: p, Mode: 0o644, Data: []byte(v)})
+	}
+	seq, ok := archives.(starlark.Indexable)
+	if !ok {
+		return nil, fmt.Errorf("root_archives: want a list (one tar or None per target), got %s", archives.Type())
+	}
+	if seq.Len() > 0 && seq.Len() != n {
+		return nil, fmt.Errorf("root_archives: %d archives for %d targets: give one per target (None for none)", seq.Len(), n)
+	}
+	if common.empty() && seq.Len() == 0 {
+		return nil, nil
+	}
+	out := make([]RootEdit, n)
+	for i := range out {
+		out[i] = RootEdit{Remove: common.Remove, Files: append([]RootFile(nil), common.Files...)}
+		if seq.Len() == 0 || seq.Index(i) == starlark.None {
+			continue
+		}
+		b, ok := seq.Index(i).(starlark.Bytes)
+		if !ok {
+			return nil, fmt.Errorf("root_archives[%d]: want bytes (a tar archive) or None, got %s", i, seq.Index(i).Type())
+		}
+		fs, err := TarFiles([]byte(b))
+		if err != nil {
+			return nil, fmt.Errorf("root_archives[%d]: %w", i, err)
+		}
+		out[i].Files = append(out[i].Files, fs...)
+	}
+	return out, nil
+}
+
+// rootPath checks a path given for the card's root file system.
+func rootPath(p string) error {
+	if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || p == "/" || strings.ContainsAny(p, " \t\n\"\\") {
+		return fmt.Errorf("%q: want a clean absolute path without blanks or quotes", p)
+	}
+	return nil
 }

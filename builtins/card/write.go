@@ -40,6 +40,9 @@ type Options struct {
 	Verify bool
 	// BootFiles are written into partition 1 (FAT) of each card.
 	BootFiles []BootFile
+	// Root holds, per target (in order; missing or empty: none), what is
+	// changed in its root file system before the MBR is written.
+	Root []RootEdit
 }
 
 // Result is what writing one target came to.
@@ -75,6 +78,7 @@ type job struct {
 	t    *Target
 	opt  Options
 	m    *meter
+	root RootEdit
 	head int64  // the first sector: wiped first, written last
 	out  string // the file written: the device, or the file's .partial
 	fd   *os.File
@@ -95,6 +99,9 @@ func Write(ctx context.Context, d *trace.Door, src *Source, targets []*Target, o
 	var wg sync.WaitGroup
 	for i, t := range targets {
 		j := &job{ctx: ctx, d: d, src: src, t: t, opt: opt, m: meters[i]}
+		if i < len(opt.Root) {
+			j.root = opt.Root[i]
+		}
 		if d.DryRun {
 			out[i] = j.run()
 			continue
@@ -173,6 +180,9 @@ func (j *job) steps() error {
 		}
 	}
 	if err := j.bootFiles(); err != nil {
+		return err
+	}
+	if err := j.editRoot(j.root); err != nil {
 		return err
 	}
 	if err := j.writeHead(); err != nil {

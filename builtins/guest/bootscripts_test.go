@@ -291,6 +291,39 @@ func TestNetworkOnHardware(t *testing.T) {
 	}
 }
 
+// TestNetworkOnHardwareNamedByCard: a board whose MACs /etc/iftab does not
+// know, booted from a card written with pifarm run flash --node 5: the boot
+// partition's pifarm-node names the node, its first wired NIC becomes lan5.
+func TestNetworkOnHardwareNamedByCard(t *testing.T) {
+	needShells(t)
+	for _, sh := range shells {
+		t.Run(sh, func(t *testing.T) {
+			g := newGuestRoot(t)
+			g.usbManufacturer("Microchip Technology Inc.")
+			g.nic("eth0", "b8:27:eb:12:34:56", 2, true)
+			g.nic("wlan0", "b8:27:eb:aa:bb:cc", 3, false)
+			g.write("/boot/firmware/pifarm-node", "5\n")
+			out, _ := g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1")
+			for _, want := range []string{
+				"+ ip link set dev eth0 name lan5 up\n", "+ ip addr replace 192.168.66.12/24 dev lan5\n",
+				"+ hostname enfive\n", "node 5 named by /boot/firmware/pifarm-node", "hardware node 5 (enfive)",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "wlan0 name") {
+				t.Errorf("wlan0 renamed:\n%s", out)
+			}
+			g.write("/boot/firmware/pifarm-node", "77\n") // not in the node table
+			out, _ = g.run(sh, `sh "$ROOT/etc/boot.d/30-network"`, "PIFARM_BOOT_DRY=1")
+			if !strings.Contains(out, `names node 77, which has no "nN.lan" line`) || strings.Contains(out, "name lan77") {
+				t.Errorf("an unknown node on the card:\n%s", out)
+			}
+		})
+	}
+}
+
 func TestWLANAndHostapd(t *testing.T) {
 	needShells(t)
 	for _, sh := range shells {
