@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	stdnet "net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
@@ -152,6 +155,9 @@ func (m *mod) simulate(s Step, before *Link) {
 	switch s.Verb {
 	case "bridge-add":
 		l = &Link{Name: s.Link, Kind: "bridge", Oper: "down", Owner: -1, Group: -1}
+	case "vxlan-add":
+		l = &Link{Name: s.Link, Kind: "vxlan", Oper: "down", Owner: -1, Group: -1}
+	case "vxlan-peer":
 	case "tap-add":
 		uid, gid, _ := lookupOwner(s.User, s.Group)
 		l = &Link{Name: s.Link, Kind: "tuntap", Oper: "down", Owner: uid, Group: gid}
@@ -394,4 +400,75 @@ func (m *mod) AddrFlush(ns, name string) (bool, error) {
 		return false, nil
 	}
 	return true, m.run(Step{Verb: "addr-flush", Link: name, Netns: ns}, l)
+}
+
+// VXLANAdd joins this host's LAN to other hosts': the VXLAN device name
+// with v (created unless it exists with that VNI and port), flooding its
+// broadcasts and unknown MACs to each of peers (the other hosts'
+// addresses; a peer it floods to already is left alone). It returns
+// whether anything changed. Enslaving it to the bridge and bringing it up
+// are SetMaster and SetUp.
+func (m *mod) VXLANAdd(ns, name string, v VXLAN, peers []string) (bool, error) {
+	spec := v.String()
+	if _, err := ParseVXLAN(spec); err != nil {
+		return false, trace.Usagef("%v", err)
+	}
+	for _, p := range peers {
+		if stdnet.ParseIP(p) == nil {
+			return false, trace.Usagef("vxlan %s: peer %q is not an address", name, p)
+		}
+	}
+	l, err := m.current(ns, name)
+	if err != nil {
+		return false, err
+	}
+	did := false
+	have := map[string]bool{}
+	switch {
+	case l == nil:
+		if err := m.run(Step{Verb: "vxlan-add", Link: name, Arg: spec, Netns: ns}, nil); err != nil {
+			return false, err
+		}
+		did = true
+	case l.Kind != "vxlan":
+		return false, fmt.Errorf("%s exists and is a %s, not a VXLAN", name, l.Kind)
+	default:
+		if have, err = vxlanPeers(ns, name); err != nil {
+			return false, err
+		}
+	}
+	for _, p := range peers {
+		if have[stdnet.ParseIP(p).String()] {
+			m.d.Note("%s floods to %s already", name, p)
+			continue
+		}
+		if err := m.run(Step{Verb: "vxlan-peer", Link: name, Arg: p, Netns: ns}, l); err != nil {
+			return did, err
+		}
+		did = true
+	}
+	return did, nil
+}
+
+// vxlanPeers are the addresses a VXLAN device floods to (its all-zero MAC
+// forwarding entries): a query.
+func vxlanPeers(ns, name string) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := inNS(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		ns, err := h.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+		if err != nil {
+			return err
+		}
+		for _, n := range ns {
+			if n.IP != nil && (n.HardwareAddr == nil || n.HardwareAddr.String() == "00:00:00:00:00:00") {
+				out[n.IP.String()] = true
+			}
+		}
+		return nil
+	})
+	return out, err
 }

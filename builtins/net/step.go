@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Step is one privileged netlink change. It is what a trace line shows (its
@@ -47,6 +48,72 @@ var Verbs = map[string]struct {
 	"down":         {0, "down LINK: bring LINK down"},
 	"addr-replace": {1, "addr-replace LINK ADDR/PREFIX: add or replace an address"},
 	"addr-flush":   {0, "addr-flush LINK: remove every address"},
+	"vxlan-add":    {1, "vxlan-add LINK id=VNI,port=UDP[,local=ADDR][,dev=IFACE]: create a VXLAN device (no peer yet)"},
+	"vxlan-peer":   {1, "vxlan-peer LINK ADDR: flood the VXLAN's broadcasts and unknown MACs to the host at ADDR too"},
+}
+
+// VXLAN is the configuration of a VXLAN device: its network id, the UDP
+// port, and optionally the local address and underlying interface.
+type VXLAN struct {
+	ID    int
+	Port  int
+	Local string
+	Dev   string
+}
+
+// String is the operand of vxlan-add: "id=66,port=4789[,local=A][,dev=D]".
+func (v VXLAN) String() string {
+	s := fmt.Sprintf("id=%d,port=%d", v.ID, v.Port)
+	if v.Local != "" {
+		s += ",local=" + v.Local
+	}
+	if v.Dev != "" {
+		s += ",dev=" + v.Dev
+	}
+	return s
+}
+
+// ParseVXLAN reads the operand of vxlan-add (see VXLAN.String).
+func ParseVXLAN(s string) (VXLAN, error) {
+	v := VXLAN{Port: 4789}
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(s, ",") {
+		k, val, ok := strings.Cut(kv, "=")
+		if !ok || seen[k] {
+			return v, fmt.Errorf("vxlan %q: want id=VNI,port=UDP[,local=ADDR][,dev=IFACE]", s)
+		}
+		seen[k] = true
+		var err error
+		switch k {
+		case "id":
+			v.ID, err = strconv.Atoi(val)
+			if err == nil && (v.ID < 1 || v.ID > 1<<24-1) {
+				err = fmt.Errorf("VNI %d is outside 1..16777215", v.ID)
+			}
+		case "port":
+			v.Port, err = strconv.Atoi(val)
+			if err == nil && (v.Port < 1 || v.Port > 65535) {
+				err = fmt.Errorf("port %d is not a UDP port", v.Port)
+			}
+		case "local":
+			if stdnet.ParseIP(val) == nil {
+				err = fmt.Errorf("local %q is not an address", val)
+			}
+			v.Local = val
+		case "dev":
+			err = checkName(val)
+			v.Dev = val
+		default:
+			err = fmt.Errorf("unknown key %q", k)
+		}
+		if err != nil {
+			return v, fmt.Errorf("vxlan %q: %v", s, err)
+		}
+	}
+	if !seen["id"] {
+		return v, fmt.Errorf("vxlan %q: no id", s)
+	}
+	return v, nil
 }
 
 // IP is the iproute2 command line equivalent to the step, without any
@@ -83,6 +150,25 @@ func (s Step) IP() []string {
 		return append(ip, "addr", "replace", s.Arg, "dev", s.Link)
 	case "addr-flush":
 		return append(ip, "addr", "flush", "dev", s.Link)
+	case "vxlan-add":
+		v, _ := ParseVXLAN(s.Arg)
+		a := append(ip, "link", "add", s.Link, "type", "vxlan", "id", strconv.Itoa(v.ID), "dstport", strconv.Itoa(v.Port))
+		if v.Local != "" {
+			a = append(a, "local", v.Local)
+		}
+		if v.Dev != "" {
+			a = append(a, "dev", v.Dev)
+		}
+		return a
+	case "vxlan-peer":
+		b := append([]string{}, ip...)
+		for i := len(b) - 1; i >= 0; i-- {
+			if b[i] == "ip" {
+				b[i] = "bridge" // the same namespace prefix, iproute2's bridge tool
+				break
+			}
+		}
+		return append(b, "fdb", "append", "00:00:00:00:00:00", "dev", s.Link, "dst", s.Arg)
 	}
 	return append(ip, "#", "unknown step", s.Verb)
 }
@@ -174,6 +260,13 @@ func (s Step) check() error {
 	case "tap-add":
 		if s.User == "" {
 			return errors.New("tap-add needs --user")
+		}
+	case "vxlan-add":
+		_, err := ParseVXLAN(s.Arg)
+		return err
+	case "vxlan-peer":
+		if stdnet.ParseIP(s.Arg) == nil {
+			return fmt.Errorf("%s: peer %q is not an address", s.Link, s.Arg)
 		}
 	}
 	return nil
@@ -291,6 +384,44 @@ func (s Step) Apply() error {
 				return err
 			}
 			return h.AddrReplace(l, a)
+		case "vxlan-add":
+			v, err := ParseVXLAN(s.Arg)
+			if err != nil {
+				return err
+			}
+			if l, err := h.LinkByName(s.Link); err == nil {
+				x, ok := l.(*netlink.Vxlan)
+				if !ok {
+					return fmt.Errorf("%s exists and is a %s, not a VXLAN", s.Link, l.Type())
+				}
+				if x.VxlanId != v.ID || x.Port != v.Port {
+					return fmt.Errorf("%s exists with VNI %d port %d, not VNI %d port %d: delete it first", s.Link, x.VxlanId, x.Port, v.ID, v.Port)
+				}
+				return nil
+			}
+			x := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: s.Link}, VxlanId: v.ID, Port: v.Port, Learning: true}
+			if v.Local != "" {
+				x.SrcAddr = stdnet.ParseIP(v.Local)
+			}
+			if v.Dev != "" {
+				d, err := link(v.Dev)
+				if err != nil {
+					return err
+				}
+				x.VtepDevIndex = d.Attrs().Index
+			}
+			return h.LinkAdd(x)
+		case "vxlan-peer":
+			l, err := link(s.Link)
+			if err != nil {
+				return err
+			}
+			if l.Type() != "vxlan" {
+				return fmt.Errorf("%s is a %s, not a VXLAN", s.Link, l.Type())
+			}
+			return h.NeighAppend(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: unix.AF_BRIDGE,
+				Flags: netlink.NTF_SELF, State: netlink.NUD_PERMANENT | netlink.NUD_NOARP,
+				HardwareAddr: make(stdnet.HardwareAddr, 6), IP: stdnet.ParseIP(s.Arg)})
 		case "addr-flush":
 			l, err := link(s.Link)
 			if err != nil {
