@@ -164,6 +164,15 @@ func TestBootLibLookups(t *testing.T) {
 			if out != "yes\nusb0 usb1 \neth9 usb0 usb1 " {
 				t.Errorf("qemu/netifs: %q", out)
 			}
+			// a QEMU machine standing in for a board takes the hardware path
+			g.write("/proc/cmdline", "rw console=ttyAMA0,115200 root=/dev/mmcblk0p2 pifarm.board=1\n")
+			if out, _ = g.run(sh, lib+`pf_is_qemu && echo yes || echo no`); strings.TrimSpace(out) != "no" {
+				t.Errorf("pf_is_qemu with pifarm.board=1: %q", out)
+			}
+			g.write("/proc/cmdline", "rw console=ttyAMA0,115200 pifarm.board=0\n")
+			if out, _ = g.run(sh, lib+`pf_is_qemu && echo yes || echo no`); strings.TrimSpace(out) != "yes" {
+				t.Errorf("pf_is_qemu with pifarm.board=0: %q", out)
+			}
 		})
 	}
 }

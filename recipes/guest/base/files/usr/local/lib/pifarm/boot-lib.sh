@@ -154,8 +154,13 @@ pf_render_hostapd() {
 		  l = subst(l, "@CHANNEL@", ch); l = subst(l, "@HW_MODE@", mode); print l }' "$ROOT/etc/hostapd/hostapd.conf.in"
 }
 
-# pf_is_qemu: whether a USB device's manufacturer says QEMU.
+# pf_is_qemu: whether a USB device's manufacturer says QEMU - unless the
+# kernel command line holds pifarm.board=1: a QEMU machine that stands in
+# for a hardware box (a simulated board: its NIC named by /etc/iftab, as on
+# a real Pi) takes the hardware path.
 pf_is_qemu() {
+	pf_read "$ROOT/proc/cmdline"
+	case " $PF_LINE " in *" pifarm.board=1 "*) return 1 ;; esac
 	grep -qs QEMU "$SYSFS"/bus/usb/devices/*/manufacturer
 }
 
