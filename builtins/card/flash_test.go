@@ -36,9 +36,15 @@ func need(t testing.TB, tools ...string) {
 }
 
 // makeImage builds a RaspiOS-like image of size MiB with real tools: an MBR
-// with a FAT32 partition 1 (4 MiB in, 16 MiB) and an ext4 partition 2 up
+// with a FAT32 partition 1 (4 MiB in, 40 MiB) and an ext4 partition 2 up
 // to 94 % of the image, holding dataMiB of random files; the rest sparse.
 func makeImage(t testing.TB, dir string, sizeMiB, dataMiB int) string {
+	return makeImageWith(t, dir, sizeMiB, dataMiB, nil)
+}
+
+// makeImageWith is makeImage with extra files in the root file system
+// (path: content).
+func makeImageWith(t testing.TB, dir string, sizeMiB, dataMiB int, files map[string]string) string {
 	t.Helper()
 	need(t, "sfdisk", "mkfs.vfat", "mkfs.ext4")
 	p := filepath.Join(dir, "image.raw")
@@ -48,18 +54,24 @@ func makeImage(t testing.TB, dir string, sizeMiB, dataMiB int) string {
 	if err := os.Truncate(p, int64(sizeMiB)<<20); err != nil {
 		t.Fatal(err)
 	}
-	rootStart := int64(20 << 20 / 512)
+	rootStart := int64(44 << 20 / 512)
 	rootSectors := int64(sizeMiB)<<20/512*94/100 - rootStart
-	script := fmt.Sprintf("label: dos\nstart=8192, size=32768, type=c\nstart=%d, size=%d, type=83\n", rootStart, rootSectors)
+	script := fmt.Sprintf("label: dos\nstart=8192, size=81920, type=c\nstart=%d, size=%d, type=83\n", rootStart, rootSectors)
 	cmd := exec.Command("sfdisk", "-q", p)
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sfdisk: %v\n%s", err, out)
 	}
-	run(t, "mkfs.vfat", "-F", "32", "--offset", "8192", "-n", "BOOTFS", p, "16384")
+	run(t, "mkfs.vfat", "-F", "32", "-s", "1", "--offset", "8192", "-n", "BOOTFS", p, "40960")
 	root := filepath.Join(dir, "rootfs")
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc", "hostname"), []byte("loner\n"), 0o644)
+	for name, content := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i := 0; dataMiB > 0; i++ {
 		n := min(dataMiB, 64)
 		b := make([]byte, n<<20)
