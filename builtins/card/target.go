@@ -162,7 +162,9 @@ func (s System) inspectDisk(t *Target, name string, src *Source) (*Target, error
 	if d.ReadOnly {
 		refuse(false, "it is read-only (an SD card's lock switch, or a write-protected reader)")
 	}
-	if d.Size < src.Need {
+	if d.Size == 0 {
+		refuse(false, "it holds no medium (size 0): is the card in the reader? (a loop device: is a file attached?)")
+	} else if d.Size < src.Need {
 		refuse(false, "it is too small: %s, the image needs %s (its partitions and data end at byte %d)", Bytes(d.Size), Bytes(src.Need), src.Need)
 	}
 	if !d.Removable {
