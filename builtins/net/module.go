@@ -143,8 +143,8 @@ func (m *mod) list(ns string, prefixes ...string) ([]*Link, error) {
 
 // simulate records in dry-run what a printed step would have done.
 func (m *mod) simulate(s Step, before *Link) {
-	if !m.d.DryRun {
-		return
+	if !m.d.DryRun || s.Verb == "vxlan-peer" {
+		return // (a forwarding entry: the link is as it was)
 	}
 	var l *Link
 	if before != nil {
