@@ -43,7 +43,7 @@ func TestJSONShapes(t *testing.T) {
 		keys []string
 		n    int
 	}{
-		{[]string{"run", "nodes", "--json"}, []string{"alias", "console_port", "hw_lan_mac", "hw_wan_mac", "id", "kind", "lan", "mac_lan", "mac_wan", "mac_wlan", "ssh_port", "ssid", "tags", "vnc_port", "wan", "wifi_channel"}, 5},
+		{[]string{"run", "nodes", "--json"}, []string{"alias", "console_port", "hw_lan_mac", "hw_wan_mac", "id", "kind", "lan", "mac_lan", "mac_wan", "mac_wlan", "power", "serial", "ssh_port", "ssid", "tags", "vnc_port", "wan", "wifi_channel"}, 5},
 		{[]string{"run", "box", "--json"}, []string{"alias", "clone", "id", "lan", "pid", "running", "state"}, 5},
 	} {
 		l, ok := decodeJSON(t, tc.args...).([]any)
