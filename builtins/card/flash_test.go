@@ -191,9 +191,9 @@ func fill(t testing.TB, p string, n int64) {
 func TestFlashLoopDevice(t *testing.T) {
 	need(t, "cmp")
 	dir := t.TempDir()
-	img := makeImage(t, dir, 64, 8)
+	img := makeImage(t, dir, 96, 8)
 	back := filepath.Join(dir, "card")
-	fill(t, back, 80<<20)
+	fill(t, back, 112<<20)
 	dev := loop(t, back)
 	src, _ := OpenSource(img)
 	tg, err := Host.Inspect(dev, src)
@@ -208,7 +208,7 @@ func TestFlashLoopDevice(t *testing.T) {
 	if res[0].Err != nil {
 		t.Fatal(res[0].Err)
 	}
-	sameBytes(t, img, dev, 64<<20)
+	sameBytes(t, img, dev, 96<<20)
 	if res[0].Zeroed < 40<<20 {
 		t.Errorf("zeroed %d bytes, want the image's holes", res[0].Zeroed)
 	}
@@ -340,9 +340,9 @@ func TestKilledFlashLeavesNoMBR(t *testing.T) {
 		t.Skip("writes 200 MiB")
 	}
 	dir := t.TempDir()
-	img := makeImage(t, dir, 224, 160)
+	img := makeImage(t, dir, 256, 160)
 	back := filepath.Join(dir, "card")
-	fill(t, back, 224<<20)
+	fill(t, back, 256<<20)
 	dev := loop(t, back)
 	// first a good card: its MBR is valid
 	if res, _ := flash(t, context.Background(), img, true, dev); res[0].Err != nil {
@@ -410,7 +410,7 @@ func TestHelperFlash(t *testing.T) {
 // was and no .partial is left.
 func TestInterruptedFlash(t *testing.T) {
 	dir := t.TempDir()
-	img := makeImage(t, dir, 96, 60)
+	img := makeImage(t, dir, 160, 80)
 	f := filepath.Join(dir, "old.img")
 	os.WriteFile(f, []byte("old"), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -434,5 +434,39 @@ func TestInterruptedFlash(t *testing.T) {
 	}
 	if _, err := os.Stat(partialName(f)); err == nil {
 		t.Error("the .partial stayed")
+	}
+}
+
+// TestVerifyCatchesABadCard: a target that does not keep a written byte
+// (changed behind pifarm's back right after the write) fails the check,
+// naming the range, and an image file target then stays as it was.
+func TestVerifyCatchesABadCard(t *testing.T) {
+	dir := t.TempDir()
+	img := makeImage(t, dir, 96, 12)
+	f := filepath.Join(dir, "bad.img")
+	done := false
+	testHookWritten = func(path string, off, n int64) {
+		if done || n < 1<<20 {
+			return
+		}
+		done = true
+		g, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		b := make([]byte, 1)
+		g.ReadAt(b, off+n/2)
+		b[0] ^= 0xff
+		g.WriteAt(b, off+n/2)
+		g.Close()
+	}
+	t.Cleanup(func() { testHookWritten = nil })
+	res, _ := flash(t, context.Background(), img, false, f)
+	if res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "differ from the image") || !strings.Contains(res[0].Err.Error(), "is not made") {
+		t.Fatalf("err %v, want a verification failure, the file not made", res[0].Err)
+	}
+	if _, err := os.Stat(f); err == nil {
+		t.Error("the bad image file was made")
 	}
 }

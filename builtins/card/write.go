@@ -17,6 +17,10 @@ import (
 	"pifarm/builtins/trace"
 )
 
+// testHookWritten, set by tests only, is called after each data chunk is
+// written (a card that does not keep what it was given).
+var testHookWritten func(path string, off, n int64)
+
 // chunk is the unit of reading, writing and verifying: one hash each.
 const chunk = 4 << 20
 
@@ -83,6 +87,7 @@ type job struct {
 	out  string // the file written: the device, or the file's .partial
 	fd   *os.File
 	sums []sum
+	chk  *checker // reads chunks back while later ones are written
 	res  Result
 }
 
@@ -125,6 +130,9 @@ func (j *job) run() Result {
 	}
 	j.head = min(j.head, j.src.Size)
 	err := j.steps()
+	if j.chk != nil {
+		j.chk.finish()
+	}
 	if j.fd != nil {
 		j.fd.Close()
 	}
@@ -175,7 +183,7 @@ func (j *job) steps() error {
 		return err
 	}
 	if j.opt.Verify {
-		if err := j.verify(j.sums); err != nil {
+		if err := j.verifyData(); err != nil {
 			return err
 		}
 	}
@@ -418,6 +426,14 @@ func (j *job) writeData() error {
 		}
 	}
 	j.m.startData()
+	if j.opt.Verify && !j.d.DryRun {
+		c, err := j.startChecker()
+		if err != nil {
+			return err
+		}
+		j.chk = c
+		defer c.close()
+	}
 	for _, e := range ext {
 		err := j.d.Do(j.ddLine(e, "notrunc"), func() error {
 			s, err := j.copyExtent(e)
@@ -486,10 +502,19 @@ func (j *job) copyExtent(e qcow2.Extent) ([]sum, error) {
 		if _, err := j.fd.WriteAt(p.buf, p.off); err != nil {
 			return sums, fmt.Errorf("write %s at byte %d: %w", j.out, p.off, err)
 		}
-		sums = append(sums, sum{off: p.off, n: int64(len(p.buf)), h: p.h})
+		if testHookWritten != nil {
+			testHookWritten(j.out, p.off, int64(len(p.buf)))
+		}
+		s := sum{off: p.off, n: int64(len(p.buf)), h: p.h}
+		sums = append(sums, s)
 		j.res.Written += int64(len(p.buf))
 		j.m.done.Add(int64(len(p.buf)))
 		free <- p.buf[:cap(p.buf)]
+		if j.chk != nil {
+			if err := j.chk.add(ctx, s); err != nil {
+				return sums, err
+			}
+		}
 	}
 	return sums, j.ctx.Err()
 }
@@ -505,16 +530,44 @@ func (j *job) sync() error {
 	})
 }
 
+// verifyData reports the check of the data chunks, which the checker read
+// back while later ones were written: in the trace, a cmp of each extent
+// after the target's cached pages are dropped.
+func (j *job) verifyData() error {
+	j.m.setPhase("verifying")
+	if err := j.d.Do(j.dropLine(), func() error {
+		return unix.Fadvise(int(j.fd.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}); err != nil {
+		return fmt.Errorf("drop the cached pages of %s: %w", j.out, err)
+	}
+	if j.chk != nil {
+		j.chk.finish()
+		j.res.Verified += j.chk.verified
+	}
+	for _, e := range j.dataExtents() {
+		err := j.d.Do(j.cmpLine(e), func() error { return j.chk.errIn(e.Start, e.End()) })
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropLine is the command that drops the target's cached pages.
+func (j *job) dropLine() string {
+	if j.t.Block {
+		return "blockdev --flushbufs " + trace.Quote(j.out)
+	}
+	return fmt.Sprintf("dd if=%s iflag=nocache count=0 status=none", trace.Quote(j.out))
+}
+
 // verify reads the ranges of sums back from the target, past the page
 // cache (O_DIRECT; where the file system refuses it, after dropping the
-// target's cached pages), and compares their hashes.
+// target's cached pages), and compares their hashes: the first sector's
+// check, after it was written and synced.
 func (j *job) verify(sums []sum) error {
 	j.m.setPhase("verifying")
-	drop := fmt.Sprintf("dd if=%s iflag=nocache count=0 status=none", trace.Quote(j.out))
-	if j.t.Block {
-		drop = "blockdev --flushbufs " + trace.Quote(j.out)
-	}
-	if err := j.d.Do(drop, func() error {
+	if err := j.d.Do(j.dropLine(), func() error {
 		return unix.Fadvise(int(j.fd.Fd()), 0, 0, unix.FADV_DONTNEED)
 	}); err != nil {
 		return fmt.Errorf("drop the cached pages of %s: %w", j.out, err)
@@ -545,7 +598,7 @@ func (j *job) verify(sums []sum) error {
 					return fmt.Errorf("read back %s at byte %d: %w", j.out, s.off, err)
 				}
 				if maphash.Bytes(seed, b) != s.h {
-					return fmt.Errorf("verify %s: bytes %d-%d differ from the image (%s at guest byte %d): the card is faulty or was removed; try another card or reader", j.out, s.off, s.off+s.n, j.src.Path, s.off)
+					return j.differs(s)
 				}
 				j.res.Verified += s.n
 				j.m.done.Add(s.n)
@@ -678,6 +731,122 @@ func (j *job) finish() error {
 		if dir, err := os.Open(filepath.Dir(j.t.Path)); err == nil {
 			dir.Sync()
 			dir.Close()
+		}
+	}
+	return nil
+}
+
+// differs is the error of a chunk read back unlike it was written.
+func (j *job) differs(s sum) error {
+	return fmt.Errorf("verify %s: bytes %d-%d differ from the image (%s at guest byte %d): the card is faulty or was removed; try another card or reader", j.out, s.off, s.off+s.n, j.src.Path, s.off)
+}
+
+// checker reads written chunks back while later ones are written: each
+// once the device has it (sync_file_range waits for its write-out), with
+// O_DIRECT, and compares its hash; then the chunk's pages leave the page
+// cache. Reading overlaps writing, so a verified flash costs little more
+// than an unverified one where the target reads while it writes.
+type checker struct {
+	j        *job
+	r        *reader
+	q        chan sum
+	done     chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	fails    []sum
+	errs     []error
+	verified int64 // read after done
+}
+
+func (j *job) startChecker() (*checker, error) {
+	r, err := openReader(j.out, j.t.Block)
+	if err != nil {
+		return nil, err
+	}
+	c := &checker{j: j, r: r, q: make(chan sum, 32), done: make(chan struct{})}
+	go c.run()
+	return c, nil
+}
+
+func (c *checker) run() {
+	defer close(c.done)
+	defer c.r.close()
+	for s := range c.q {
+		if c.j.ctx.Err() != nil || c.failed() {
+			continue // drain
+		}
+		if err := c.check(s); err != nil {
+			c.mu.Lock()
+			c.fails, c.errs = append(c.fails, s), append(c.errs, err)
+			c.mu.Unlock()
+		}
+	}
+}
+
+func (c *checker) check(s sum) error {
+	j := c.j
+	fd := int(j.fd.Fd())
+	if err := unix.SyncFileRange(fd, s.off, s.n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+		return fmt.Errorf("write bytes %d-%d of %s out: %w", s.off, s.off+s.n, j.out, err)
+	}
+	if !c.r.direct {
+		unix.Fadvise(fd, s.off, s.n, unix.FADV_DONTNEED)
+	}
+	b, err := c.r.read(s.off, s.n)
+	if err != nil {
+		return fmt.Errorf("read back %s at byte %d: %w", j.out, s.off, err)
+	}
+	if maphash.Bytes(seed, b) != s.h {
+		return j.differs(s)
+	}
+	unix.Fadvise(fd, s.off, s.n, unix.FADV_DONTNEED) // written and checked: not needed again
+	c.verified += s.n
+	j.m.done.Add(s.n)
+	return nil
+}
+
+func (c *checker) failed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.errs) > 0
+}
+
+// add queues a written chunk; a failed check stops the writing.
+func (c *checker) add(ctx context.Context, s sum) error {
+	c.mu.Lock()
+	if len(c.errs) > 0 {
+		err := c.errs[0]
+		c.mu.Unlock()
+		return err
+	}
+	c.mu.Unlock()
+	select {
+	case c.q <- s:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close says no chunk follows.
+func (c *checker) close() { c.once.Do(func() { close(c.q) }) }
+
+// finish waits until every queued chunk is checked.
+func (c *checker) finish() {
+	c.close()
+	<-c.done
+}
+
+// errIn is the first failed check of a chunk in [from, to), or nil.
+func (c *checker) errIn(from, to int64) error {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, s := range c.fails {
+		if s.off >= from && s.off < to {
+			return c.errs[i]
 		}
 	}
 	return nil
