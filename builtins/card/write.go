@@ -88,7 +88,10 @@ type job struct {
 	fd   *os.File
 	sums []sum
 	chk  *checker // reads chunks back while later ones are written
-	res  Result
+	// headDone: the image's first sector is on the card (a failure after
+	// it leaves a card with a partition table).
+	headDone bool
+	res      Result
 }
 
 // partialName is the file an image file target is written to before it is
@@ -165,6 +168,9 @@ func (j *job) failed(err error) error {
 	}
 	if j.fd == nil {
 		return fmt.Errorf("writing %s %s: %w; nothing was written", j.t.Path, what, err)
+	}
+	if j.headDone {
+		return fmt.Errorf("writing %s %s: %w; all of the image was written, its first sector last", j.t.Path, what, err)
 	}
 	return fmt.Errorf("writing %s %s: %w; its first sector is zeros (no partition table), so the card boots nothing: flash it again", j.t.Path, what, err)
 }
@@ -688,7 +694,11 @@ func (j *job) writeHead() error {
 			return fmt.Errorf("write the first sector of %s: %w", j.out, err)
 		}
 		j.res.Written += e.Length
-		return j.fd.Sync()
+		if err := j.fd.Sync(); err != nil {
+			return err
+		}
+		j.headDone = true
+		return nil
 	})
 	if err != nil {
 		return err
