@@ -22,6 +22,9 @@ func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 		host = h.URI
 		if !h.Local() {
 			remote = sshLogin(h)
+			if h.Port != 22 {
+				remote = "-p " + strconv.Itoa(h.Port) + " " + remote
+			}
 		}
 	}
 	tags := make(starlark.Tuple, len(n.Tags))
@@ -62,8 +65,9 @@ func (f *Farm) NodeStruct(n *Node) *starlarkstruct.Struct {
 		"serial":       s(n.Serial.String()),
 		"power":        s(n.Power.Describe()),
 		"host":         s(host),
-		// remote is user@host of a remote libvirt host ("" otherwise):
-		// the node's ports listen on that host's loopback.
+		// remote is the ssh arguments reaching a remote libvirt host
+		// ("root@farm2", "-p 2222 root@farm2"; "" otherwise): the
+		// node's ports listen on that host's loopback.
 		"remote": s(remote),
 	})
 }

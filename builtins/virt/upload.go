@@ -26,8 +26,8 @@ const (
 	PoolDir = "/var/lib/libvirt/images/pifarm"
 )
 
-// chunk bounds one upload call: the progress record is written after each.
-const chunk = 256 << 20
+// chunk bounds one upload call (at most 256 MiB of 4 MiB stream packets): the progress record is written after each.
+const chunk = 64 << 20
 
 // EnsurePool makes the storage pool on the host when it is missing (a
 // folder pool at PoolDir, built, started, started at boot) and starts it
@@ -254,6 +254,9 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	save := func() error {
 		b, _ := json.Marshal(st)
 		return trace.WriteAtomic(u.State, b, 0o600, false)
+	}
+	if st.Done > 0 && u.Progress != nil {
+		fmt.Fprintf(u.Progress, "upload %s: resuming at byte %d of %d (an earlier upload got that far)\n", u.Vol, st.Done, size)
 	}
 	start, sent := time.Now(), int64(0)
 	for _, e := range ext {
