@@ -152,27 +152,27 @@ func (j *job) run() Result {
 // failed explains err, and what it left: a card without a partition table,
 // or a file target as it was.
 func (j *job) failed(err error) error {
-	what := "failed"
+	head := fmt.Sprintf("writing %s failed: %v", j.t.Path, err)
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		what = "interrupted"
+		head = fmt.Sprintf("writing %s interrupted", j.t.Path)
 	}
 	if !j.t.Block {
-		if j.fd != nil || j.d.DryRun {
+		if j.fd != nil {
 			j.d.Finally(trace.Join([]string{"rm", "-f", "--", j.out}), func() error { return os.Remove(j.out) })
 		}
 		state := "left as it was"
 		if !j.t.Exists {
 			state = "not made"
 		}
-		return fmt.Errorf("writing %s %s: %w; %s is %s", j.t.Path, what, err, j.t.Path, state)
+		return fmt.Errorf("%s; %s is %s", head, j.t.Path, state)
 	}
-	if j.fd == nil {
-		return fmt.Errorf("writing %s %s: %w; nothing was written", j.t.Path, what, err)
+	switch {
+	case j.fd == nil:
+		return fmt.Errorf("%s; nothing was written", head)
+	case j.headDone:
+		return fmt.Errorf("%s; all of the image was written, its first sector last", head)
 	}
-	if j.headDone {
-		return fmt.Errorf("writing %s %s: %w; all of the image was written, its first sector last", j.t.Path, what, err)
-	}
-	return fmt.Errorf("writing %s %s: %w; its first sector is zeros (no partition table), so the card boots nothing: flash it again", j.t.Path, what, err)
+	return fmt.Errorf("%s; its first sector is zeros (no partition table), so the card boots nothing: flash it again", head)
 }
 
 func (j *job) steps() error {
