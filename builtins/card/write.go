@@ -250,7 +250,7 @@ func (j *job) open() error {
 	}
 	line := fmt.Sprintf("truncate -s %d -- %s", j.t.Capacity, trace.Quote(j.out))
 	return j.d.Do(line, func() error {
-		perm := os.FileMode(0o644)
+		perm := os.FileMode(0o600) // a card holds private host keys
 		if j.t.Exists {
 			perm = j.t.Mode
 		}
