@@ -251,6 +251,20 @@ func TestRefusals(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	before, _ := os.ReadFile(fsFile)
 
+	held := filepath.Join(dir, "held.img")
+	os.WriteFile(held, nil, 0o600)
+	holder := exec.Command("sh", "-c", "exec 3<>\"$0\"; sleep 60", held)
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	for i := 0; i < 100; i++ { // until the shell holds it
+		if out, _ := exec.Command("sh", "-c", "ls -l /proc/"+fmt.Sprint(holder.Process.Pid)+"/fd").Output(); strings.Contains(string(out), "held.img") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	link := filepath.Join(dir, "link.img")
 	os.Symlink(filepath.Join(dir, "x.img"), link)
 
@@ -258,6 +272,7 @@ func TestRefusals(t *testing.T) {
 		{smallDev, "it is too small: 32.0 MiB, the image needs"},
 		{mountedDev, "is mounted on " + mnt},
 		{img, "it is the image itself"},
+		{held, fmt.Sprintf("it is open for writing by pid %d (sh -c", holder.Process.Pid)},
 	} {
 		tg, err := Host.Inspect(tc.path, src)
 		if err != nil {
