@@ -68,11 +68,11 @@ func (m *module) table() *trace.Module {
 
 const devicesDoc = `The whole block devices of the host (a query), the cards first.
 
-A list of struct(path, name, model, size, transport, removable, read_only,
-partitions, mounted, system): size in bytes; transport usb, mmc, loop,
-nvme, virtio or scsi; partitions a list of struct(name, size, fstype, label,
-mounted); mounted the mount points of the disk and its partitions; system
-True when it holds /. Empty devices (no medium, unused loop devices) and RAM
+A list of struct(path, name, model, size, size_text, transport, removable,
+read_only, partitions, mounted, system, backing): size in bytes (size_text as "29.7
+GiB"); transport usb, mmc, loop, nvme, virtio or scsi; partitions a list of
+struct(name, size, size_text, fstype, label, mounted); mounted the mount points of the disk and its partitions; system
+True when it holds /; backing a loop device's file ("" otherwise). Empty devices (no medium, unused loop devices) and RAM
 disks are left out.`
 
 const flashDoc = `Write the disk image image (a raw file or a qcow2 clone) to each of targets (an action).
@@ -139,14 +139,15 @@ func (m *module) devicesFn(_ *starlark.Thread, b *starlark.Builtin, args starlar
 				}
 			}
 			parts = append(parts, starlarkstruct.FromStringDict(starlark.String("partition"), starlark.StringDict{
-				"name": starlark.String(p.Name), "size": starlark.MakeInt64(p.Size),
+				"name": starlark.String(p.Name), "size": starlark.MakeInt64(p.Size), "size_text": starlark.String(Bytes(p.Size)),
 				"fstype": starlark.String(fstype), "label": starlark.String(label), "mounted": starlark.String(mp)}))
 		}
 		out = append(out, starlarkstruct.FromStringDict(starlark.String("device"), starlark.StringDict{
 			"path": starlark.String(d.Path), "name": starlark.String(d.Name), "model": starlark.String(d.Model),
-			"size": starlark.MakeInt64(d.Size), "transport": starlark.String(d.Transport),
+			"size": starlark.MakeInt64(d.Size), "size_text": starlark.String(Bytes(d.Size)), "transport": starlark.String(d.Transport),
 			"removable": starlark.Bool(d.Removable), "read_only": starlark.Bool(d.ReadOnly),
-			"partitions": starlark.NewList(parts), "mounted": trace.Strings(points), "system": starlark.Bool(system)}))
+			"partitions": starlark.NewList(parts), "mounted": trace.Strings(points), "system": starlark.Bool(system),
+			"backing": starlark.String(d.Backing)}))
 	}
 	return starlark.NewList(out), nil
 }

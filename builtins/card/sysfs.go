@@ -113,6 +113,9 @@ func (s System) ReadDisk(name string) (*Disk, error) {
 	if model == "" {
 		model = readAttr(filepath.Join(dir, "device", "name")) // MMC
 	}
+	if strings.HasPrefix(vendor, "0x") {
+		vendor = "" // a bus's vendor number (virtio), not a name
+	}
 	d.Model = strings.Join(strings.Fields(vendor+" "+model), " ")
 	if d.Transport == "mmc" && readAttr(filepath.Join(dir, "device", "type")) == "SD" {
 		d.Removable = true // an SD card: the slot's kernel flag says nothing of the card
