@@ -1,6 +1,8 @@
 package card
 
 import (
+	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,6 +10,7 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+	"pifarm/builtins/trace"
 )
 
 // fakeSys builds a sysfs tree: disks sda (fixed, holds /), sdb (a USB card
@@ -246,5 +249,48 @@ func TestMBREnd(t *testing.T) {
 	put(2, 0xee, 1, 0xffffffff) // a protective GPT entry says nothing
 	if got := mbrEnd(b); got != (532480+7000000)*512 {
 		t.Errorf("mbrEnd with a GPT entry = %d", got)
+	}
+}
+
+// TestConfirm: a card is written only when the question is answered yes;
+// an image file needs no question; yes skips it.
+func TestConfirm(t *testing.T) {
+	s := fakeSys(t)
+	src := &Source{Path: "/x.img", Format: "raw", Size: 4 << 30, Data: 1 << 30, Need: 4 << 30}
+	card, err := s.inspectDisk(&Target{Path: "/dev/sdb"}, "sdb", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := &Target{Path: "/tmp/x.img", Capacity: 4 << 30}
+	var asked []string
+	m := &module{d: trace.New(context.Background(), false, false, io.Discard), sys: s}
+	for _, tc := range []struct {
+		targets []*Target
+		yes     bool
+		answer  bool
+		wantErr string
+		asks    bool
+	}{
+		{[]*Target{card}, false, false, "not confirmed: nothing written", true},
+		{[]*Target{card, file}, false, true, "", true},
+		{[]*Target{file}, false, false, "", false},
+		{[]*Target{card}, true, false, "", false},
+	} {
+		asked = nil
+		m.ask = func(q string) (bool, error) { asked = append(asked, q); return tc.answer, nil }
+		err := m.confirm(src, tc.targets, tc.yes)
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%d targets, yes=%v: err %v, want %q", len(tc.targets), tc.yes, err, tc.wantErr)
+		}
+		if (len(asked) > 0) != tc.asks {
+			t.Errorf("%d targets, yes=%v: asked %q", len(tc.targets), tc.yes, asked)
+		}
+		if len(asked) > 0 && !strings.Contains(asked[0], ": Generic STORAGE DEVICE, 31.0 GiB, removable (usb); partitions: sdb1 256.0 MiB, sdb2 4.0 GiB") {
+			t.Errorf("the question does not show the card: %q", asked[0])
+		}
+	}
+	m.ask = nil // no terminal in a test: refused without yes
+	if err := m.confirm(src, []*Target{card}, false); err == nil || !strings.Contains(err.Error(), "there is no terminal to ask on; pass --yes") {
+		t.Errorf("without a terminal: %v", err)
 	}
 }
