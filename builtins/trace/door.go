@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -291,6 +292,12 @@ func (d *Door) runIn(ctx context.Context, c Cmd) (Result, error) {
 		return Result{}, errors.New("trace: empty command")
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// An interrupted run ends the command and everything it started (a
+	// shell's children, chroot's apt-get and dpkg): killing the command
+	// alone would leave them running and holding its output, and Wait with
+	// them.
+	cmd.Cancel = func() error { return killTree(cmd.Process.Pid) }
+	cmd.WaitDelay = 10 * time.Second
 	cmd.Dir = c.Dir
 	if c.Env != nil {
 		cmd.Env = append(os.Environ(), c.Env...)
