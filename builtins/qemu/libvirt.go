@@ -142,8 +142,9 @@ func (in *Instances) Domain(h farm.HostURI, n *farm.Node, o Options) (virt.Domai
 			continue
 		}
 		*t.on = true
-		a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", t.netdev, t.tap),
-			"-device", fmt.Sprintf("usb-net,netdev=%s,mac=%s", t.netdev, farm.GuestMAC(id, t.nic)))
+		tap := virt.TAP{Name: t.netdev, Dev: t.tap, MAC: farm.GuestMAC(id, t.nic)}
+		d.TAPs = append(d.TAPs, tap)
+		a = append(a, "-device", fmt.Sprintf("usb-net,netdev=%s,mac=%s", tap.Netdev(), tap.MAC))
 	}
 	a = append(a, o.Extra...)
 	d.QEMUArgs = a
@@ -164,11 +165,11 @@ func emulatorPath(binary string) string {
 // usable by this user here (see tapUsable), or present on a remote host.
 func (in *Instances) tapOn(h farm.HostURI, name string) (bool, string) {
 	if h.Local() {
-		ok, why := tapUsable(name)
-		if !ok {
-			why += fmt.Sprintf(" (create it owned by you: `pifarm run bridge --taps`)")
+		// libvirtd opens it (as root): it need only exist.
+		if _, err := os.Stat("/sys/class/net/" + name + "/tun_flags"); err != nil {
+			return false, fmt.Sprintf("TAP device %s does not exist (create it: `pifarm run bridge --taps`)", name)
 		}
-		return ok, why
+		return true, ""
 	}
 	c, err := in.conn(h)
 	if err != nil {
@@ -180,7 +181,7 @@ func (in *Instances) tapOn(h farm.HostURI, name string) (bool, string) {
 	}
 	defer s.Close()
 	if err := s.Run("test -e /sys/class/net/" + name + "/tun_flags"); err != nil {
-		return false, fmt.Sprintf("TAP device %s does not exist on %s (make it there, owned by libvirt's QEMU user: ip tuntap add %s mode tap user libvirt-qemu, attached to the LAN bridge)", name, h.Name(), name)
+		return false, fmt.Sprintf("TAP device %s does not exist on %s (make it there: pifarm run bridge --taps, or ip tuntap add %s mode tap, attached to the LAN bridge)", name, h.Name(), name)
 	}
 	return true, ""
 }

@@ -41,6 +41,9 @@ type Domain struct {
 	// controller, -accel options, VNC without a video device of
 	// libvirt's).
 	QEMUArgs []string
+	// TAPs are NICs on existing TAP devices of the host (the LAN and
+	// WLAN), see TAP.
+	TAPs []TAP
 	// Env is the QEMU's environment (<qemu:env>): AccelEnv for the
 	// wrapper.
 	Env map[string]string
@@ -49,6 +52,22 @@ type Domain struct {
 	// empty: libvirt's default user, files relabelled (a storage pool).
 	Label string
 }
+
+// TAP is a NIC of the guest on an existing TAP device of the host.
+//
+// libvirt opens the device itself (as root, outside the QEMU's private
+// /dev, which has no /dev/net/tun) and hands QEMU the descriptor as netdev
+// "hostua-NAME" (<interface type='ethernet'> with <target managed='no'>);
+// with the model usb-net libvirt makes no device of its own on raspi3b, so
+// the domain adds the board's usb-net NIC on that netdev (QEMUArgs).
+type TAP struct {
+	Name string // netdev's name: "lan", "wlan"
+	Dev  string // the TAP device: q0tap1
+	MAC  string
+}
+
+// Netdev is the QEMU netdev id libvirt gives the TAP's descriptor.
+func (t TAP) Netdev() string { return "hostua-" + t.Name }
 
 // XML is the domain's XML, as `virsh create` takes it.
 //
@@ -75,6 +94,9 @@ func (d Domain) XML() string {
 	w("    <emulator>%s</emulator>\n", esc(d.Emulator))
 	w("    <disk type='file' device='disk'>\n      <driver name='qemu' type='%s'/>\n      <source file='%s'/>\n      <target dev='sda' bus='sd'/>\n    </disk>\n", esc(d.DiskFormat), esc(d.Disk))
 	w("    <serial type='tcp'>\n      <source mode='bind' host='127.0.0.1' service='%d'/>\n      <protocol type='raw'/>\n    </serial>\n", d.ConsolePort)
+	for _, t := range d.TAPs {
+		w("    <interface type='ethernet'>\n      <target dev='%s' managed='no'/>\n      <mac address='%s'/>\n      <model type='usb-net'/>\n      <alias name='ua-%s'/>\n    </interface>\n", esc(t.Dev), esc(t.MAC), esc(t.Name))
+	}
 	w("    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n")
 	w("  </devices>\n")
 	if d.Label != "" {

@@ -20,6 +20,7 @@ func sample() Domain {
 		Disk:    "/c/clone-1.qcow2", DiskFormat: "qcow2", ConsolePort: 5801,
 		QEMUArgs: []string{"-netdev", "user,id=wan,hostfwd=tcp:127.0.0.1:5701-:22", "-device", "usb-net,netdev=wan"},
 		Env:      map[string]string{AccelEnv: "tcg,thread=single"},
+		TAPs:     []TAP{{Name: "lan", Dev: "q0tap1", MAC: "52:54:51:00:00:01"}},
 		Label:    "+1000:+1000",
 	}
 }

@@ -258,7 +258,11 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	if st.Done > 0 && u.Progress != nil {
 		fmt.Fprintf(u.Progress, "upload %s: resuming at byte %d of %d (an earlier upload got that far)\n", u.Vol, st.Done, size)
 	}
-	start, sent := time.Now(), int64(0)
+	start, sent, shown := time.Now(), int64(0), time.Time{}
+	last := int64(0)
+	if len(ext) > 0 {
+		last = ext[len(ext)-1].Off + ext[len(ext)-1].Len
+	}
 	for _, e := range ext {
 		data, end := max(e.Off, st.Done), e.Off+e.Len
 		for data < end {
@@ -275,7 +279,8 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 			if err := save(); err != nil {
 				return err
 			}
-			if u.Progress != nil {
+			if u.Progress != nil && (time.Since(shown) >= time.Second || data == last) {
+				shown = time.Now()
 				el := time.Since(start).Seconds()
 				fmt.Fprintf(u.Progress, "upload %s: %d%% (%d of %d MiB of data sent, %.0f MiB/s)\n", u.Vol, data*100/size, sent>>20, allocated(fi)>>20, float64(sent)/(1<<20)/max(el, 0.001))
 			}
