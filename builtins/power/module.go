@@ -186,10 +186,8 @@ func (m *module) query(n *farm.Node, timeout time.Duration) (state, detail strin
 	}
 	out := strings.TrimSpace(string(res.Stdout))
 	if n.Power.Preset == "uhubctl" {
-		if qerr != nil {
-			return Unknown, qerr.Error(), nil
-		}
-		st, perr := ParseUhubctl(out, n.Power.Hub, n.Power.Port)
+		// uhubctl says what it lacks on standard error, exiting 1
+		st, perr := ParseUhubctl(out+"\n"+string(res.Stderr), n.Power.Hub, n.Power.Port)
 		if perr != nil {
 			return Unknown, perr.Error(), nil
 		}

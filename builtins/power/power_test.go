@@ -32,6 +32,7 @@ func TestParseUhubctl(t *testing.T) {
 		{"uhubctl-two-hubs.txt", "1-1", 2, Off, ""},
 		{"uhubctl-two-hubs.txt", "3-2", 2, On, ""}, // a device name in brackets is no flag
 		{"uhubctl-none.txt", "1-1", 2, "", "No compatible devices detected"},
+		{"uhubctl-none-at.txt", "1-1", 2, "", "is the hub plugged in"}, // uhubctl 2.5 with -l
 	} {
 		out, err := os.ReadFile(filepath.Join("testdata", tc.file))
 		if err != nil {
@@ -129,6 +130,8 @@ nodes = [
     node(id = 7, alias = "seven", lan = "192.168.66.14", wan = "100.65.12.15", lan_mac = "b8:27:eb:00:00:07",
          power_on = ["relay", "{alias}", "on"], power_off = ["relay", "{alias}", "off"]),
     node(id = 8, alias = "eight", lan = "192.168.66.15", wan = "100.65.13.15", lan_mac = "b8:27:eb:00:00:08"),
+    node(id = 9, alias = "nine", lan = "192.168.66.16", wan = "100.65.14.15", lan_mac = "b8:27:eb:00:00:09",
+         power = uhubctl(hub = "1-1", port = 3, sudo = False)),
 ]
 `, filepath.Join(t.TempDir(), "cache"), script, stateFile)
 	c, err := farm.Load("power-config.star", []byte(src))
@@ -207,11 +210,56 @@ func TestErrors(t *testing.T) {
 		{"power.on(7)", `switch node 7 (seven) on: relay seven on`},
 		{"power.state(8)", "no power control"},
 		{`power.command(5, "reset")`, `action "reset" is not on, off, cycle or state`},
-		{"power.on(9)", `unknown instance "9"`},
+		{"power.on(10)", `unknown instance "10"`},
 	} {
 		_, err := fx.Exec("err.star", tc.src)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.src, err, tc.want)
 		}
+	}
+}
+
+// The uhubctl preset live, against a uhubctl on PATH that keeps the port's
+// state in a file and prints uhubctl 2.5's status lines: the switches are
+// uhubctl's own command lines, the state is read from its output.
+func TestUhubctlLive(t *testing.T) {
+	bin := t.TempDir()
+	state := filepath.Join(bin, "port3")
+	script := `#!/bin/sh
+# uhubctl -l 1-1 -p 3 [-a on|off|cycle]
+echo "$@" >> "` + state + `.argv"
+st=$(cat "` + state + `" 2>/dev/null || echo 0100)
+flag() { [ "$1" = 0000 ] && echo off || echo power; }
+echo "Current status for hub 1-1 [0424:2514, USB 2.00, 4 ports, ppps]"
+echo "  Port 3: $st $(flag $st)"
+case $6 in
+on | cycle) st=0100 ;;
+off) st=0000 ;;
+*) exit 0 ;;
+esac
+echo "$st" > "` + state + `"
+echo "Sent power $6 request"
+echo "New status for hub 1-1 [0424:2514, USB 2.00, 4 ports, ppps]"
+echo "  Port 3: $st $(flag $st)"
+`
+	if err := os.WriteFile(filepath.Join(bin, "uhubctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	fx := fixture(t, startest.Options{}, filepath.Join(t.TempDir(), "state"))
+	fx.Run("uhubctl.star", `
+s = power.state(9)
+assert.eq(s.state, "on")
+assert.eq(s.detail, "uhubctl: hub 1-1 port 3 on")
+power.off(9)
+assert.eq(power.state(9).state, "off")
+power.cycle(9)
+assert.eq(power.state(9).state, "on")
+assert.eq(power.command(9, "off"), ["uhubctl", "-l", "1-1", "-p", "3", "-a", "off"])
+`)
+	argv, _ := os.ReadFile(state + ".argv")
+	want := "-l 1-1 -p 3\n-l 1-1 -p 3 -a off\n-l 1-1 -p 3\n-l 1-1 -p 3 -a cycle\n-l 1-1 -p 3\n"
+	if string(argv) != want {
+		t.Errorf("uhubctl ran with:\n%s\nwant:\n%s", argv, want)
 	}
 }
