@@ -48,7 +48,7 @@ func (m *Module) Struct() *starlarkstruct.Module {
 		full := m.Name + "." + f.Name
 		members[f.Name] = starlark.NewBuiltin(full, func(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 			if c, ok := thread.Local(ContextKey).(interface{ Err() error }); ok && c.Err() != nil {
-				return nil, fmt.Errorf("%s: %w", full, c.Err())
+				return nil, fmt.Errorf("%s: interrupted: %w", full, c.Err())
 			}
 			v, err := f.Fn(thread, b, args, kwargs)
 			if err != nil {
