@@ -69,11 +69,12 @@ func (m *module) table() *trace.Module {
 const devicesDoc = `The whole block devices of the host (a query), the cards first.
 
 A list of struct(path, name, model, size, size_text, transport, removable,
-read_only, partitions, mounted, system, backing): size in bytes (size_text as "29.7
-GiB"); transport usb, mmc, loop, nvme, virtio or scsi; partitions a list of
-struct(name, size, size_text, fstype, label, mounted); mounted the mount points of the disk and its partitions; system
-True when it holds /; backing a loop device's file ("" otherwise). Empty devices (no medium, unused loop devices) and RAM
-disks are left out.`
+read_only, partitions, mounted, system, backing): size in bytes, size_text as
+"29.7 GiB"; transport usb, mmc, loop, nvme, virtio or scsi; partitions a list
+of struct(name, size, size_text, fstype, label, mounted); mounted the mount
+points of the disk and its partitions; system True when it holds /; backing a
+loop device's file ("" otherwise). Empty devices (no medium, unused loop
+devices) and RAM disks are left out.`
 
 const flashDoc = `Write the disk image image (a raw file or a qcow2 clone) to each of targets (an action).
 
