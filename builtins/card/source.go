@@ -7,8 +7,8 @@ import (
 	"io"
 	"os"
 
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/farm"
-	"pifarm/builtins/image/qcow2"
 )
 
 // Source is a disk image to write: a raw image or a qcow2 clone (its guest

@@ -12,8 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-	"pifarm/builtins/image/fat"
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/fat"
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/trace"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 	"pifarm/builtins/image/shacrypt"
 )
 
@@ -222,7 +222,7 @@ func TestSeed(t *testing.T) {
 			t.Errorf("mdir lacks %q:\n%s", n, dirList)
 		}
 	}
-	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	disktest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	// replacing keeps fsck clean too
 	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "admin", Hash: "$6$x$y"}); err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestSeed(t *testing.T) {
 	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "admin:$6$x$y\n" {
 		t.Errorf("replaced userconf.txt: %q", got)
 	}
-	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	disktest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	if _, err := m.Seed(m.f.Disk(0), SeedOptions{User: "pi"}); err == nil {
 		t.Error("user without password accepted")
 	}
@@ -450,7 +450,7 @@ func TestSeedCloudInit(t *testing.T) {
 	if got := run(t, "", "mtype", "-i", img, "::userconf.txt"); got != "pi:"+hash+"\n" {
 		t.Errorf("userconf.txt %q", got)
 	}
-	tooltest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
+	disktest.FsckClean(t, fx.path, fx.bootStart, fx.bootN)
 	if _, err := m.Seed(fx.path, SeedOptions{User: "pi", Password: "pw", Keys: []string{"not a key\nx"}}); err == nil {
 		t.Error("a bad key was accepted")
 	}

@@ -6,8 +6,8 @@ import (
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
+	"pifarm/builtins/disk/mbr"
 	"pifarm/builtins/farm"
-	"pifarm/builtins/image/mbr"
 	"pifarm/builtins/image/shacrypt"
 	"pifarm/builtins/trace"
 )

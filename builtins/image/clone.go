@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"golang.org/x/term"
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/trace"
 )
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/qcow2"
 )
 
 func TestClones(t *testing.T) {

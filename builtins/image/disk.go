@@ -11,10 +11,10 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"pifarm/builtins/image/ext4"
-	"pifarm/builtins/image/fat"
-	"pifarm/builtins/image/mbr"
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/ext4"
+	"pifarm/builtins/disk/fat"
+	"pifarm/builtins/disk/mbr"
+	"pifarm/builtins/disk/qcow2"
 )
 
 // Disk is an opened, verified image: a raw file or a qcow2 clone.

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"pifarm/builtins/disk/disktest"
 	"pifarm/builtins/farm"
-	"pifarm/builtins/image/internal/tooltest"
 	"pifarm/builtins/startest"
 )
 
@@ -35,11 +35,11 @@ type fixtureOpts struct {
 	otherKernels  int // how many further 10 MB kernels/initramfs files (a real boot partition's fill)
 }
 
-// run runs a fixture-making or checking tool (see tooltest.Run).
-var run = tooltest.Run
+// run runs a fixture-making or checking tool (see disktest.Run).
+var run = disktest.Run
 
-// randBytes is reproducible random content (see tooltest.RandBytes).
-var randBytes = tooltest.RandBytes
+// randBytes is reproducible random content (see disktest.RandBytes).
+var randBytes = disktest.RandBytes
 
 func makeFixture(t testing.TB, dir string, o fixtureOpts) *fixture {
 	t.Helper()

@@ -9,7 +9,7 @@ import (
 
 	"go.starlark.net/starlark"
 	xssh "golang.org/x/crypto/ssh"
-	"pifarm/builtins/image/ext4"
+	"pifarm/builtins/disk/ext4"
 	"pifarm/builtins/trace"
 )
 

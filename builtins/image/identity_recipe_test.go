@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"pifarm/builtins/chroot/chroottest"
+	"pifarm/builtins/disk/disktest"
 	"pifarm/builtins/image"
-	"pifarm/builtins/image/internal/tooltest"
 	"pifarm/builtins/runtime"
 )
 
@@ -45,7 +45,7 @@ func pifarmIn(cfg string, args ...string) (string, int) {
 // the test.
 func runningQEMU(t *testing.T, cache string, id int) {
 	t.Helper()
-	tooltest.QEMU(t, filepath.Join(cache, "clones", fmt.Sprintf("raspi-clone-%d", id), "qemu.pid"), "-M", "virt", "-m", "64M")
+	disktest.QEMU(t, filepath.Join(cache, "clones", fmt.Sprintf("raspi-clone-%d", id), "qemu.pid"), "-M", "virt", "-m", "64M")
 }
 
 // TestRecipeCloneIdentity: a new clone gets the node's hostname, an empty

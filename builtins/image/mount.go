@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/disk/mbr"
 	"pifarm/builtins/trace"
 )
 

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"pifarm/builtins/disk/mbr"
 	"pifarm/builtins/farm"
-	"pifarm/builtins/image/mbr"
 	"pifarm/builtins/trace"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // qemuOn starts a real QEMU (raspi3b, paused, daemonized) on disk, with
@@ -23,7 +23,7 @@ func qemuOn(t *testing.T, disk, format string) int {
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "kernel")
 	os.WriteFile(kernel, make([]byte, 4096), 0o600)
-	return tooltest.QEMU(t, filepath.Join(dir, "qemu.pid"), "-M", "raspi3b", "-m", "1G", "-kernel", kernel,
+	return disktest.QEMU(t, filepath.Join(dir, "qemu.pid"), "-M", "raspi3b", "-m", "1G", "-kernel", kernel,
 		"-drive", "media=disk,if=sd,format="+format+",file="+disk)
 }
 

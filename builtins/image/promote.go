@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"go.starlark.net/starlark"
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/trace"
 )
 

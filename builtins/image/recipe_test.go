@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"testing"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 	"pifarm/builtins/runtime"
 	"pifarm/builtins/startest"
 )
@@ -31,15 +31,15 @@ var defaultConfig = func() []byte {
 // recipeFixture makes a 200 MiB RaspiOS-like image with the real tools.
 func recipeFixture(t *testing.T, dir string) string {
 	img := filepath.Join(dir, "raspios.img")
-	tooltest.Run(t, "", "truncate", "-s", "200M", img)
-	tooltest.Run(t, "label: dos\nlabel-id: 0x0badcafe\nstart=8192, size=131072, type=c\nstart=139264, type=83\n", "sfdisk", "-q", img)
-	tooltest.Run(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", "--offset", "8192", img, "65536")
-	tooltest.Run(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 139264*512), img, "120M")
+	disktest.Run(t, "", "truncate", "-s", "200M", img)
+	disktest.Run(t, "label: dos\nlabel-id: 0x0badcafe\nstart=8192, size=131072, type=c\nstart=139264, type=83\n", "sfdisk", "-q", img)
+	disktest.Run(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "bootfs", "--offset", "8192", img, "65536")
+	disktest.Run(t, "", "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 139264*512), img, "120M")
 	src := t.TempDir()
 	for name, n := range map[string]int{"kernel8.img": 200_000, "bcm2710-rpi-3-b-plus.dtb": 30_000} {
 		b := bytes.Repeat([]byte(name), n/len(name))
 		os.WriteFile(filepath.Join(src, name), b, 0o644)
-		tooltest.Run(t, "", "mcopy", "-i", img+"@@4194304", filepath.Join(src, name), "::")
+		disktest.Run(t, "", "mcopy", "-i", img+"@@4194304", filepath.Join(src, name), "::")
 	}
 	return img
 }

@@ -15,9 +15,9 @@ import (
 	"syscall"
 	"time"
 
-	"pifarm/builtins/image/fat"
-	"pifarm/builtins/image/mbr"
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/fat"
+	"pifarm/builtins/disk/mbr"
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/image/shacrypt"
 	"pifarm/builtins/trace"
 )

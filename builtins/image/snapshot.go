@@ -17,7 +17,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"pifarm/builtins/image/qcow2"
+	"pifarm/builtins/disk/qcow2"
 	"pifarm/builtins/trace"
 )
 

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"pifarm/builtins/image/mbr"
+	"pifarm/builtins/disk/mbr"
 )
 
 // Status is what `pifarm run image` prints without options.

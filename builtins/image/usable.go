@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"pifarm/builtins/image/ext4"
+	"pifarm/builtins/disk/ext4"
 	"pifarm/builtins/trace"
 )
 

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // TestMapMatchesQemuImg: the map's data ranges are those `qemu-img map`
@@ -19,19 +19,19 @@ func TestMapMatchesQemuImg(t *testing.T) {
 	dir := t.TempDir()
 	base := rawBase(t, dir)
 	q := filepath.Join(dir, "linked.qcow2")
-	tooltest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", q)
-	tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", "-c", "write -P 0xef 99000000 1000", q)
+	disktest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", q)
+	disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", "-c", "write -P 0xef 99000000 1000", q)
 	full := filepath.Join(dir, "full.qcow2")
-	tooltest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
+	disktest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
 	packed := filepath.Join(dir, "compressed.qcow2")
-	tooltest.Run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
+	disktest.Run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
 	top := filepath.Join(dir, "top.qcow2") // a chain of two qcow2 files on the raw base
-	tooltest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", q, "-F", "qcow2", top)
-	tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 512", "-c", "write -z 4194304 65536", top)
+	disktest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", q, "-F", "qcow2", top)
+	disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 512", "-c", "write -z 4194304 65536", top)
 	want := filepath.Join(dir, "want.raw")
-	tooltest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, want)
+	disktest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, want)
 	wantTop, _ := os.ReadFile(want)
-	tooltest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
+	disktest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
 	wantQ, _ := os.ReadFile(want)
 	for _, tc := range []struct {
 		path string

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 var fixedTime = time.Date(2024, 3, 15, 12, 30, 44, 0, time.UTC)
@@ -28,8 +28,8 @@ func mkfsImage(t testing.TB, mib uint64, files map[string][]byte) (img, mimg str
 	t.Helper()
 	dir := t.TempDir()
 	img = filepath.Join(dir, "fat.img")
-	tooltest.Run(t, "", "truncate", "-s", fmt.Sprint((partStart+mib*2048)*512), img)
-	tooltest.Run(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "BOOTFS", "--offset", fmt.Sprint(partStart), img, fmt.Sprint(mib*1024))
+	disktest.Run(t, "", "truncate", "-s", fmt.Sprint((partStart+mib*2048)*512), img)
+	disktest.Run(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "BOOTFS", "--offset", fmt.Sprint(partStart), img, fmt.Sprint(mib*1024))
 	mimg = fmt.Sprintf("%s@@%d", img, partStart*512)
 	made := map[string]bool{}
 	for name, b := range files {
@@ -38,14 +38,14 @@ func mkfsImage(t testing.TB, mib uint64, files map[string][]byte) (img, mimg str
 			folder = name[:i]
 		}
 		if folder != "" && !made[folder] {
-			tooltest.Run(t, "", "mmd", "-i", mimg, "::"+folder)
+			disktest.Run(t, "", "mmd", "-i", mimg, "::"+folder)
 			made[folder] = true
 		}
 		src := filepath.Join(dir, "src")
 		if err := os.WriteFile(src, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		tooltest.Run(t, "", "mcopy", "-i", mimg, src, "::"+name)
+		disktest.Run(t, "", "mcopy", "-i", mimg, src, "::"+name)
 	}
 	return img, mimg
 }
@@ -70,10 +70,10 @@ func open(t testing.TB, img string, mib uint64) *FS {
 // streamed, under any case of its name.
 func TestReadMatchesMtools(t *testing.T) {
 	files := map[string][]byte{
-		"kernel8.img":                       tooltest.RandBytes(1, 300_000),
+		"kernel8.img":                       disktest.RandBytes(1, 300_000),
 		"cmdline.txt":                       []byte("console=serial0,115200\n"),
-		"A Long File Name With Spaces.text": tooltest.RandBytes(4, 5000),
-		"overlays/disable-bt-overlay.dtbo":  tooltest.RandBytes(5, 7777),
+		"A Long File Name With Spaces.text": disktest.RandBytes(4, 5000),
+		"overlays/disable-bt-overlay.dtbo":  disktest.RandBytes(5, 7777),
 		"empty":                             {},
 	}
 	img, _ := mkfsImage(t, 40, files)
@@ -104,7 +104,7 @@ func TestReadMatchesMtools(t *testing.T) {
 }
 
 func TestFATFillsFolderAndDisk(t *testing.T) {
-	img, mimg := mkfsImage(t, 40, map[string][]byte{"kernel8.img": tooltest.RandBytes(1, 1000), "overlays/disable-bt-overlay.dtbo": {1}})
+	img, mimg := mkfsImage(t, 40, map[string][]byte{"kernel8.img": disktest.RandBytes(1, 1000), "overlays/disable-bt-overlay.dtbo": {1}})
 	fs := open(t, img, 40)
 	// many long names: the root folder (one 512-byte cluster) must grow
 	for i := 0; i < 60; i++ {
@@ -121,21 +121,21 @@ func TestFATFillsFolderAndDisk(t *testing.T) {
 	if err := fs.WriteFile(longest, []byte("longest")); err != nil {
 		t.Fatal(err)
 	}
-	tooltest.FsckClean(t, img, partStart, 40*2048)
-	if got := tooltest.Run(t, "", "mtype", "-i", mimg, "::seeded file number 59 with a long name.conf"); got != "seeded file number 59 with a long name.conf" {
+	disktest.FsckClean(t, img, partStart, 40*2048)
+	if got := disktest.Run(t, "", "mtype", "-i", mimg, "::seeded file number 59 with a long name.conf"); got != "seeded file number 59 with a long name.conf" {
 		t.Errorf("mtype: %q", got)
 	}
-	if got := tooltest.Run(t, "", "mtype", "-i", mimg, "::"+longest); got != "longest" {
+	if got := disktest.Run(t, "", "mtype", "-i", mimg, "::"+longest); got != "longest" {
 		t.Errorf("mtype longest: %q", got)
 	}
-	if got := tooltest.Run(t, "", "mtype", "-i", mimg, "::overlays/new-overlay.dtbo"); got != "x" {
+	if got := disktest.Run(t, "", "mtype", "-i", mimg, "::overlays/new-overlay.dtbo"); got != "x" {
 		t.Errorf("mtype: %q", got)
 	}
 	free, _ := fs.FreeBytes()
 	if err := fs.WriteFile("huge.bin", make([]byte, free+1)); err == nil || !strings.Contains(err.Error(), "full") {
 		t.Errorf("overfull write: %v", err)
 	}
-	tooltest.FsckClean(t, img, partStart, 40*2048)
+	disktest.FsckClean(t, img, partStart, 40*2048)
 }
 
 // FuzzParseDir feeds arbitrary directory clusters to the FAT directory
@@ -182,8 +182,8 @@ func (m memDisk) WriteAt(p []byte, off int64) (int, error) {
 // read back.
 func FuzzFAT32(f *testing.F) {
 	p := filepath.Join(f.TempDir(), "tiny.img")
-	tooltest.Run(f, "", "truncate", "-s", "96K", p)
-	tooltest.Run(f, "", "mkfs.vfat", "-F", "32", "-s", "1", "-R", "2", "-f", "1", p)
+	disktest.Run(f, "", "truncate", "-s", "96K", p)
+	disktest.Run(f, "", "mkfs.vfat", "-F", "32", "-s", "1", "-R", "2", "-f", "1", p)
 	seed, _ := os.ReadFile(p)
 	fs, err := Open(memDisk(seed), memDisk(seed), 0, int64(len(seed)))
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // mkfs returns the superblock that mkfs.ext4 writes with opts into an
@@ -15,8 +15,8 @@ import (
 func mkfs(t testing.TB, opts ...string) []byte {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "fs.img")
-	tooltest.Run(t, "", "truncate", "-s", "8M", img)
-	tooltest.Run(t, "", "mkfs.ext4", append(append([]string{"-q", "-F", "-L", "rootfs"}, opts...), img)...)
+	disktest.Run(t, "", "truncate", "-s", "8M", img)
+	disktest.Run(t, "", "mkfs.ext4", append(append([]string{"-q", "-F", "-L", "rootfs"}, opts...), img)...)
 	b, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)

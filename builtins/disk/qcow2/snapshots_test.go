@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // TestSnapshots takes internal snapshots with qemu-img, writes over part
@@ -29,7 +29,7 @@ func TestSnapshots(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"create", "-q", "-f", "qcow2"}, tc.opts...)
-			tooltest.Run(t, "", "qemu-img", append(args, p, "64M")...)
+			disktest.Run(t, "", "qemu-img", append(args, p, "64M")...)
 			q0, err := Open(p)
 			if err != nil {
 				t.Fatal(err)
@@ -38,10 +38,10 @@ func TestSnapshots(t *testing.T) {
 				t.Fatalf("a new image's snapshots: %v %v", s, err)
 			}
 			q0.Close()
-			tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", p)
-			tooltest.Run(t, "", "qemu-img", "snapshot", "-c", "first one", p)
-			tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 2 0 512k", p)
-			tooltest.Run(t, "", "qemu-img", "snapshot", "-c", "second", p)
+			disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", p)
+			disktest.Run(t, "", "qemu-img", "snapshot", "-c", "first one", p)
+			disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 2 0 512k", p)
+			disktest.Run(t, "", "qemu-img", "snapshot", "-c", "second", p)
 			q, err := Open(p)
 			if err != nil {
 				t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // tree makes the guest-like tree the reader is tested on: small files, a
@@ -27,8 +27,8 @@ func tree(t testing.TB) (string, map[string][]byte) {
 		"etc/machine-id":                   []byte("0123456789abcdef0123456789abcdef\n"),
 		"etc/ssh/ssh_host_ed25519_key.pub": []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOnE root@raspberrypi\n"),
 		"etc/ssh/sshd_config":              []byte("PermitRootLogin prohibit-password\n"),
-		"usr/bin/dash":                     tooltest.RandBytes(1, 150_000),
-		"var/big":                          tooltest.RandBytes(2, 3_000_000),
+		"usr/bin/dash":                     disktest.RandBytes(1, 150_000),
+		"var/big":                          disktest.RandBytes(2, 3_000_000),
 		"etc/empty":                        nil,
 	}
 	for i := 0; i < 400; i++ {
@@ -72,12 +72,12 @@ func TestReadFiles(t *testing.T) {
 	} {
 		t.Run(strings.Join(opts, " "), func(t *testing.T) {
 			img := filepath.Join(t.TempDir(), "fs.img")
-			tooltest.Run(t, "", "truncate", "-s", "64M", img)
+			disktest.Run(t, "", "truncate", "-s", "64M", img)
 			args := append([]string{"-q", "-F", "-d", dir}, opts...)
-			tooltest.Run(t, "", "mkfs.ext4", append(args, img)...)
+			disktest.Run(t, "", "mkfs.ext4", append(args, img)...)
 			// behind a partition offset, as in a disk image
 			disk := filepath.Join(t.TempDir(), "disk.img")
-			tooltest.Run(t, "", "truncate", "-s", "1M", disk)
+			disktest.Run(t, "", "truncate", "-s", "1M", disk)
 			b, _ := os.ReadFile(img)
 			f, _ := os.OpenFile(disk, os.O_RDWR, 0)
 			f.WriteAt(b, 1<<20)
@@ -152,8 +152,8 @@ func FuzzFiles(f *testing.F) {
 	os.WriteFile(filepath.Join(src, "etc/ssh/k.pub"), []byte("ssh-ed25519 AAAA\n"), 0o644)
 	os.Symlink("etc/hostname", filepath.Join(src, "h"))
 	img := filepath.Join(dir, "fs.img")
-	tooltest.Run(f, "", "truncate", "-s", "1M", img)
-	tooltest.Run(f, "", "mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "32", "-d", src, img)
+	disktest.Run(f, "", "truncate", "-s", "1M", img)
+	disktest.Run(f, "", "mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "32", "-d", src, img)
 	b, err := os.ReadFile(img)
 	if err != nil {
 		f.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"pifarm/builtins/image/internal/tooltest"
+	"pifarm/builtins/disk/disktest"
 )
 
 // rawBase makes a 100 MiB raw image with random content in a few places
@@ -25,7 +25,7 @@ func rawBase(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	for i, off := range []int64{0, 4 << 20, 5<<20 + 12345, 40 << 20, 100<<20 - 70000} {
-		if _, err := f.WriteAt(tooltest.RandBytes(int64(i+1), 70000), off); err != nil {
+		if _, err := f.WriteAt(disktest.RandBytes(int64(i+1), 70000), off); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -39,14 +39,14 @@ func TestReaderMatchesQemuImg(t *testing.T) {
 	dir := t.TempDir()
 	base := rawBase(t, dir)
 	q := filepath.Join(dir, "linked.qcow2")
-	tooltest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", q)
-	tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", q)
+	disktest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", q)
+	disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -P 0xcd 5000000 3000", "-c", "write -z 6000000 131072", q)
 	full := filepath.Join(dir, "full.qcow2")
-	tooltest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
+	disktest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", q, full)
 	packed := filepath.Join(dir, "compressed.qcow2")
-	tooltest.Run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
+	disktest.Run(t, "", "qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", q, packed)
 	want := filepath.Join(dir, "want.raw")
-	tooltest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
+	disktest.Run(t, "", "qemu-img", "convert", "-f", "qcow2", "-O", "raw", q, want)
 	wb, _ := os.ReadFile(want)
 	for _, p := range []string{q, full, packed} {
 		r, err := Open(p)
@@ -91,8 +91,8 @@ func TestHoldsData(t *testing.T) {
 	dir := t.TempDir()
 	base := rawBase(t, dir)
 	p := filepath.Join(dir, "linked.qcow2")
-	tooltest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", p)
-	tooltest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -z 6000000 131072", p)
+	disktest.Run(t, "", "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", p)
+	disktest.Run(t, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4194304 65536", "-c", "write -z 6000000 131072", p)
 	q, err := Open(p)
 	if err != nil {
 		t.Fatal(err)
@@ -128,14 +128,14 @@ func FuzzOpenQcow2(f *testing.F) {
 	dir := f.TempDir()
 	// small files (512-byte clusters, 64 KiB): the fuzzer mutates them fast
 	p, packed := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "packed.qcow2")
-	tooltest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p, "64K")
-	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", "-c", "write -z 8192 4096", p)
-	tooltest.Run(f, "", "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=512,compat=0.10", p, packed)
+	disktest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p, "64K")
+	disktest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", "-c", "write -z 8192 4096", p)
+	disktest.Run(f, "", "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=512,compat=0.10", p, packed)
 	snap := filepath.Join(dir, "snap.qcow2")
-	tooltest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", snap, "64K")
-	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", snap)
-	tooltest.Run(f, "", "qemu-img", "snapshot", "-c", "one", snap)
-	tooltest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1024 512", snap)
+	disktest.Run(f, "", "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", snap, "64K")
+	disktest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1024 2048", snap)
+	disktest.Run(f, "", "qemu-img", "snapshot", "-c", "one", snap)
+	disktest.Run(f, "", "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1024 512", snap)
 	for _, p := range []string{p, packed, snap} {
 		b, err := os.ReadFile(p)
 		if err != nil {

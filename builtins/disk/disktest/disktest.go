@@ -1,8 +1,8 @@
-// Package tooltest is the test support that the image module and its
-// codec packages share: running the real tools (sfdisk, mkfs.vfat,
+// Package disktest is the test support that the disk format packages and
+// the modules using them (image, card) share: running the real tools (sfdisk, mkfs.vfat,
 // mkfs.ext4, mcopy, qemu-img) that make and check their fixtures, a paused
 // QEMU, and reproducible random content. Only tests import it.
-package tooltest
+package disktest
 
 import (
 	"bytes"
