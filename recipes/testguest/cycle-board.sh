@@ -16,7 +16,8 @@
 # take the hardware path (the NIC named lan5 by /etc/iftab).
 #
 #   build the test guest -> instance 0: register, boot, enrol, base system,
-#   shutdown -> flash it to the card file -> linked clone 1 on the bridge ->
+#   shutdown -> linked clone 1 (host keys of its own), flashed to the card file
+#   (which gets other keys of its own) -> clone 1 on the bridge ->
 #   power the board on, run clone 1 -> enrol the board over the pty console ->
 #   checks: its NIC and address, host keys read over the console, SSH at
 #   192.168.66.12:22, a user made over LAN SSH, clone 1 pings it over lan0,
@@ -68,15 +69,15 @@ pf run guest --base-system 0
 pf run shutdown 0
 stage "instance 0"
 
-echo "== flash instance 0 to the board's card"
-pf run flash --device "$B/card.img" --yes 0
+echo "== clone 1 (host keys of its own), flashed to the board's card"
+pf run box --force-clone --linked 1
+pf run flash --device "$B/card.img" --yes 1    # the card gets host keys of its own again
 [ "$(stat -c %s "$B/card.img")" = "$(stat -c %s "$IMG")" ] || fail "the card is not the image's size"
 cp "$W/cache/clones/raspi-clone-0/clone-0.ker" "$B/kernel8.img"
 cp "$W/cache/clones/raspi-clone-0/clone-0.dtb" "$B/board.dtb"
-stage "flash"
+stage "clone+flash"
 
 echo "== the LAN: clone 1 on the bridge, the host at .1"
-pf run box --force-clone --linked 1
 pf run bridge --taps 1
 pf run bridge --add-bridge --router-interface
 pf run power --state 5 | grep -q 'power off' || fail "the board is on before power_on"
@@ -107,6 +108,8 @@ out=$(bssh '. /run/pifarm/node; echo "$KIND $NODE $LANIF"; ip -4 -o addr show de
 echo "$out"
 echo "$out" | sed -n 1p | grep -qx 'hardware 5 lan5' || fail "the boot scripts did not take the hardware path (want: hardware 5 lan5)"
 echo "$out" | grep -q 'inet 192.168.66.12/24' || fail "lan5 lacks 192.168.66.12/24"
+keys() { awk '{print $2, $3}' "$W/cache/clones/raspi-clone-$1/known_hosts" | sort; }
+[ -n "$(keys 5)" ] && [ -z "$(comm -12 <(keys 1) <(keys 5))" ] || fail "the board shares a host key with clone 1, the image flashed"
 pf run guest --useradd=dev 5          # provisioning over LAN SSH
 bssh 'id -un dev' | grep -qx dev || fail "user dev was not made on the board"
 pf run status --wait --wait-console 1

@@ -101,3 +101,15 @@ func TestCycleDebian(t *testing.T) {
 		})
 	}
 }
+
+// TestCycleBoard runs cycle-board.sh: a hardware node end to end on a
+// simulated board (a QEMU raspi3b whose serial port is a pseudo-terminal the
+// node table names, whose only NIC is on the LAN bridge with the board's
+// MAC, whose card is the file pifarm run flash wrote, and whose power
+// commands start and kill it): flash, power on, enrol over the serial
+// console, SSH at its LAN address, a clone pings it, shutdown waits for
+// "reboot: Power down" before the power is cut. Root only, like TestCycle.
+func TestCycleBoard(t *testing.T) {
+	needCycle(t)
+	runCycle(t, "simulated board", "./cycle-board.sh", buildPifarm(t))
+}
