@@ -71,7 +71,6 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 		return nil, err
 	}
 	n.Tags = t
-	for _, a := range []struct{ field, v string }{{"lan", n.LAN}, {"wan", n.WAN}} {
 	if host != starlark.None {
 		h, ok := starlark.AsString(host)
 		if !ok {
@@ -87,6 +86,7 @@ func nodeBuiltin(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 		}
 		n.Host, n.HostSet = h, true
 	}
+	for _, a := range []struct{ field, v string }{{"lan", n.LAN}, {"wan", n.WAN}} {
 		ip := net.ParseIP(a.v)
 		if ip == nil || ip.To4() == nil {
 			return nil, fmt.Errorf("node %d: %s %q is not an IPv4 address", n.ID, a.field, a.v)
