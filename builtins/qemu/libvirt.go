@@ -644,7 +644,7 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 		overlay := in.F.Disk(id)
 		tmp := filepath.Join(dir, fmt.Sprintf("clone-%d.qcow2", id))
 		r.Disk, err = up(fmt.Sprintf("pifarm-%s-%d.qcow2", farmTag, id), tmp, func(u *virt.Upload) {
-			u.Source = overlay
+			u.Source, u.Keep = overlay, true
 			u.Prepare = func() error {
 				if _, err := in.D.Exec(trace.Cmd{Argv: []string{"cp", "--sparse=always", overlay, tmp}}); err != nil {
 					return err

@@ -2,6 +2,7 @@ package virt_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 	"pifarm/builtins/farm"
+	"pifarm/builtins/trace"
 	"pifarm/builtins/virt"
 	"pifarm/builtins/virt/virttest"
 )
@@ -91,5 +93,65 @@ func TestConnectOverSSH(t *testing.T) {
 	ln.Close()
 	if _, err := virt.Connect(ctx, h2, a, 2*time.Second); err == nil || !strings.Contains(err.Error(), "SSH to 127.0.0.1") {
 		t.Errorf("closed port: %v", err)
+	}
+}
+
+// TestUploadOnceAndKeep uploads a sparse file into pifarm's pool over a
+// real sshd: the second upload does nothing, a changed file is refused for
+// an instance's disk (Keep) and uploaded again otherwise, and the host's
+// copy always checks out by sha256 (Upload verifies it).
+func TestUploadOnceAndKeep(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real sshd and libvirtd")
+	}
+	virttest.Daemon(t)
+	uri, a := virttest.SSHD(t, 20926)
+	h, _ := farm.ParseHostURI(uri)
+	ctx := context.Background()
+	c, err := virt.Connect(ctx, h, a, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d := trace.New(ctx, false, false, io.Discard)
+	if err := c.EnsurePool(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	local := filepath.Join(dir, "disk.raw")
+	f, err := os.Create(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(96 << 20)
+	f.WriteAt([]byte(strings.Repeat("pifarm", 100000)), 0)
+	f.WriteAt([]byte(strings.Repeat("farm", 100000)), 70<<20)
+	f.Close()
+	vol := fmt.Sprintf("pifarm-test-%d.raw", os.Getpid())
+	t.Cleanup(func() { os.Remove(virt.VolPath(vol)) })
+	var progress strings.Builder
+	u := virt.Upload{Vol: vol, Local: local, State: filepath.Join(dir, "rec"), Progress: &progress, Keep: true}
+	path, err := c.Upload(ctx, d, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != virt.VolPath(vol) || !strings.Contains(progress.String(), "100%") {
+		t.Fatalf("path %s, progress %q", path, progress.String())
+	}
+	progress.Reset()
+	if _, err := c.Upload(ctx, d, u); err != nil || progress.Len() != 0 {
+		t.Fatalf("second upload: %v, progress %q", err, progress.String())
+	}
+	// The file changes here: an instance's disk on the host is kept.
+	f, _ = os.OpenFile(local, os.O_WRONLY, 0)
+	f.WriteAt([]byte("changed"), 1<<20)
+	f.Close()
+	os.Chtimes(local, time.Now(), time.Now().Add(time.Minute))
+	if _, err := c.Upload(ctx, d, u); err == nil || !strings.Contains(err.Error(), "not replaced") {
+		t.Fatalf("changed disk: %v", err)
+	}
+	u.Keep = false
+	if _, err := c.Upload(ctx, d, u); err != nil || !strings.Contains(progress.String(), "100%") {
+		t.Fatalf("replacing upload: %v %q", err, progress.String())
 	}
 }

@@ -112,6 +112,12 @@ type Upload struct {
 	// when an upload is needed: a copy with another backing file name).
 	Source  string
 	Prepare func() error
+	// Keep: the volume is an instance's disk, which lives on the host
+	// from its first start on. A volume holding an earlier, complete
+	// upload of a file that changed here since is not replaced (that
+	// would lose what the guest wrote there): Upload refuses, naming the
+	// choice.
+	Keep bool
 }
 
 // uploadState is the record of an upload.
@@ -142,6 +148,7 @@ func (c *Conn) Upload(ctx context.Context, d *trace.Door, u Upload) (string, err
 	if b, err := os.ReadFile(u.State); err == nil {
 		json.Unmarshal(b, &st)
 	}
+	old := st
 	if st.Key != key {
 		st = uploadState{Key: key}
 	}
@@ -177,6 +184,9 @@ func (c *Conn) Upload(ctx context.Context, d *trace.Door, u Upload) (string, err
 	}
 	if exists && st.SHA256 != "" && st.Done == int64(volSize) {
 		return path, nil // uploaded and verified before
+	}
+	if u.Keep && exists && old.SHA256 != "" && old.Key != key {
+		return "", fmt.Errorf("volume %s on %s is this instance's disk, uploaded from %s before it changed here; the guest has been writing to it since, so it is not replaced. Keep working on the host's disk (undo the local change), or replace it on purpose: virsh -c %s vol-delete --pool %s %s, then start again", u.Vol, c.Host.Name(), src, c.Host.URI, Pool, u.Vol)
 	}
 	if u.Prepare != nil {
 		if err := d.Do("# make "+trace.Quote(u.Local)+" from "+trace.Quote(src)+" for the host", u.Prepare); err != nil {
@@ -279,7 +289,7 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 			if err := save(); err != nil {
 				return err
 			}
-			if u.Progress != nil && (time.Since(shown) >= time.Second || data == last) {
+			if u.Progress != nil && time.Since(shown) >= time.Second && data != last {
 				shown = time.Now()
 				el := time.Since(start).Seconds()
 				fmt.Fprintf(u.Progress, "upload %s: %d%% (%d of %d MiB of data sent, %.0f MiB/s)\n", u.Vol, data*100/size, sent>>20, allocated(fi)>>20, float64(sent)/(1<<20)/max(el, 0.001))
@@ -287,6 +297,10 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 		}
 	}
 	st.Done = size
+	if u.Progress != nil {
+		el := time.Since(start).Seconds()
+		fmt.Fprintf(u.Progress, "upload %s: 100%% (%d MiB of data sent in %.1f s, %.0f MiB/s); checking it there\n", u.Vol, sent>>20, el, float64(sent)/(1<<20)/max(el, 0.001))
+	}
 	local := <-sum
 	if local == "" {
 		return fmt.Errorf("read %s for its checksum", u.Local)
