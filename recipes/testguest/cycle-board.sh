@@ -120,9 +120,13 @@ for want in 'power    on' "console  $B/ttyUSB0 is free" 'ping     192.168.66.12 
 done
 stage "lan+ssh+ping+status"
 
+if pf run power --off 5 >"$W/off5.out" 2>&1; then fail "power --off cut a running board's power"; fi
+grep -q 'its SSH answers at 192.168.66.12:22: the system runs' "$W/off5.out" || fail "power --off did not say why it refused: $(cat "$W/off5.out")"
+pf run power --state 5 | grep -q 'power on' || fail "the refused power --off switched the board"
+
 echo "== shutdown: poweroff, Power down on the console, then the power cut"
 pf run shutdown 5 | tee "$W/shutdown5.out"
-grep -q 'stopped (reboot: Power down), power off' "$W/shutdown5.out" || fail "shutdown did not report the board's power down and the cut"
+grep -q "stopped (reboot: Power down), power off ($POWER off $B)" "$W/shutdown5.out" || fail "shutdown did not report the board's power down and the cut"
 tail -1 "$B/power.log" | grep -qx 'off after the board said reboot: Power down' || fail "the power was cut before the board said it stopped: $(tail -1 "$B/power.log")"
 pf run power --state 5 | grep -q 'power off' || fail "power --state does not say off"
 stage "shutdown board"
