@@ -83,10 +83,11 @@ qpid() { # the live QEMU pid of instance N, or nothing
   return 0
 }
 
-# cycle_clones IMG: shut instance 0 (disk IMG) down, clone it (1 full, 2
-# linked), give the clones user-owned TAPs on the bridge and run them to
-# their login prompts (the prompt comes after rc.local, so the boot scripts
-# have run), the TAPs QEMU now holds enslaved.
+# cycle_clones IMG [BEFORE_RUN]: shut instance 0 (disk IMG) down, clone it
+# (1 full, 2 linked), run the function BEFORE_RUN when given, give the
+# clones user-owned TAPs on the bridge and run them to their login prompts
+# (the prompt comes after rc.local, so the boot scripts have run), the TAPs
+# QEMU now holds enslaved.
 cycle_clones() {
   echo "== shutdown instance 0"
   pf run shutdown 0
@@ -100,6 +101,7 @@ cycle_clones() {
   stage "clone linked"
   qemu-img info "$W/cache/clones/raspi-clone-1/clone-1.qcow2" | grep -q 'backing file' && fail "clone 1 has a backing file"
   qemu-img info "$W/cache/clones/raspi-clone-2/clone-2.qcow2" | grep -q "backing file: $1" || fail "clone 2 is not linked to $1"
+  if [ -n "${2:-}" ]; then "$2"; fi
 
   echo "== LAN: user-owned TAPs and the bridge"
   pf run bridge --taps 1 2
@@ -115,11 +117,13 @@ cycle_clones() {
   pf run bridge --add-bridge          # enslave the TAPs QEMU now holds open
 }
 
-# cycle_clones_end: shut clones 1 and 2 down and remove them.
+# cycle_clones_end [AFTER_SHUTDOWN]: shut clones 1 and 2 down, run the
+# function AFTER_SHUTDOWN when given, and remove the clones.
 cycle_clones_end() {
   echo "== shutdown both, remove the clones"
   pf run shutdown 1,2                 # both at once
   [ -z "$(qpid 1)$(qpid 2)" ] || fail "a clone's QEMU still runs"
+  if [ -n "${1:-}" ]; then stage "shutdown clones"; "$1"; fi
   pf run box --remove-all-clones
   [ ! -e "$W/cache/clones/raspi-clone-1/clone-1.qcow2" ] && [ ! -e "$W/cache/clones/raspi-clone-2/clone-2.qcow2" ] || fail "clones not removed"
   stage "shutdown clones+remove"
