@@ -697,3 +697,46 @@ func (st Status) Where(f *farm.Farm) string {
 	}
 	return s
 }
+
+// removeVolumes deletes instance n's volumes in pifarm's pool on remote
+// host h (its disk and boot files; instance 0's image volumes stay, clones
+// may rest on them) and their local upload records. A volume that is not
+// there is skipped. The trace shows virsh vol-delete.
+func (in *Instances) removeVolumes(h farm.HostURI, n *farm.Node) error {
+	c, err := in.conn(h)
+	if err != nil {
+		return err
+	}
+	name := in.DomainName(n)
+	tag := name[strings.LastIndexByte(name, '-')+1:]
+	dir := filepath.Join(in.F.Config.CacheDir(), "hosts", hostDir(h))
+	for _, ext := range []string{"qcow2", "ker", "dtb"} {
+		vol := fmt.Sprintf("pifarm-%s-%d.%s", tag, n.ID, ext)
+		var v libvirt.StorageVol
+		found := false
+		err := c.Call(in.D.Context(), libvirtTimeout, func(l *libvirt.Libvirt) error {
+			p, err := l.StoragePoolLookupByName(virt.Pool)
+			if err != nil {
+				return nil // no pool: no volumes
+			}
+			v, err = l.StorageVolLookupByName(p, vol)
+			found = err == nil
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if found {
+			err = in.D.Do(in.D.Line(virt.Virsh(h.URI, "vol-delete", "--pool", virt.Pool, vol)), func() error {
+				return c.Call(in.D.Context(), libvirtTimeout, func(l *libvirt.Libvirt) error { return l.StorageVolDelete(v, 0) })
+			})
+			if err != nil {
+				return fmt.Errorf("libvirt %s: delete volume %s: %w", h.URI, vol, err)
+			}
+		}
+		if rec := filepath.Join(dir, vol+".upload"); !in.D.DryRun {
+			os.Remove(rec)
+		}
+	}
+	return nil
+}

@@ -203,9 +203,9 @@ func (in *Instances) RemoveFiles(nodes ...*farm.Node) ([]int, error) {
 	check := func(n *farm.Node, before bool) error {
 		if st := in.probe(n); st.Running {
 			if before {
-				return fmt.Errorf("instance %d: refusing to remove its files while QEMU runs (pid %d); terminate it first: pifarm run box --terminate %d", n.ID, st.PID, n.ID)
+				return fmt.Errorf("instance %d: refusing to remove its files while QEMU runs (%s); terminate it first: pifarm run box --terminate %d", n.ID, st.Where(in.F), n.ID)
 			}
-			return fmt.Errorf("instance %d: refusing to remove its files: another pifarm started its QEMU (pid %d) while this one waited for the instance lock; terminate it first: pifarm run box --terminate %d", n.ID, st.PID, n.ID)
+			return fmt.Errorf("instance %d: refusing to remove its files: another pifarm started its QEMU (%s) while this one waited for the instance lock; terminate it first: pifarm run box --terminate %d", n.ID, st.Where(in.F), n.ID)
 		}
 		return in.refuseDiskInUse(n, "refusing to remove its files", true)
 	}
@@ -243,6 +243,11 @@ func (in *Instances) RemoveFiles(nodes ...*farm.Node) ([]int, error) {
 	}
 	var removed []int
 	for _, n := range todo {
+		if h, ok := in.F.Remote(n); ok {
+			if err := in.removeVolumes(h, n); err != nil {
+				return removed, fmt.Errorf("instance %d: %w", n.ID, err)
+			}
+		}
 		if err := in.removeDir(in.F.InstanceDir(n.ID)); err != nil {
 			return removed, fmt.Errorf("instance %d: %w", n.ID, err)
 		}
