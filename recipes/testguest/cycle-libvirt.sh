@@ -8,7 +8,8 @@
 # LANs on two network namespaces standing for two hosts whose bridges are
 # joined by pifarm's VXLAN, pinging each other, shut down. Clone 2's disk is
 # uploaded into the remote storage pool: the first upload is interrupted and
-# the next command completes it.
+# the next command completes it. Removing the clones removes clone 2's volumes
+# on its host.
 #
 # usage: cycle-libvirt.sh [PIFARM_BINARY]   (as root; starts libvirtd when none runs)
 #
@@ -153,5 +154,8 @@ stage "enrolled+ping across hosts"
 pf run shutdown 1,2
 virsh -c qemu:///system list --name | grep -q "^pifarm-en\(one\|two\)-" && fail "a domain still runs"
 stage "shutdown"
+pf run box --remove-all-clones                     # clone 2's volumes go from its host too
+virsh -c qemu:///system vol-list pifarm | grep -q "pifarm-$FARM-2\." && fail "clone 2's volumes are still on its host"
+stage "remove clones"
 echo "== all stages passed"
 cat "$W/times"
