@@ -543,14 +543,14 @@ func (in *Instances) ensureWrapper(h farm.HostURI, c *virt.Conn) error {
 		}
 		return nil
 	}
-	have, _ := remoteOutput(c, "cat "+trace.Quote(virt.WrapperPath)+" 2>/dev/null", "")
+	have, _ := c.RemoteInput("cat "+trace.Quote(virt.WrapperPath)+" 2>/dev/null", "")
 	if have == want {
 		return nil
 	}
 	cmdText := trace.Join(install)
 	line := fmt.Sprintf("ssh -p %d %s %s <<'EOF'\n%sEOF", h.Port, trace.Quote(sshLogin(h)), trace.Quote(cmdText), want)
 	return in.D.Do(line, func() error {
-		if _, err := remoteOutput(c, cmdText, want); err != nil {
+		if _, err := c.RemoteInput(cmdText, want); err != nil {
 			return fmt.Errorf("install pifarm's emulator wrapper %s on %s: %w (log in as root there: qemu+ssh://root@%s/system)", virt.WrapperPath, h.Name(), err, h.Host)
 		}
 		return nil
@@ -564,23 +564,6 @@ func sshLogin(h farm.HostURI) string {
 		return h.Host
 	}
 	return h.User + "@" + h.Host
-}
-
-// remoteOutput runs cmd on the remote host of c with stdin, returning
-// its standard output; a failure quotes its standard error.
-func remoteOutput(c *virt.Conn, cmd, stdin string) (string, error) {
-	s, err := c.SSH().NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer s.Close()
-	var out, errb strings.Builder
-	s.Stdout, s.Stderr = &out, &errb
-	s.Stdin = strings.NewReader(stdin)
-	if err := s.Run(cmd); err != nil {
-		return out.String(), fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(errb.String()))
-	}
-	return out.String(), nil
 }
 
 // createCmd is the virsh command that starts a domain from the XML on its
