@@ -16,6 +16,7 @@ import (
 
 	"pifarm/builtins/farm"
 	"pifarm/builtins/trace"
+	"pifarm/builtins/virt"
 )
 
 // Part is a partition of a disk image: its byte offset and length.
@@ -74,6 +75,9 @@ const closeTimeout = 30 * time.Second
 // error, whatever was done is undone.
 func Open(d *trace.Door, f *farm.Farm, n *farm.Node, o Options) (*Root, error) {
 	op := fmt.Sprintf("chroot.open %d", n.ID)
+	if err := virt.RefuseOnHost(f, n, "opening the root file system"); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
 	disk := f.Disk(n.ID)
 	real, err := filepath.EvalSymlinks(disk)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"pifarm/builtins/farm"
 	"pifarm/builtins/image/shacrypt"
 	"pifarm/builtins/trace"
+	"pifarm/builtins/virt"
 )
 
 // The builtins of the module's table (New), in its order, and the structs
@@ -22,6 +23,20 @@ func (m *mod) instanceArg(b *starlark.Builtin, args starlark.Tuple, kwargs []sta
 	inst := m.instanceRef()
 	err := trace.UnpackArgs(b.Name(), args, kwargs, param, &inst)
 	return id(inst), err
+}
+
+// onHost refuses operation what on instance id's disk file when that disk
+// lives on the instance's remote libvirt host (see virt.RefuseOnHost).
+func (m *mod) onHost(id int, what string) error {
+	if id <= 0 {
+		return nil
+	}
+	for _, n := range m.f.Nodes() {
+		if n.ID == id {
+			return virt.RefuseOnHost(m.f, n, what)
+		}
+	}
+	return nil
 }
 
 // imageArg unpacks the one argument of a builtin that takes an image
@@ -99,19 +114,28 @@ func planStruct(pl *ExpandPlan) *starlarkstruct.Struct {
 }
 
 func (m *mod) planExpandFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	return m.expandWith(b, args, kwargs, m.PlanExpand)
+	return m.expandWith(b, args, kwargs, m.PlanExpand, "")
 }
 
 func (m *mod) expandFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
-	return m.expandWith(b, args, kwargs, m.Expand)
+	return m.expandWith(b, args, kwargs, m.Expand, "expanding the disk")
 }
 
 // expandWith is plan_expand (do: plan only) and expand (do: plan and do):
 // both take the image (an instance or a path) and return the plan.
-func (m *mod) expandWith(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, do func(string) (*ExpandPlan, error)) (starlark.Value, error) {
-	p, err := m.imageArg(b, args, kwargs)
+func (m *mod) expandWith(b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple, do func(string) (*ExpandPlan, error), what string) (starlark.Value, error) {
+	img := m.imageRef()
+	if err := trace.UnpackArgs(b.Name(), args, kwargs, "image?", &img); err != nil {
+		return nil, err
+	}
+	p, inst, err := m.disk(img)
 	if err != nil {
 		return nil, err
+	}
+	if what != "" {
+		if err := m.onHost(inst, what); err != nil {
+			return nil, err
+		}
 	}
 	pl, err := do(p)
 	if err != nil {
@@ -182,8 +206,11 @@ func (m *mod) seedFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tupl
 			o.Files[k] = c
 		}
 	}
-	p, _, err := m.disk(img)
+	p, inst, err := m.disk(img)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.onHost(inst, "seeding the disk"); err != nil {
 		return nil, err
 	}
 	res, err := m.Seed(p, o)
@@ -217,6 +244,9 @@ func (m *mod) mountFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	inst := m.instanceRef()
 	sudo := false
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "part", &part, "instance?", &inst, "sudo?", &sudo); err != nil {
+		return nil, err
+	}
+	if err := m.onHost(id(inst), "mounting the disk"); err != nil {
 		return nil, err
 	}
 	r, err := m.Mount(part, id(inst), sudo)
@@ -260,6 +290,9 @@ func (m *mod) cloneFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tup
 	inst := m.instanceRef()
 	linked, replace := false, true
 	if err := trace.UnpackArgs(b.Name(), args, kwargs, "instance", &inst, "linked?", &linked, "replace?", &replace); err != nil {
+		return nil, err
+	}
+	if err := m.onHost(id(inst), "a new clone"); err != nil {
 		return nil, err
 	}
 	r, err := m.clone(id(inst), linked, replace)

@@ -57,7 +57,7 @@ func runningQEMU(t *testing.T, cache string, id int) {
 func TestRecipeCloneIdentity(t *testing.T) {
 	dir := t.TempDir()
 	img := chroottest.Image(t)
-	cfg := recipeConfig(t, dir)
+	cfg := recipeConfig(t, dir, "")
 	cache := filepath.Join(dir, "cache")
 	disk := func(id int) string {
 		return filepath.Join(cache, "clones", fmt.Sprintf("raspi-clone-%d", id), fmt.Sprintf("clone-%d.qcow2", id))
@@ -146,7 +146,7 @@ func TestRecipeCloneIdentity(t *testing.T) {
 func TestRecipePromoteIdentity(t *testing.T) {
 	dir := t.TempDir()
 	img := chroottest.Image(t)
-	cfg := recipeConfig(t, dir)
+	cfg := recipeConfig(t, dir, "")
 	for _, st := range []struct{ want, args string }{
 		{"instance 0 is", "run image -i " + img + " --provide-qboot"},
 		{"hostname enone", "run box --force-clone 1"},

@@ -202,6 +202,9 @@ func (m *mod) promoteFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.T
 	if err != nil {
 		return nil, err
 	}
+	if err := m.onHost(n, "promotion"); err != nil {
+		return nil, err
+	}
 	r, err := m.Promote(n)
 	if err != nil {
 		return nil, err

@@ -42,6 +42,9 @@ func (m *mod) snapshotFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 	if err != nil {
 		return nil, err
 	}
+	if err := m.onHost(n, "snapshot"); err != nil {
+		return nil, err
+	}
 	s, err := m.TakeSnapshot(n, name)
 	if err != nil {
 		return nil, err
@@ -70,6 +73,9 @@ func (m *mod) rollbackFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 	if err != nil {
 		return nil, err
 	}
+	if err := m.onHost(n, "rollback"); err != nil {
+		return nil, err
+	}
 	r, err := m.Rollback(n, name)
 	if err != nil {
 		return nil, err
@@ -83,6 +89,9 @@ func (m *mod) rollbackFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.
 func (m *mod) deleteSnapshotFn(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kwargs []starlark.Tuple) (starlark.Value, error) {
 	n, name, err := m.instanceName(b, args, kwargs)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.onHost(n, "deleting a snapshot"); err != nil {
 		return nil, err
 	}
 	rm, err := m.DeleteSnapshot(n, name)

@@ -12,17 +12,17 @@ import (
 )
 
 // recipeConfig writes a configuration with nodes 0 to 2 and its cache in
-// dir, and returns its path.
-func recipeConfig(t *testing.T, dir string) string {
+// dir, and returns its path; node2 is added to node 2's arguments.
+func recipeConfig(t *testing.T, dir string, node2 string) string {
 	cfg := filepath.Join(dir, "config.star")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`cache = %q
 tools = {"guestmount": False, "remote-viewer": False}
 nodes = [
     node(id = 0, alias = "loner", lan = "192.168.66.63", wan = "100.65.63.15"),
     node(id = 1, alias = "enone", lan = "192.168.66.7", wan = "100.65.4.15"),
-    node(id = 2, alias = "entwo", lan = "192.168.66.8", wan = "100.65.5.15"),
+    node(id = 2, alias = "entwo", lan = "192.168.66.8", wan = "100.65.5.15"%s),
 ]
-`, filepath.Join(dir, "cache"))), 0o644)
+`, filepath.Join(dir, "cache"), node2)), 0o644)
 	return cfg
 }
 
@@ -36,21 +36,29 @@ type recipeStep struct {
 }
 
 // runSteps runs the steps in order (IMG in args and want is the image, DIR
-// in want its folder, where the cache is) on
+// its folder, where the cache is) on
 // a fixture registered as instance 0 with a full clone 1, and stops at the
 // first one that does not do what it should.
-func runSteps(t *testing.T, steps []recipeStep) {
+func runSteps(t *testing.T, steps []recipeStep) { t.Helper(); runStepsWith(t, "", nil, steps) }
+
+// runStepsWith is runSteps with node2 added to node 2's arguments in the
+// configuration, and before[i] run (with the fixture's folder) before
+// steps[i].
+func runStepsWith(t *testing.T, node2 string, before map[int]func(*testing.T, string), steps []recipeStep) {
 	t.Helper()
 	dir := t.TempDir()
 	img := recipeFixture(t, dir)
-	cfg := recipeConfig(t, dir)
+	cfg := recipeConfig(t, dir, node2)
 	steps = append([]recipeStep{
 		{"run image -i IMG --provide-qboot", 0, []string{"instance 0 is"}, nil},
 		{"run box --force-clone 1", 0, []string{"new clone"}, nil},
 	}, steps...)
-	for _, st := range steps {
+	for i, st := range steps {
+		if f := before[i-2]; f != nil {
+			f(t, dir)
+		}
 		var out bytes.Buffer
-		args := append([]string{"-c", cfg}, strings.Fields(strings.ReplaceAll(st.args, "IMG", img))...)
+		args := append([]string{"-c", cfg}, strings.Fields(strings.NewReplacer("IMG", img, "DIR", dir).Replace(st.args))...)
 		code := runtime.Main(runtime.Options{DefaultConfig: defaultConfig, Args: args, Stdout: &out, Stderr: &out})
 		bad := code != st.code
 		for _, w := range st.want {

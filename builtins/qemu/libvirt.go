@@ -2,8 +2,6 @@ package qemu
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -591,9 +589,9 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 	if err := c.EnsurePool(ctx, in.D); err != nil {
 		return remoteFiles{}, err
 	}
-	prefix := strings.TrimSuffix(in.DomainName(n), "") // pifarm-ALIAS-HASH
-	farmTag := prefix[strings.LastIndexByte(prefix, '-')+1:]
-	dir := filepath.Join(in.F.Config.CacheDir(), "hosts", hostDir(h))
+	cache := in.F.Config.CacheDir()
+	farmTag := virt.FarmTag(cache)
+	dir := virt.RecordDir(cache, h)
 	if !in.D.DryRun {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return remoteFiles{}, err
@@ -604,7 +602,7 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 		progress = in.D.Stderr
 	}
 	up := func(vol, local string, extra func(*virt.Upload)) (string, error) {
-		u := virt.Upload{Vol: vol, Local: local, State: filepath.Join(dir, vol+".upload"), Progress: progress}
+		u := virt.Upload{Vol: vol, Local: local, State: virt.Record(cache, h, vol), Progress: progress}
 		if extra != nil {
 			extra(&u)
 		}
@@ -618,7 +616,7 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 	if err != nil {
 		return remoteFiles{}, err
 	}
-	baseVol := fmt.Sprintf("pifarm-%s-0-%s.raw", farmTag, shortHash(fmt.Sprint(bi.Size(), bi.ModTime().UnixNano())))
+	baseVol := virt.BaseVol(farmTag, bi)
 	var r remoteFiles
 	if r.Disk, err = up(baseVol, base, nil); err != nil {
 		return r, err
@@ -626,7 +624,7 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 	if id != 0 {
 		overlay := in.F.Disk(id)
 		tmp := filepath.Join(dir, fmt.Sprintf("clone-%d.qcow2", id))
-		r.Disk, err = up(fmt.Sprintf("pifarm-%s-%d.qcow2", farmTag, id), tmp, func(u *virt.Upload) {
+		r.Disk, err = up(virt.DiskVol(farmTag, id), tmp, func(u *virt.Upload) {
 			u.Source, u.Keep = overlay, true
 			u.Prepare = func() error {
 				if _, err := in.D.Exec(trace.Cmd{Argv: []string{"cp", "--sparse=always", overlay, tmp}}); err != nil {
@@ -641,23 +639,13 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 		}
 		os.Remove(tmp)
 	}
-	if r.Kernel, err = up(fmt.Sprintf("pifarm-%s-%d.ker", farmTag, id), in.F.Kernel(id), nil); err != nil {
+	if r.Kernel, err = up(virt.BootVol(farmTag, id, "ker"), in.F.Kernel(id), nil); err != nil {
 		return r, err
 	}
-	if r.DTB, err = up(fmt.Sprintf("pifarm-%s-%d.dtb", farmTag, id), in.F.DTB(id), nil); err != nil {
+	if r.DTB, err = up(virt.BootVol(farmTag, id, "dtb"), in.F.DTB(id), nil); err != nil {
 		return r, err
 	}
 	return r, nil
-}
-
-// hostDir is the cache folder name of a remote host's records.
-func hostDir(h farm.HostURI) string {
-	return strings.NewReplacer("/", "_", ":", "_", "@", "_", "[", "", "]", "").Replace(h.Name()) + "-" + shortHash(h.URI)
-}
-
-func shortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:3])
 }
 
 // Where says in words what runs for a status: "pid N" for a QEMU of this
@@ -690,11 +678,9 @@ func (in *Instances) removeVolumes(h farm.HostURI, n *farm.Node) error {
 	if err != nil {
 		return err
 	}
-	name := in.DomainName(n)
-	tag := name[strings.LastIndexByte(name, '-')+1:]
-	dir := filepath.Join(in.F.Config.CacheDir(), "hosts", hostDir(h))
-	for _, ext := range []string{"qcow2", "ker", "dtb"} {
-		vol := fmt.Sprintf("pifarm-%s-%d.%s", tag, n.ID, ext)
+	cache := in.F.Config.CacheDir()
+	tag := virt.FarmTag(cache)
+	for _, vol := range []string{virt.DiskVol(tag, n.ID), virt.BootVol(tag, n.ID, "ker"), virt.BootVol(tag, n.ID, "dtb")} {
 		var v libvirt.StorageVol
 		found := false
 		err := c.Call(in.D.Context(), libvirtTimeout, func(l *libvirt.Libvirt) error {
@@ -717,7 +703,7 @@ func (in *Instances) removeVolumes(h farm.HostURI, n *farm.Node) error {
 				return fmt.Errorf("libvirt %s: delete volume %s: %w", h.URI, vol, err)
 			}
 		}
-		if rec := filepath.Join(dir, vol+".upload"); !in.D.DryRun {
+		if rec := virt.Record(cache, h, vol); !in.D.DryRun {
 			os.Remove(rec)
 		}
 	}
