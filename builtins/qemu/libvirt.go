@@ -617,9 +617,16 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 		return remoteFiles{}, err
 	}
 	baseVol := virt.BaseVol(farmTag, bi)
+	newBase := !virt.Uploaded(virt.Record(cache, h, baseVol))
 	var r remoteFiles
 	if r.Disk, err = up(baseVol, base, nil); err != nil {
 		return r, err
+	}
+	if newBase {
+		// earlier images of instance 0 that nothing rests on any more
+		if _, err := c.PruneBases(ctx, in.D, farmTag, baseVol, dir); err != nil {
+			in.D.Note("%v (they stay; remove them with virsh vol-delete)", err)
+		}
 	}
 	if id != 0 {
 		overlay := in.F.Disk(id)
