@@ -100,8 +100,10 @@ DISK_ID=$(sfdisk -d "$D/boot.img" | awk '/^label-id:/ { sub(/^0x/, "", $2); prin
 
 # ---- 2. the common root file system (debootstrap, kept until the list changes) ---
 # >>> base
+# (ca-certificates: RaspiOS has it preinstalled, so a package set that pulls it
+# in does not pay its first update-ca-certificates run on a real card either)
 BASE_PKGS=(systemd-sysv udev dbus openssh-server sudo adduser iproute2 iputils-ping kmod procps
-           netbase fake-hwclock dosfstools)
+           netbase fake-hwclock dosfstools ca-certificates)
 BASE=$D/base
 base_key() {
   { echo "$MIRROR ${BASE_PKGS[*]}"; sed -n '/^# >>> base/,/^# <<< base/p' "${BASH_SOURCE[0]}"; } | md5sum | cut -c1-16
