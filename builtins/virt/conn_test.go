@@ -135,7 +135,7 @@ func TestUploadOnceAndKeep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if path != virt.VolPath(vol) || !strings.Contains(progress.String(), "100%") {
+	if path != virt.VolPath(vol) || !strings.Contains(progress.String(), "100%") || !strings.Contains(progress.String(), "each piece checked there by sha256") {
 		t.Fatalf("path %s, progress %q", path, progress.String())
 	}
 	progress.Reset()

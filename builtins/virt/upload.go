@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -99,9 +100,9 @@ func VolPath(name string) string { return PoolDir + "/" + name }
 // at most 256 MiB, and after each one the record (State, a local JSON
 // file) says how far it got: an upload that was interrupted (Ctrl-C, a
 // lost connection) goes on from there at the next command. Progress
-// receives a line per chunk. The end is checked: sha256 of the volume on
-// the host (sha256sum over the host's SSH connection) must be the
-// file's.
+// receives a line a second. Every chunk is checked on a remote host while
+// the next one travels: sha256 of its range of the volume, read back there
+// over the host's SSH connection (dd, sha256sum), must be the file's.
 type Upload struct {
 	Vol      string // volume name
 	Local    string // the local file
@@ -243,7 +244,11 @@ func (c *Conn) Upload(ctx context.Context, d *trace.Door, u Upload) (string, err
 }
 
 // send uploads the data extents of u.Local past st.Done, recording
-// progress, then verifies the checksum.
+// progress. Over SSH the host checks each piece (sha256 of its range of
+// the volume, read back there) while the next one travels, so the check
+// costs little more than the last piece's; the record's Done then counts
+// the bytes checked, and a resumed upload sends again what was sent but
+// not yet checked.
 func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *uploadState) error {
 	f, err := os.Open(u.Local)
 	if err != nil {
@@ -261,34 +266,90 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	}
 	sum := make(chan string, 1)
 	go func() { sum <- dataSHA256(u.Local, ext) }()
+	var mu sync.Mutex // st and the record
 	save := func() error {
 		b, _ := json.Marshal(st)
 		return trace.WriteAtomic(u.State, b, 0o600, false)
 	}
+	advance := func(to int64) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if to <= st.Done {
+			return nil
+		}
+		st.Done = to
+		return save()
+	}
 	if st.Done > 0 && u.Progress != nil {
 		fmt.Fprintf(u.Progress, "upload %s: resuming at byte %d of %d (an earlier upload got that far)\n", u.Vol, st.Done, size)
 	}
+	// the host's checks, one piece after the other, behind the upload
+	type piece struct {
+		off, n int64
+		sum    string
+	}
+	var check chan piece
+	checked := make(chan error, 1)
+	if c.ssh != nil {
+		check = make(chan piece, 4)
+		go func() {
+			var failed error
+			for p := range check {
+				if failed != nil {
+					continue
+				}
+				out, err := c.RemoteInput("sh -s", DataSumScript(VolPath(u.Vol), []Extent{{p.off, p.n}}))
+				switch {
+				case err != nil:
+					failed = fmt.Errorf("checksum of bytes %d to %d of %s on %s: %w", p.off, p.off+p.n, VolPath(u.Vol), c.Host.Name(), err)
+				case firstField(out) != p.sum:
+					failed = fmt.Errorf("checksum mismatch: bytes %d to %d of %s on %s are not those of %s (sha256 %s there, %s here); the next start uploads again from there", p.off, p.off+p.n, VolPath(u.Vol), c.Host.Name(), u.Local, firstField(out), p.sum)
+				default:
+					failed = advance(p.off + p.n)
+				}
+			}
+			checked <- failed
+		}()
+	} else {
+		checked <- nil
+	}
+	finish := func() error {
+		if check != nil {
+			close(check)
+			check = nil
+		}
+		return <-checked
+	}
+	defer func() {
+		if check != nil {
+			close(check)
+		}
+	}()
 	start, sent, shown := time.Now(), int64(0), time.Time{}
 	last := int64(0)
 	if len(ext) > 0 {
 		last = ext[len(ext)-1].Off + ext[len(ext)-1].Len
 	}
+	from := st.Done
 	for _, e := range ext {
-		data, end := max(e.Off, st.Done), e.Off+e.Len
+		data, end := max(e.Off, from), e.Off+e.Len
 		for data < end {
 			n := min(end-data, chunk)
+			h := sha256.New()
+			r := io.TeeReader(io.NewSectionReader(f, data, n), h)
 			err := c.Call(ctx, 10*time.Minute, func(l *libvirt.Libvirt) error {
-				return l.StorageVolUpload(vol, io.NewSectionReader(f, data, n), uint64(data), uint64(n), 0)
+				return l.StorageVolUpload(vol, r, uint64(data), uint64(n), 0)
 			})
 			if err != nil {
 				return err
 			}
-			data += n
-			sent += n
-			st.Done = data
-			if err := save(); err != nil {
+			if check != nil {
+				check <- piece{data, n, hex.EncodeToString(h.Sum(nil))}
+			} else if err := advance(data + n); err != nil {
 				return err
 			}
+			data += n
+			sent += n
 			if u.Progress != nil && time.Since(shown) >= time.Second && data != last {
 				shown = time.Now()
 				el := time.Since(start).Seconds()
@@ -296,27 +357,24 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 			}
 		}
 	}
-	st.Done = size
+	if err := finish(); err != nil {
+		return err
+	}
 	if u.Progress != nil {
 		el := time.Since(start).Seconds()
-		fmt.Fprintf(u.Progress, "upload %s: 100%% (%d MiB of data sent in %.1f s, %.0f MiB/s); checking it there\n", u.Vol, sent>>20, el, float64(sent)/(1<<20)/max(el, 0.001))
+		how := ""
+		if c.ssh != nil {
+			how = ", each piece checked there by sha256"
+		}
+		fmt.Fprintf(u.Progress, "upload %s: 100%% (%d MiB of data sent in %.1f s, %.0f MiB/s%s)\n", u.Vol, sent>>20, el, float64(sent)/(1<<20)/max(el, 0.001), how)
 	}
 	local := <-sum
 	if local == "" {
 		return fmt.Errorf("read %s for its checksum", u.Local)
 	}
-	if c.ssh != nil {
-		out, err := c.RemoteInput("sh -s", DataSumScript(VolPath(u.Vol), ext))
-		if err != nil {
-			return fmt.Errorf("checksum of %s on %s: %w", VolPath(u.Vol), c.Host.Name(), err)
-		}
-		if f := strings.Fields(out); len(f) == 0 || f[0] != local {
-			st.Done = 0 // start again next time
-			save()
-			return fmt.Errorf("checksum mismatch: %s on %s is not %s (sha256 %s, local %s); the next start uploads it again", VolPath(u.Vol), c.Host.Name(), u.Local, firstField(out), local)
-		}
-	}
-	st.SHA256 = local
+	mu.Lock()
+	defer mu.Unlock()
+	st.Done, st.SHA256 = size, local
 	return save()
 }
 
