@@ -13,7 +13,9 @@ package console
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,6 +33,11 @@ type module struct {
 
 	mu       sync.Mutex
 	sessions map[string]*sessionValue // open sessions by address
+
+	// stdin and stdout are the terminal of attach (os.Stdin, os.Stdout
+	// when nil).
+	stdin  *os.File
+	stdout io.Writer
 }
 
 // New returns the `console` module.
@@ -67,6 +74,7 @@ sent (passwords masked) and every command run; login returns True, run
 returns output "" and exit_code 0, prompt returns kind "login".
 
 ` + sessionMethods.Reference()},
+			{Name: "attach", Args: `instance, escape="^]"`, Fn: m.attach, Doc: attachDoc},
 			{Name: "probe", Args: "instance, timeout=1", Fn: m.probe,
 				Doc: `Whether the instance's console port accepts connections (a query: runs in
 dry-run too); for a hardware node's serial device, whether it exists, is a
