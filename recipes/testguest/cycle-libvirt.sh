@@ -150,6 +150,14 @@ pf run status --json 1,2 > "$W/status.json"
 gssh 21701 root 'ip -4 addr show lan0' | grep -q 'inet 192.168.66.7/' || fail "guest 1 lan0 lacks 192.168.66.7"
 gssh 21701 root 'ping -c 3 -W 5 -I lan0 192.168.66.8' || fail "guest 1 (host A) cannot ping guest 2 (host B) over the VXLAN-joined LAN"
 stage "enrolled+ping across hosts"
+# box --attach: a terminal (the pseudo-terminal script(1) makes) joined to
+# clone 2's console through its host's SSH connection; Enter, then Ctrl-]
+echo "+ pifarm run box --attach 2   (in script(1): Enter, then Ctrl-])"
+{ sleep 5; printf '\r'; sleep 5; printf '\035'; } |
+  script -qefc "$PIFARM run box --attach 2" "$W/attach.log" > /dev/null || fail "box --attach 2 failed: $(cat "$W/attach.log")"
+grep -q "entwo login:" "$W/attach.log" || fail "no login prompt of clone 2 through box --attach 2: $(cat "$W/attach.log")"
+grep -q "console 21802 on root@127.0.0.1:$SSHD_PORT: left" "$W/attach.log" || fail "box --attach 2 did not end by Ctrl-]: $(cat "$W/attach.log")"
+stage "attach to clone 2's console"
 
 pf run shutdown 1,2
 virsh -c qemu:///system list --name | grep -q "^pifarm-en\(one\|two\)-" && fail "a domain still runs"
