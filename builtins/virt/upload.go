@@ -1,6 +1,7 @@
 package virt
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 	"pifarm/builtins/trace"
 )
@@ -291,19 +293,24 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	var check chan piece
 	checked := make(chan error, 1)
 	if c.ssh != nil {
+		sums, err := c.rangeSums(VolPath(u.Vol))
+		if err != nil {
+			return err
+		}
 		check = make(chan piece, 4)
 		go func() {
+			defer sums.Close()
 			var failed error
 			for p := range check {
 				if failed != nil {
 					continue
 				}
-				out, err := c.RemoteInput("sh -s", DataSumScript(VolPath(u.Vol), []Extent{{p.off, p.n}}))
+				got, err := sums.Sum(p.off, p.n)
 				switch {
 				case err != nil:
 					failed = fmt.Errorf("checksum of bytes %d to %d of %s on %s: %w", p.off, p.off+p.n, VolPath(u.Vol), c.Host.Name(), err)
-				case firstField(out) != p.sum:
-					failed = fmt.Errorf("checksum mismatch: bytes %d to %d of %s on %s are not those of %s (sha256 %s there, %s here); the next start uploads again from there", p.off, p.off+p.n, VolPath(u.Vol), c.Host.Name(), u.Local, firstField(out), p.sum)
+				case got != p.sum:
+					failed = fmt.Errorf("checksum mismatch: bytes %d to %d of %s on %s are not those of %s (sha256 %s there, %s here); the next start uploads again from there", p.off, p.off+p.n, VolPath(u.Vol), c.Host.Name(), u.Local, got, p.sum)
 				default:
 					failed = advance(p.off + p.n)
 				}
@@ -330,11 +337,10 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	if len(ext) > 0 {
 		last = ext[len(ext)-1].Off + ext[len(ext)-1].Len
 	}
-	from := st.Done
-	for _, e := range ext {
-		data, end := max(e.Off, from), e.Off+e.Len
+	for _, pc := range Pieces(ext, st.Done, chunk, maxGap) {
+		data, end := pc.Off, pc.Off+pc.Len
 		for data < end {
-			n := min(end-data, chunk)
+			n := end - data
 			h := sha256.New()
 			r := io.TeeReader(io.NewSectionReader(f, data, n), h)
 			err := c.Call(ctx, 10*time.Minute, func(l *libvirt.Libvirt) error {
@@ -442,19 +448,104 @@ func dataSHA256(path string, ext []Extent) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// DataSumScript is the shell script that prints the sha256 of the
-// extents ext of the file at path on a host (GNU dd; openssl's digest,
-// which uses the CPU's SHA instructions, 4x coreutils' sha256sum here,
-// else sha256sum), as dataSHA256 computes it here.
-func DataSumScript(path string, ext []Extent) string {
-	var b strings.Builder
-	b.WriteString("set -e\nf=" + trace.Quote(path) + "\n")
-	b.WriteString("if command -v openssl >/dev/null 2>&1; then sum() { openssl dgst -sha256 -r; }; else sum() { sha256sum; }; fi\n{\n:\n")
-	for _, e := range ext {
-		fmt.Fprintf(&b, "dd if=\"$f\" bs=4M iflag=skip_bytes,count_bytes skip=%d count=%d status=none\n", e.Off, e.Len)
+// RangeSumScript is the shell script that reads lines "OFFSET LENGTH" on
+// its standard input and prints, for each, the sha256 of that range of the
+// file at path on a host (GNU dd; openssl's digest, which uses the CPU's
+// SHA instructions, 4x coreutils' sha256sum here, else sha256sum): one
+// session checks every piece of an upload (a session each cost 130 ms).
+func RangeSumScript(path string) string {
+	return "f=" + trace.Quote(path) + "\n" +
+		"if command -v openssl >/dev/null 2>&1; then sum() { openssl dgst -sha256 -r; }; else sum() { sha256sum; }; fi\n" +
+		"while read -r off len; do\n" +
+		"  dd if=\"$f\" bs=4M iflag=skip_bytes,count_bytes skip=\"$off\" count=\"$len\" status=none | sum || echo failed\n" +
+		"done\n"
+}
+
+// rangeSums is RangeSumScript running on a remote host.
+type rangeSums struct {
+	s   *xssh.Session
+	in  io.WriteCloser
+	out *bufio.Reader
+	err strings.Builder
+}
+
+// rangeSums starts RangeSumScript for path on the host.
+func (c *Conn) rangeSums(path string) (*rangeSums, error) {
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("checksums on %s: %w", c.Host.Name(), err)
 	}
-	b.WriteString("} | sum\n")
-	return b.String()
+	r := &rangeSums{s: s}
+	s.Stderr = &r.err
+	if r.in, err = s.StdinPipe(); err == nil {
+		var out io.Reader
+		if out, err = s.StdoutPipe(); err == nil {
+			r.out = bufio.NewReader(out)
+			err = s.Start("sh -c " + trace.Quote(RangeSumScript(path)))
+		}
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("checksums on %s: %w", c.Host.Name(), err)
+	}
+	return r, nil
+}
+
+// Sum is the hex sha256 of n bytes at off of the file on the host.
+func (r *rangeSums) Sum(off, n int64) (string, error) {
+	if _, err := fmt.Fprintf(r.in, "%d %d\n", off, n); err != nil {
+		return "", err
+	}
+	line, err := r.out.ReadString('\n')
+	if f := strings.Fields(line); err == nil && len(f) > 0 && len(f[0]) == 64 {
+		return f[0], nil
+	}
+	return "", fmt.Errorf("no checksum (%q, %v): %s", strings.TrimSpace(line), err, strings.TrimSpace(r.err.String()))
+}
+
+// Close ends the script.
+func (r *rangeSums) Close() {
+	r.in.Close()
+	r.s.Wait()
+	r.s.Close()
+}
+
+// maxGap is the largest hole between two extents that an upload sends as
+// zeros rather than starting another piece: every piece costs an RPC
+// (a stream's start and finish) and a check, 20 ms or more on a remote
+// host, and the holes between a file system's small extents are small.
+const maxGap = 1 << 20
+
+// Pieces plans an upload of the data extents ext from offset from on:
+// ranges of at most max bytes, an extent's own or several extents' with
+// the holes between them of at most gap bytes (sent as the zeros they
+// read as).
+func Pieces(ext []Extent, from, max, gap int64) []Extent {
+	var out []Extent
+	var cur Extent
+	flush := func() {
+		for cur.Len > 0 {
+			n := min(cur.Len, max)
+			out = append(out, Extent{cur.Off, n})
+			cur.Off, cur.Len = cur.Off+n, cur.Len-n
+		}
+	}
+	for _, e := range ext {
+		if e.Off+e.Len <= from {
+			continue
+		}
+		if e.Off < from {
+			e = Extent{from, e.Off + e.Len - from}
+		}
+		if cur.Len > 0 && e.Off-(cur.Off+cur.Len) <= gap && e.Off+e.Len-cur.Off <= max {
+			cur.Len = e.Off + e.Len - cur.Off
+			continue
+		}
+		flush()
+		cur = e
+	}
+	flush()
+	return out
 }
 
 // remote runs cmd on a remote host over its SSH connection and returns

@@ -3,6 +3,7 @@ package virt
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,8 +12,8 @@ import (
 )
 
 // TestExtentsAndDataSum: the extents of a sparse file are its written
-// ranges, and the shell script's checksum over them (what a host runs) is
-// the one computed here.
+// ranges, and the shell script's checksum of a range (what a host runs)
+// is the one computed here.
 func TestExtentsAndDataSum(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sparse it's.img")
 	f, err := os.Create(path)
@@ -39,21 +40,58 @@ func TestExtentsAndDataSum(t *testing.T) {
 	if len(ext) < 3 || data >= 16*mib {
 		t.Fatalf("extents %+v: the holes were not found", ext)
 	}
-	want := dataSHA256(path, ext)
-	out, err := exec.Command("sh", "-c", DataSumScript(path, ext)).Output()
+	// The host's script: one line per range in, its sha256 out.
+	var in strings.Builder
+	var want []string
+	ranges := append(ext, Extent{0, 0}, Extent{8*mib + 100, 5000})
+	for _, e := range ranges {
+		fmt.Fprintf(&in, "%d %d\n", e.Off, e.Len)
+		b := make([]byte, e.Len)
+		f.ReadAt(b, e.Off)
+		sum := sha256.Sum256(b)
+		want = append(want, hex.EncodeToString(sum[:]))
+	}
+	cmd := exec.Command("sh", "-c", RangeSumScript(path))
+	cmd.Stdin = strings.NewReader(in.String())
+	out, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Fields(string(out))[0]; got != want {
-		t.Fatalf("script %s, here %s", got, want)
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		got = append(got, strings.Fields(l)[0])
 	}
-	// No data at all: the sum of nothing on both sides.
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("script's sums %v, here %v", got, want)
+	}
 	empty := sha256.Sum256(nil)
 	if s := dataSHA256(path, nil); s != hex.EncodeToString(empty[:]) {
 		t.Fatal(s)
 	}
-	out, _ = exec.Command("sh", "-c", DataSumScript(path, nil)).Output()
-	if !strings.HasPrefix(string(out), hex.EncodeToString(empty[:])) {
-		t.Fatalf("empty script: %s", out)
+}
+
+// TestPieces: extents become upload pieces of at most max bytes, small
+// holes between extents sent within a piece, nothing before from.
+func TestPieces(t *testing.T) {
+	const M = 1 << 20
+	for _, tc := range []struct {
+		name string
+		ext  []Extent
+		from int64
+		want []Extent
+	}{
+		{"none", nil, 0, nil},
+		{"one small", []Extent{{0, 4096}}, 0, []Extent{{0, 4096}}},
+		{"small holes merged", []Extent{{0, 4096}, {8192, 4096}, {M, 4096}}, 0, []Extent{{0, M + 4096}}},
+		{"big hole splits", []Extent{{0, 4096}, {3 * M, 4096}}, 0, []Extent{{0, 4096}, {3 * M, 4096}}},
+		{"split at max", []Extent{{0, 20 * M}}, 0, []Extent{{0, 8 * M}, {8 * M, 8 * M}, {16 * M, 4 * M}}},
+		{"no merge past max", []Extent{{0, 7 * M}, {7*M + 4096, 2 * M}}, 0, []Extent{{0, 7 * M}, {7*M + 4096, 2 * M}}},
+		{"from inside an extent", []Extent{{0, 4 * M}, {10 * M, M}}, 3 * M, []Extent{{3 * M, M}, {10 * M, M}}},
+		{"from past all", []Extent{{0, M}}, 2 * M, nil},
+	} {
+		got := Pieces(tc.ext, tc.from, 8*M, M)
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
