@@ -64,10 +64,6 @@ func TestExtentsAndDataSum(t *testing.T) {
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("script's sums %v, here %v", got, want)
 	}
-	empty := sha256.Sum256(nil)
-	if s := dataSHA256(path, nil); s != hex.EncodeToString(empty[:]) {
-		t.Fatal(s)
-	}
 }
 
 // TestPieces: extents become upload pieces of at most max bytes, small

@@ -10,9 +10,10 @@
 #     4 GiB image holding 1.5 GB, which uploads the image (its data only),
 #     the boot files, checks them by sha256 there and starts the domain,
 #     against `scp` of the image's allocated bytes (a 1.5 GB file) to the
-#     same host over the same sshd.
+#     same host over the same sshd; URUNS rounds (3), each leg after a sync,
+#     medians.
 #
-# usage: bench-libvirt.sh [PIFARM_BINARY] [RUNS]
+# usage: [URUNS=N] bench-libvirt.sh [PIFARM_BINARY] [RUNS]
 set -euo pipefail
 export LC_ALL=C
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -119,11 +120,28 @@ while off < size:
 out.close()
 PY
 cat "$IMG" "$W/data" > /dev/null
-a=$(now); scp -q -P $PORT -i "$HOME/.ssh/id_ed25519" -o UserKnownHostsFile="$HOME/.ssh/known_hosts" -o BatchMode=yes "$W/data" root@127.0.0.1:/var/lib/libvirt/images/pifarm-bench.data; b=$(now)
-scp_s=$(secs "$a" "$b")
-a=$(now); "$BIN" run box --run --no-start-vnc 0 2>&1 | grep -i 'upload.*raw.*100%\|runs:' || true; b=$(now)
-up_s=$(secs "$a" "$b")
-FARM=$(virsh -c qemu:///system list --name | sed -n 's/^pifarm-loner-//p')
-echo "scp of $(stat -c %s "$W/data") allocated bytes: $scp_s s"
-echo "pifarm run box --run 0 (upload, boot files, sha256 there, domain start): $up_s s"
+# Alternately, each after a sync (so that neither pays for the other's
+# dirty pages): scp, then pifarm's first start, whose volumes and records
+# are then removed for the next round. Medians of the rounds.
+URUNS=${URUNS:-3}
+: > "$W/scp.t"; : > "$W/up.t"
+for i in $(seq "$URUNS"); do
+  sync
+  a=$(now); scp -q -P $PORT -i "$HOME/.ssh/id_ed25519" -o UserKnownHostsFile="$HOME/.ssh/known_hosts" -o BatchMode=yes "$W/data" root@127.0.0.1:/var/lib/libvirt/images/pifarm-bench.data; b=$(now)
+  secs "$a" "$b" >> "$W/scp.t"; echo >> "$W/scp.t"
+  rm -f /var/lib/libvirt/images/pifarm-bench.data; sync
+  a=$(now); "$BIN" run box --run --no-start-vnc 0 2>&1 | grep -i 'upload.*raw.*100%\|runs:' || true; b=$(now)
+  secs "$a" "$b" >> "$W/up.t"; echo >> "$W/up.t"
+  echo "round $i: scp $(tail -1 "$W/scp.t") s, pifarm $(tail -1 "$W/up.t") s"
+  FARM=$(virsh -c qemu:///system list --name | sed -n 's/^pifarm-loner-//p')
+  "$BIN" run box --terminate 0 >/dev/null 2>&1 || true
+  for v in $(virsh -c qemu:///system vol-list pifarm 2>/dev/null | awk -v t="pifarm-$FARM-0" '$1 ~ "^"t {print $1}'); do
+    virsh -c qemu:///system vol-delete --pool pifarm "$v" >/dev/null
+  done
+  rm -rf "$W/cache/hosts"
+done
+median() { sort -n "$1" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+scp_s=$(median "$W/scp.t"); up_s=$(median "$W/up.t")
+echo "scp of $(stat -c %s "$W/data") allocated bytes: $scp_s s (median of $URUNS)"
+echo "pifarm run box --run 0 (upload, boot files, sha256 there, domain start): $up_s s (median of $URUNS)"
 awk -v u="$up_s" -v s="$scp_s" 'BEGIN { printf "ratio pifarm / scp: %.2f\n", u/s }'
