@@ -331,8 +331,15 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 		return <-checked
 	}
 	defer func() {
+		// interrupted (Ctrl-C, an error): the pieces already sent are
+		// checked still, for a few seconds at most, so that the next
+		// start goes on after them
 		if check != nil {
 			close(check)
+			select {
+			case <-checked:
+			case <-time.After(5 * time.Second):
+			}
 		}
 	}()
 	start, sent, shown := time.Now(), int64(0), time.Time{}
