@@ -85,6 +85,17 @@ func makeImageWith(t testing.TB, dir string, sizeMiB, dataMiB int, files map[str
 }
 
 // flash writes img to the targets through a live door, as card.flash does.
+// passingLosetup reports whether a refusal names a losetup process as the
+// device's holder (see flash).
+func passingLosetup(rs []Refusal) bool {
+	for _, r := range rs {
+		if strings.Contains(r.Why, "(losetup ") {
+			return true
+		}
+	}
+	return false
+}
+
 func flash(t testing.TB, ctx context.Context, img string, force bool, targets ...string) ([]Result, string) {
 	t.Helper()
 	var log bytes.Buffer
@@ -97,9 +108,19 @@ func flash(t testing.TB, ctx context.Context, img string, force bool, targets ..
 	var ts []*Target
 	var ms []*meter
 	for _, p := range targets {
-		tg, err := Host.Inspect(p, src)
-		if err != nil {
-			t.Fatal(err)
+		var tg *Target
+		// Another test package's losetup --find opens free-looking loop
+		// devices for a moment while it looks for one (go test runs
+		// packages at once): such a passing holder is waited out.
+		for try := 0; ; try++ {
+			tg, err = Host.Inspect(p, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if try == 20 || !passingLosetup(tg.Refusals) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		for _, r := range tg.Refusals {
 			if !(force && r.Forceable) {
