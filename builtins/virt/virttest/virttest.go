@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"pifarm/builtins/virt"
 )
 
@@ -53,6 +55,13 @@ func Daemon(t testing.TB) {
 	}
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if answers() {
+			// a service runs at the default priority, whatever the
+			// niceness of the test that started it (nice go test ...)
+			if b, err := os.ReadFile("/run/libvirtd.pid"); err == nil {
+				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+					unix.Setpriority(unix.PRIO_PROCESS, pid, 0)
+				}
+			}
 			return
 		}
 	}
