@@ -78,13 +78,7 @@ func (m *module) attach(_ *starlark.Thread, b *starlark.Builtin, args starlark.T
 	if err != nil {
 		return nil, err
 	}
-	in, out := m.stdin, m.stdout
-	if in == nil {
-		in = os.Stdin
-	}
-	if out == nil {
-		out = os.Stdout
-	}
+	in, out := os.Stdin, os.Stdout
 	if !m.d.DryRun && !term.IsTerminal(int(in.Fd())) {
 		return nil, fmt.Errorf("console.attach %s: standard input is not a terminal (it joins your keyboard to the console); run it from a terminal, or use console.open in a recipe", label)
 	}
@@ -106,11 +100,7 @@ func (m *module) attach(_ *starlark.Thread, b *starlark.Builtin, args starlark.T
 		} else {
 			dial := m.dialer(ref.Node)
 			if dial == nil {
-				a := addr
-				if serial != nil {
-					a = serial.Addr
-				}
-				dial = tcpDialer(a)
+				dial = tcpDialer(addr) // (a serial server's address, for a tcp: serial)
 			}
 			c, err := dial(m.d.Context(), 10*time.Second)
 			if err != nil {

@@ -13,9 +13,7 @@ package console
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,11 +31,6 @@ type module struct {
 
 	mu       sync.Mutex
 	sessions map[string]*sessionValue // open sessions by address
-
-	// stdin and stdout are the terminal of attach (os.Stdin, os.Stdout
-	// when nil).
-	stdin  *os.File
-	stdout io.Writer
 }
 
 // New returns the `console` module.
@@ -198,10 +191,7 @@ func (m *module) probe(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tu
 		return starlark.Bool(probeSerial(serial.Device)), nil
 	}
 	if dial == nil {
-		dial = func(ctx context.Context, timeout time.Duration) (net.Conn, error) {
-			d := net.Dialer{Timeout: timeout}
-			return d.DialContext(ctx, "tcp", addr)
-		}
+		dial = tcpDialer(addr)
 	}
 	c, err := dial(m.d.Context(), timeout)
 	if err != nil {

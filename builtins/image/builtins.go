@@ -3,6 +3,7 @@ package image
 import (
 	"fmt"
 	"sort"
+	"strconv"
 
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
@@ -31,12 +32,11 @@ func (m *mod) onHost(id int, what string) error {
 	if id <= 0 {
 		return nil
 	}
-	for _, n := range m.f.Nodes() {
-		if n.ID == id {
-			return virt.RefuseOnHost(m.f, n, what)
-		}
+	n, err := m.f.Resolve(strconv.Itoa(id))
+	if err != nil {
+		return nil // not a node of the table: no host
 	}
-	return nil
+	return virt.RefuseOnHost(m.f, n, what)
 }
 
 // imageArg unpacks the one argument of a builtin that takes an image

@@ -624,7 +624,7 @@ func (in *Instances) stage(h farm.HostURI, c *virt.Conn, n *farm.Node) (remoteFi
 	}
 	if newBase {
 		// earlier images of instance 0 that nothing rests on any more
-		if _, err := c.PruneBases(ctx, in.D, farmTag, baseVol, dir); err != nil {
+		if _, err := c.PruneBases(ctx, in.D, cache, baseVol); err != nil {
 			in.D.Note("%v (they stay; remove them with virsh vol-delete)", err)
 		}
 	}

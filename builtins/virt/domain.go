@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/xml"
 	"fmt"
 	"os"
@@ -140,8 +138,7 @@ func UserLabel() string { return fmt.Sprintf("+%d:+%d", os.Geteuid(), os.Getegid
 // hex digits of the farm (this machine's name and the cache folder), so
 // that farms sharing a libvirt host never take each other's domains.
 func DomainName(alias, farmID string) string {
-	sum := sha256.Sum256([]byte(farmID))
-	return "pifarm-" + alias + "-" + hex.EncodeToString(sum[:3])
+	return "pifarm-" + alias + "-" + shortHash(farmID)
 }
 
 // FarmID is what DomainName hashes for the farm whose cache is cacheDir.

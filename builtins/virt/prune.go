@@ -26,14 +26,14 @@ type backingXML struct {
 }
 
 // PruneBases deletes the volumes of earlier images of instance 0 of the
-// farm tagged tag (BaseVol names: a changed image is uploaded as a new
-// volume) from pifarm's pool on the host, keeping keep (the current one)
-// and every base that a volume of the pool still rests on (a clone's
-// qcow2) or that a running domain has open. Their local upload records
-// (in recDir) go too. It returns the volumes deleted; the trace shows
-// virsh vol-delete for each.
-func (c *Conn) PruneBases(ctx context.Context, d *trace.Door, tag, keep, recDir string) ([]string, error) {
-	prefix := "pifarm-" + tag + "-0-"
+// farm whose cache is cacheDir (BaseVol names: a changed image is uploaded
+// as a new volume) from pifarm's pool on the host, keeping keep (the
+// current one) and every base that a volume of the pool still rests on (a
+// clone's qcow2) or that a running domain has open. Their local upload
+// records go too. It returns the volumes deleted; the trace shows virsh
+// vol-delete for each.
+func (c *Conn) PruneBases(ctx context.Context, d *trace.Door, cacheDir, keep string) ([]string, error) {
+	prefix := "pifarm-" + FarmTag(cacheDir) + "-0-"
 	var old []libvirt.StorageVol
 	used := map[string]bool{keep: true}
 	err := c.Call(ctx, 60*time.Second, func(l *libvirt.Libvirt) error {
@@ -110,7 +110,7 @@ func (c *Conn) PruneBases(ctx context.Context, d *trace.Door, tag, keep, recDir 
 			return gone, fmt.Errorf("libvirt %s: delete volume %s: %w", c.Host.URI, v.Name, err)
 		}
 		if !d.DryRun {
-			os.Remove(recDir + "/" + v.Name + ".upload")
+			os.Remove(Record(cacheDir, c.Host, v.Name))
 		}
 		gone = append(gone, v.Name)
 	}

@@ -35,9 +35,10 @@ func TestPruneBases(t *testing.T) {
 	if err := c.EnsurePool(ctx, live); err != nil {
 		t.Fatal(err)
 	}
-	tag := fmt.Sprintf("t%x", os.Getpid())
+	cache := t.TempDir() // this farm's; its tag names its volumes
+	tag := virt.FarmTag(cache)
 	old1, old2, cur := "pifarm-"+tag+"-0-aaaaaa.raw", "pifarm-"+tag+"-0-bbbbbb.raw", "pifarm-"+tag+"-0-cccccc.raw"
-	other, clone := "pifarm-x"+tag+"-0-aaaaaa.raw", "pifarm-"+tag+"-2.qcow2"
+	other, clone := "pifarm-"+virt.FarmTag(t.TempDir())+"-0-aaaaaa.raw", "pifarm-"+tag+"-2.qcow2"
 	vols := map[string]string{
 		old1: "", old2: "", cur: "", other: "",
 		clone: "<backingStore><path>" + virt.VolPath(old2) + "</path><format type='raw'/></backingStore>",
@@ -78,7 +79,7 @@ func TestPruneBases(t *testing.T) {
 	}
 	var dryOut strings.Builder
 	dry := trace.New(ctx, true, false, &dryOut)
-	gone, err := c.PruneBases(ctx, dry, tag, cur, t.TempDir())
+	gone, err := c.PruneBases(ctx, dry, cache, cur)
 	if err != nil || len(gone) != 1 || gone[0] != old1 {
 		t.Fatalf("dry run: %v %v", gone, err)
 	}
@@ -88,7 +89,7 @@ func TestPruneBases(t *testing.T) {
 	if _, err := os.Stat(virt.VolPath(old1)); err != nil {
 		t.Fatalf("the dry run deleted %s: %v", old1, err)
 	}
-	gone, err = c.PruneBases(ctx, live, tag, cur, t.TempDir())
+	gone, err = c.PruneBases(ctx, live, cache, cur)
 	if err != nil || len(gone) != 1 || gone[0] != old1 {
 		t.Fatalf("prune: %v %v", gone, err)
 	}

@@ -98,13 +98,13 @@ func VolPath(name string) string { return PoolDir + "/" + name }
 // size and modification time, checksum verified) is left alone.
 //
 // Only the data extents of a sparse file travel (SEEK_DATA/SEEK_HOLE; the
-// volume is made sparse, so a hole stays a hole there too), in chunks of
-// at most 256 MiB, and after each one the record (State, a local JSON
-// file) says how far it got: an upload that was interrupted (Ctrl-C, a
-// lost connection) goes on from there at the next command. Progress
-// receives a line a second. Every chunk is checked on a remote host while
-// the next one travels: sha256 of its range of the volume, read back there
-// over the host's SSH connection (dd, sha256sum), must be the file's.
+// volume is made sparse, so a hole stays a hole there too), in pieces of
+// at most 64 MiB (see Pieces), and the record (State, a local JSON file)
+// says how far it got: an upload that was interrupted (Ctrl-C, a lost
+// connection) goes on from there at the next command. Progress receives a
+// line a second. On a remote host every piece is checked while the next
+// one travels: the sha256 of its range of the volume, read back there over
+// the host's SSH connection (RangeSumScript), must be the one sent.
 type Upload struct {
 	Vol      string // volume name
 	Local    string // the local file
@@ -219,7 +219,10 @@ func (c *Conn) Upload(ctx context.Context, d *trace.Door, u Upload) (string, err
 		up = Virsh(c.Host.URI, "vol-upload", "--pool", Pool, "--offset", strconv.FormatInt(st.Done, 10), u.Vol, u.Local)
 		lines = append(lines, fmt.Sprintf("# an earlier upload got to byte %d of %d: it goes on from there", st.Done, fi.Size()))
 	}
-	lines = append(lines, d.Line(up), fmt.Sprintf("# check: sha256sum %s on %s is the sha256 of %s", trace.Quote(path), c.Host.Name(), trace.Quote(u.Local)))
+	lines = append(lines, d.Line(up))
+	if c.ssh != nil {
+		lines = append(lines, fmt.Sprintf("# checked on %s piece by piece: the sha256 of each range of %s (openssl dgst -sha256, else sha256sum) is the one sent", c.Host.Name(), trace.Quote(path)))
+	}
 	err = d.Do(strings.Join(lines, "\n"), func() error {
 		if fresh {
 			if err := c.Call(ctx, 60*time.Second, func(l *libvirt.Libvirt) error {
@@ -348,31 +351,26 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 		last = ext[len(ext)-1].Off + ext[len(ext)-1].Len
 	}
 	for _, pc := range Pieces(ext, st.Done, chunk, maxGap) {
-		data, end := pc.Off, pc.Off+pc.Len
-		for data < end {
-			n := end - data
-			h := sha256.New()
-			r := io.TeeReader(io.NewSectionReader(f, data, n), h)
-			err := c.Call(ctx, 10*time.Minute, func(l *libvirt.Libvirt) error {
-				return l.StorageVolUpload(vol, r, uint64(data), uint64(n), 0)
-			})
-			if err != nil {
-				return err
-			}
-			ps := hex.EncodeToString(h.Sum(nil))
-			fmt.Fprintf(marker, "%d %d %s\n", data, n, ps)
-			if check != nil {
-				check <- piece{data, n, ps}
-			} else if err := advance(data + n); err != nil {
-				return err
-			}
-			data += n
-			sent += n
-			if u.Progress != nil && time.Since(shown) >= time.Second && data != last {
-				shown = time.Now()
-				el := time.Since(start).Seconds()
-				fmt.Fprintf(u.Progress, "upload %s: %d%% (%d of %d MiB of data sent, %.0f MiB/s)\n", u.Vol, data*100/size, sent>>20, allocated(fi)>>20, float64(sent)/(1<<20)/max(el, 0.001))
-			}
+		h := sha256.New()
+		r := io.TeeReader(io.NewSectionReader(f, pc.Off, pc.Len), h)
+		err := c.Call(ctx, 10*time.Minute, func(l *libvirt.Libvirt) error {
+			return l.StorageVolUpload(vol, r, uint64(pc.Off), uint64(pc.Len), 0)
+		})
+		if err != nil {
+			return err
+		}
+		ps := hex.EncodeToString(h.Sum(nil))
+		fmt.Fprintf(marker, "%d %d %s\n", pc.Off, pc.Len, ps)
+		if check != nil {
+			check <- piece{pc.Off, pc.Len, ps}
+		} else if err := advance(pc.Off + pc.Len); err != nil {
+			return err
+		}
+		sent += pc.Len
+		if end := pc.Off + pc.Len; u.Progress != nil && time.Since(shown) >= time.Second && end != last {
+			shown = time.Now()
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(u.Progress, "upload %s: %d%% (%d of %d MiB of data sent, %.0f MiB/s)\n", u.Vol, end*100/size, sent>>20, allocated(fi)>>20, float64(sent)/(1<<20)/max(el, 0.001))
 		}
 	}
 	if err := finish(); err != nil {
@@ -391,13 +389,6 @@ func (c *Conn) send(ctx context.Context, vol libvirt.StorageVol, u Upload, st *u
 	defer mu.Unlock()
 	st.Done, st.SHA256 = size, local
 	return save()
-}
-
-func firstField(s string) string {
-	if f := strings.Fields(s); len(f) > 0 {
-		return f[0]
-	}
-	return "?"
 }
 
 // allocated is the bytes a file holds on disk.
